@@ -1,0 +1,286 @@
+//! Artifacts: upload, download (stream or redirect), presign, list, delete.
+
+use super::{ApiPath, ApiQuery, name_error, rfc3339};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::DownloadMode;
+use crate::domain::names::{validate_product, validate_version};
+use crate::domain::permissions::ProductOp;
+use crate::domain::version::{newest_first, pick_latest};
+use crate::download::{Plan, build, plan};
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{VersionRecord, now_ms};
+use crate::upload::{UploadResult, receive};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Serialize)]
+pub struct VersionInfo {
+    path: String,
+    file_name: String,
+    size: u64,
+    checksum: String,
+    uploaded_at: String,
+    uploaded_by: String,
+}
+
+impl From<&VersionRecord> for VersionInfo {
+    fn from(v: &VersionRecord) -> Self {
+        VersionInfo {
+            path: format!("/product/download/{}/{}", v.product, v.version),
+            file_name: v.file_name.clone(),
+            size: v.size,
+            checksum: format!("sha256:{}", v.checksum),
+            uploaded_at: rfc3339(v.uploaded_at),
+            uploaded_by: v.uploaded_by.clone(),
+        }
+    }
+}
+
+/// `POST /product/upload`.
+pub async fn upload(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<UploadResult>)> {
+    let result = receive(&app, &caller, &headers, multipart).await?;
+    Ok((StatusCode::CREATED, Json(result)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DownloadQuery {
+    redirect: Option<bool>,
+    #[serde(default)]
+    prerelease: bool,
+}
+
+/// Finds a committed version; `latest` resolves to the highest release.
+async fn resolve_version(app: &AppState, product: &str, version: &str, prerelease: bool) -> ApiResult<VersionRecord> {
+    validate_version(version).map_err(name_error)?;
+    if version == "latest" {
+        let versions = app.meta.list_versions(product).await?;
+        let name = pick_latest(versions.iter().map(|v| (v.version.as_str(), v.uploaded_at)), prerelease)
+            .ok_or_else(|| ApiError::version_not_found(product, version))?
+            .to_string();
+        return versions
+            .into_iter()
+            .find(|v| v.version == name)
+            .ok_or_else(|| ApiError::version_not_found(product, version));
+    }
+    app.meta
+        .version(product, version)
+        .await?
+        .ok_or_else(|| ApiError::version_not_found(product, version))
+}
+
+/// Checks the caller may download, and resolves the version.
+async fn downloadable(app: &AppState, caller: &Caller, product: &str, version: &str, prerelease: bool) -> ApiResult<VersionRecord> {
+    validate_product(product).map_err(name_error)?;
+    caller.authorize(product, ProductOp::Download)?;
+    let record = resolve_version(app, product, version, prerelease).await?;
+    Ok(record)
+}
+
+/// A URL that downloads the version without a token: presigned by the blob store when
+/// it can, otherwise signed by Depot and served by `GET /signed/...`.
+async fn direct_url(app: &AppState, headers: &HeaderMap, record: &VersionRecord) -> ApiResult<(String, i64)> {
+    let ttl = app.settings.presign_ttl_seconds;
+    let expires = now_ms() / 1000 + ttl as i64;
+    if let Some(url) = app
+        .blobs
+        .presign(&record.blob_key, &record.file_name, Duration::from_secs(ttl))
+        .await?
+    {
+        return Ok((url, expires));
+    }
+    let base = match &app.settings.public_url {
+        Some(base) => base.clone(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    };
+    let signature = app.signer.sign(&record.product, &record.version, expires);
+    Ok((
+        format!("{base}/signed/{}/{}?expires={expires}&signature={signature}", record.product, record.version),
+        expires,
+    ))
+}
+
+/// Streams (or answers 304/416/HEAD for) a committed version.
+async fn serve(app: &AppState, method: &Method, headers: &HeaderMap, record: &VersionRecord) -> ApiResult<Response> {
+    match plan(method, headers, record)? {
+        Plan::Done(resp) => Ok(resp),
+        Plan::Stream { status, headers, range } => {
+            let stream = app.blobs.read(&record.blob_key, range).await?;
+            Ok(build(status, headers, Body::from_stream(stream)))
+        }
+    }
+}
+
+/// `GET|HEAD /product/download/{product}/{version}`.
+pub async fn download(
+    State(app): State<AppState>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
+) -> ApiResult<Response> {
+    let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
+    let redirect = query.redirect.unwrap_or(app.settings.download_mode == DownloadMode::Redirect);
+    if redirect {
+        let (url, _) = direct_url(&app, &headers, &record).await?;
+        let mut resp = build(StatusCode::FOUND, HeaderMap::new(), Body::empty());
+        resp.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&url).map_err(ApiError::internal)?,
+        );
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
+    serve(&app, &method, &headers, &record).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignedQuery {
+    expires: i64,
+    signature: String,
+}
+
+/// `GET /signed/{product}/{version}`: no token, an HMAC signature with an expiry instead.
+pub async fn signed_download(
+    State(app): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<SignedQuery>,
+) -> ApiResult<Response> {
+    if !app.signer.verify(&product, &version, query.expires, &query.signature, now_ms() / 1000) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_signature",
+            "the download link is invalid or has expired",
+        ));
+    }
+    let record = app
+        .meta
+        .version(&product, &version)
+        .await?
+        .ok_or_else(|| ApiError::version_not_found(&product, &version))?;
+    serve(&app, &method, &headers, &record).await
+}
+
+/// `GET /product/presign/{product}/{version}`: a URL for consumers that fetch later.
+pub async fn presign(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
+    let (url, expires) = direct_url(&app, &headers, &record).await?;
+    Ok(Json(serde_json::json!({
+        "url": url,
+        "expires_at": rfc3339(expires * 1000),
+        "version": record.version,
+    })))
+}
+
+/// Deletes a committed version: record first (so nothing lists a missing file), then blob.
+pub async fn remove_version(app: &AppState, caller: &Caller, product: &str, version: &str) -> ApiResult<()> {
+    validate_product(product).map_err(name_error)?;
+    validate_version(version).map_err(name_error)?;
+    caller.authorize(product, ProductOp::DeleteVersion)?;
+    let record = app
+        .meta
+        .delete_version(product, version)
+        .await?
+        .ok_or_else(|| ApiError::version_not_found(product, version))?;
+    if let Err(err) = app.blobs.delete(&record.blob_key).await {
+        tracing::warn!(key = %record.blob_key, error = %err, "blob delete failed; left for the janitor");
+    }
+    tracing::info!(product = %product, version = %version, by = %caller.token.id, "version deleted");
+    Ok(())
+}
+
+/// `DELETE /product/delete/{product}/{version}`.
+pub async fn delete_version(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    remove_version(&app, &caller, &product, &version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ListedVersion {
+    version: String,
+    #[serde(flatten)]
+    info: VersionInfo,
+}
+
+/// `GET /product/versions/{product}`: newest first (semver, then by upload time), paginated.
+pub async fn list_versions(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    validate_product(&product).map_err(name_error)?;
+    caller.authorize(&product, ProductOp::Download)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+    }
+    let offset = match &query.cursor {
+        Some(c) => decode_cursor(c)?,
+        None => 0,
+    };
+    if app.meta.product(&product).await?.is_none() {
+        return Err(ApiError::product_not_found(&product));
+    }
+    let mut versions = app.meta.list_versions(&product).await?;
+    versions.sort_by(|a, b| newest_first((&a.version, a.uploaded_at), (&b.version, b.uploaded_at)));
+    let page: Vec<ListedVersion> = versions
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|v| ListedVersion { version: v.version.clone(), info: VersionInfo::from(v) })
+        .collect();
+    let next = offset + page.len();
+    let next_cursor = (next < versions.len()).then(|| encode_cursor(next));
+    Ok(Json(serde_json::json!({ "versions": page, "next_cursor": next_cursor })))
+}
+
+fn encode_cursor(offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<usize> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+}

@@ -1,0 +1,206 @@
+//! Products: access list, create, fetch, delete, and the `modify` actions.
+
+use super::{ApiJson, ApiPath, name_error, rfc3339};
+use crate::api::artifacts::{VersionInfo, remove_version};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::domain::names::validate_product;
+use crate::domain::permissions::{Grant, ProductOp};
+use crate::error::{ApiError, ApiResult, MetaError};
+use crate::meta::{ProductRecord, now_ms};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// `GET /product/access`: products where the caller has any grant (admin: all).
+pub async fn access(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<String>>> {
+    let mut names: Vec<String> = if caller.is_admin() {
+        app.meta.list_products().await?
+    } else {
+        caller.grants.keys().cloned().collect()
+    };
+    names.sort();
+    Ok(Json(names))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    name: String,
+}
+
+/// `PUT /product/create`: the creator gets all four flags.
+pub async fn create(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    validate_product(&req.name).map_err(name_error)?;
+    let record = ProductRecord { name: req.name.clone(), created_at: now_ms() };
+    app.meta
+        .create_product(&record, &caller.token.id)
+        .await
+        .map_err(|e| match e {
+            MetaError::Conflict => ApiError::conflict("product_exists", format!("product '{}' already exists", req.name)),
+            other => other.into(),
+        })?;
+    app.tokens.invalidate_hashes(std::slice::from_ref(&caller.token.hash)).await;
+    Ok((StatusCode::CREATED, Json(json!({ "name": req.name }))))
+}
+
+#[derive(Serialize)]
+pub struct ProductInfo {
+    name: String,
+    created_at: String,
+    tokens: BTreeMap<String, Grant>,
+    versions: BTreeMap<String, VersionInfo>,
+}
+
+/// `GET /product/fetch/{product}`: metadata, grants by public token id, versions.
+pub async fn fetch(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<Json<ProductInfo>> {
+    validate_product(&product).map_err(name_error)?;
+    caller.authorize(&product, ProductOp::Fetch)?;
+    let (record, grants, versions) = tokio::try_join!(
+        app.meta.product(&product),
+        app.meta.grants_of_product(&product),
+        app.meta.list_versions(&product),
+    )?;
+    let record = record.ok_or_else(|| ApiError::product_not_found(&product))?;
+    Ok(Json(ProductInfo {
+        name: record.name,
+        created_at: rfc3339(record.created_at),
+        tokens: grants.into_iter().collect(),
+        versions: versions
+            .iter()
+            .map(|v| (v.version.clone(), VersionInfo::from(v)))
+            .collect(),
+    }))
+}
+
+/// `DELETE /product/delete/{product}`: metadata first, then blobs, then caches.
+pub async fn delete(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    validate_product(&product).map_err(name_error)?;
+    caller.authorize(&product, ProductOp::DeleteProduct)?;
+    let deleted = app
+        .meta
+        .delete_product(&product)
+        .await?
+        .ok_or_else(|| ApiError::product_not_found(&product))?;
+    app.tokens.invalidate_ids(&deleted.token_ids).await?;
+    for version in &deleted.versions {
+        if let Err(err) = app.blobs.delete(&version.blob_key).await {
+            // The record is gone; the janitor's orphan sweep removes the object later.
+            tracing::warn!(key = %version.blob_key, error = %err, "blob delete failed; left for the janitor");
+        }
+    }
+    tracing::info!(product = %product, versions = deleted.versions.len(), by = %caller.token.id, "product deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddTokenRequest {
+    product: String,
+    token: String,
+    #[serde(default)]
+    permissions: Grant,
+}
+
+/// `PUT /product/modify/{action}`: only `addToken`.
+pub async fn modify_put(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(action): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    if action != "addToken" {
+        return Err(unknown_action(&action, "addToken"));
+    }
+    let req: AddTokenRequest = parse_body(&body)?;
+    validate_product(&req.product).map_err(name_error)?;
+    caller.authorize(&req.product, ProductOp::ManageTokens)?;
+    let target = app
+        .tokens
+        .resolve(&req.token)
+        .await?
+        .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
+    app.meta
+        .set_grant(&req.product, &target.id, req.permissions)
+        .await
+        .map_err(|e| match e {
+            MetaError::NotFound => ApiError::product_not_found(&req.product),
+            other => other.into(),
+        })?;
+    app.tokens.invalidate_hashes(std::slice::from_ref(&target.hash)).await;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteVersionRequest {
+    product: String,
+    version: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteTokenRequest {
+    product: String,
+    token: String,
+}
+
+/// `DELETE /product/modify/{action}`: `deleteVersion` or `deleteToken`.
+pub async fn modify_delete(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(action): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    match action.as_str() {
+        "deleteVersion" => {
+            let req: DeleteVersionRequest = parse_body(&body)?;
+            remove_version(&app, &caller, &req.product, &req.version).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        "deleteToken" => {
+            let req: DeleteTokenRequest = parse_body(&body)?;
+            validate_product(&req.product).map_err(name_error)?;
+            caller.authorize(&req.product, ProductOp::ManageTokens)?;
+            let target = app
+                .tokens
+                .resolve(&req.token)
+                .await?
+                .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
+            if !app.meta.remove_grant(&req.product, &target.id).await? {
+                return Err(ApiError::not_found(
+                    "token_not_found",
+                    "that token has no grant on this product",
+                ));
+            }
+            app.tokens.invalidate_hashes(std::slice::from_ref(&target.hash)).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        other => Err(unknown_action(other, "deleteVersion or deleteToken")),
+    }
+}
+
+fn unknown_action(action: &str, expected: &str) -> ApiError {
+    let shown: String = action.chars().take(64).flat_map(char::escape_default).collect();
+    ApiError::bad_request("unknown_action", format!("unknown action '{shown}': expected {expected}"))
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,175 @@
+//! Token management: register, fetch, prune, list.
+
+use super::{ApiPath, rfc3339};
+use crate::app::AppState;
+use crate::auth::{Caller, generate_token, generate_token_id, hash_token};
+use crate::domain::permissions::Grant;
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{TokenRecord, now_ms};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[serde(default)]
+    admin: bool,
+    name: Option<String>,
+    expires_in: Option<u64>,
+    expires_at: Option<String>,
+    /// Grants for the new token; a non-admin caller may only hand out a subset of its own.
+    products: Option<BTreeMap<String, Grant>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenInfo {
+    id: String,
+    admin: bool,
+    created_at: String,
+    name: Option<String>,
+    expires_at: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenInfo {
+    fn from(t: &TokenRecord) -> Self {
+        TokenInfo {
+            id: t.id.clone(),
+            admin: t.admin,
+            created_at: rfc3339(t.created_at),
+            name: t.name.clone(),
+            expires_at: t.expires_at.map(rfc3339),
+        }
+    }
+}
+
+/// `PUT /register`: returns the raw token once, as text/plain.
+pub async fn register(
+    State(app): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, [(http::HeaderName, &'static str); 1], String)> {
+    let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RegisterRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?
+    };
+    let now = now_ms();
+    let mut expires_at = match (req.expires_in, &req.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "give either expires_in or expires_at, not both",
+            ));
+        }
+        (Some(secs), None) => {
+            let ms = i64::try_from(secs)
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .and_then(|ms| ms.checked_add(now))
+                .filter(|_| secs > 0)
+                .ok_or_else(|| ApiError::bad_request("invalid_body", "expires_in must be a positive number of seconds"))?;
+            Some(ms)
+        }
+        (None, Some(at)) => {
+            let at = chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|_| ApiError::bad_request("invalid_body", "expires_at must be an RFC 3339 date-time"))?
+                .timestamp_millis();
+            if at <= now {
+                return Err(ApiError::bad_request("invalid_body", "expires_at is in the past"));
+            }
+            Some(at)
+        }
+        (None, None) => None,
+    };
+    if let Some(name) = &req.name {
+        if name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("invalid_body", "name must be at most 128 printable characters"));
+        }
+    }
+    let grants: Vec<(String, Grant)> = req.products.unwrap_or_default().into_iter().collect();
+    if !caller.is_admin() {
+        // A non-admin may only mint a narrower, no longer-lived token of its own.
+        if req.admin || grants.is_empty() {
+            return Err(ApiError::forbidden(
+                "only admin tokens may register unrestricted tokens; non-admin tokens may mint a token with a subset of their own product grants",
+            ));
+        }
+        for (product, grant) in &grants {
+            let own = caller.grant(product).ok_or_else(|| ApiError::product_not_found(product))?;
+            if !grant.is_subset_of(own) {
+                return Err(ApiError::forbidden(format!(
+                    "the new token cannot have more rights on '{product}' than yours"
+                )));
+            }
+        }
+        if let Some(own) = caller.token.expires_at {
+            match expires_at {
+                Some(at) if at > own => {
+                    return Err(ApiError::forbidden("the new token cannot outlive yours"));
+                }
+                None => expires_at = Some(own),
+                _ => {}
+            }
+        }
+    }
+    let raw = generate_token();
+    let record = TokenRecord {
+        id: generate_token_id(),
+        hash: hash_token(&raw),
+        admin: req.admin,
+        created_at: now,
+        name: req.name,
+        expires_at,
+    };
+    app.meta.insert_token(&record, &grants).await.map_err(|e| match e {
+        crate::error::MetaError::NotFound => ApiError::not_found("product_not_found", "a product in 'products' does not exist"),
+        other => other.into(),
+    })?;
+    tracing::info!(token_id = %record.id, admin = record.admin, by = %caller.token.id, "token registered");
+    Ok((StatusCode::CREATED, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw))
+}
+
+/// `GET /fetch/{token}`: admin, or the token itself.
+pub async fn fetch(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(token): ApiPath<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    let found = app.tokens.resolve(&token).await?;
+    let is_self = found.as_ref().is_some_and(|t| t.id == caller.token.id);
+    if !caller.is_admin() && !is_self {
+        return Err(ApiError::forbidden("only admins may look up other tokens"));
+    }
+    let found = found.ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
+    Ok(Json(TokenInfo::from(&found)))
+}
+
+/// `DELETE /prune/{token}`: revokes at once and removes the token from every product.
+pub async fn prune(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(token): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let found = app
+        .tokens
+        .resolve(&token)
+        .await?
+        .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
+    app.meta.delete_token(&found.id).await?;
+    app.tokens.invalidate_hashes(std::slice::from_ref(&found.hash)).await;
+    tracing::info!(token_id = %found.id, by = %caller.token.id, "token pruned");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /tokens` (admin): every token's public metadata.
+pub async fn list(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<TokenInfo>>> {
+    caller.require_admin()?;
+    let tokens = app.meta.list_tokens().await?;
+    Ok(Json(tokens.iter().map(TokenInfo::from).collect()))
+}

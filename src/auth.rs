@@ -1,0 +1,198 @@
+//! Tokens: generation, hashing, public ids, and the authenticated caller.
+//!
+//! A raw token is `depot_` + 43 base62 characters (~256 random bits); only its SHA-256
+//! is stored. The public id (`tok_` + 16 hex chars) is random and independent of the
+//! secret, so it can be shown in listings and grant maps.
+
+use crate::app::AppState;
+use crate::cache::{CacheLookup, TokenCache, TokenDoc};
+use crate::domain::permissions::{Decision, Grant, ProductOp, decide};
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{MetaStore, TokenRecord, now_ms};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const TOKEN_PREFIX: &str = "depot_";
+pub const TOKEN_ID_PREFIX: &str = "tok_";
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+pub fn generate_token() -> String {
+    let mut rng = rand::rng();
+    let body: String = (0..43)
+        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
+        .collect();
+    format!("{TOKEN_PREFIX}{body}")
+}
+
+pub fn generate_token_id() -> String {
+    let bytes: [u8; 8] = rand::rng().random();
+    format!("{TOKEN_ID_PREFIX}{}", hex::encode(bytes))
+}
+
+pub fn hash_token(raw: &str) -> String {
+    hex::encode(Sha256::digest(raw.as_bytes()))
+}
+
+pub fn looks_like_token_id(s: &str) -> bool {
+    s.strip_prefix(TOKEN_ID_PREFIX)
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Token lookups go cache -> store; every write that changes a token or a grant
+/// calls one of the `invalidate_*` methods with what it changed.
+#[derive(Clone)]
+pub struct TokenService {
+    pub meta: Arc<dyn MetaStore>,
+    pub cache: Arc<dyn TokenCache>,
+}
+
+impl TokenService {
+    /// The token document for a raw token, or `None` if it does not exist.
+    pub async fn lookup(&self, raw: &str) -> ApiResult<Option<TokenDoc>> {
+        let hash = hash_token(raw);
+        let lookup = self.cache.get(&hash).await;
+        if let CacheLookup::Hit(doc) = lookup {
+            return Ok(Some(doc));
+        }
+        let Some(token) = self.meta.token_by_hash(&hash).await? else {
+            return Ok(None);
+        };
+        let grants = self.meta.grants_of_token(&token.id).await?;
+        let doc = TokenDoc { token, grants };
+        if matches!(lookup, CacheLookup::Miss) {
+            self.cache.put(&hash, &doc).await;
+        }
+        Ok(Some(doc))
+    }
+
+    /// Resolves a raw token or a public id to a token record.
+    pub async fn resolve(&self, raw_or_id: &str) -> ApiResult<Option<TokenRecord>> {
+        if looks_like_token_id(raw_or_id) {
+            Ok(self.meta.token_by_id(raw_or_id).await?)
+        } else {
+            Ok(self.meta.token_by_hash(&hash_token(raw_or_id)).await?)
+        }
+    }
+
+    pub async fn invalidate_hashes(&self, hashes: &[String]) {
+        self.cache.invalidate(hashes).await;
+    }
+
+    pub async fn invalidate_ids(&self, ids: &[String]) -> ApiResult<()> {
+        if self.cache.health_key().is_none() || ids.is_empty() {
+            return Ok(());
+        }
+        let mut hashes = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(token) = self.meta.token_by_id(id).await? {
+                hashes.push(token.hash);
+            }
+        }
+        self.cache.invalidate(&hashes).await;
+        Ok(())
+    }
+}
+
+/// An authenticated caller: the token and its grants, read once per request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: TokenRecord,
+    pub grants: HashMap<String, Grant>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.token.admin
+    }
+
+    pub fn grant(&self, product: &str) -> Option<&Grant> {
+        self.grants.get(product)
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this operation needs an admin token"))
+        }
+    }
+
+    /// Applies the permission matrix. A caller without any grant gets the same 404 as
+    /// for a missing product, so product names do not leak.
+    pub fn authorize(&self, product: &str, op: ProductOp) -> ApiResult<()> {
+        match decide(self.is_admin(), self.grant(product), op) {
+            Decision::Allow => Ok(()),
+            Decision::Hidden => Err(ApiError::product_not_found(product)),
+            Decision::Deny => Err(ApiError::forbidden(format!(
+                "your token may not {} on product '{product}'",
+                op.describe()
+            ))),
+        }
+    }
+}
+
+/// The raw token from `X-Api-Token` or `Authorization: Bearer`.
+pub fn raw_token(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts.headers.get("x-api-token") {
+        return v.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
+    }
+    let auth = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, value) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| value.trim())
+        .filter(|s| !s.is_empty())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(raw) = raw_token(parts) else {
+            return Err(ApiError::unauthorized(
+                "missing_token",
+                "an API token is required: send it in the X-Api-Token header",
+            ));
+        };
+        let Some(doc) = state.tokens.lookup(raw).await? else {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "the API token is unknown or has been revoked",
+            ));
+        };
+        if doc.token.is_expired(now_ms()) {
+            return Err(ApiError::unauthorized("token_expired", "the API token has expired"));
+        }
+        Ok(Caller {
+            token: doc.token,
+            grants: doc.grants.into_iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_prefix_and_enough_entropy() {
+        let a = generate_token();
+        let b = generate_token();
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + 43);
+        assert_ne!(a, b);
+        assert_eq!(hash_token(&a).len(), 64);
+    }
+
+    #[test]
+    fn token_ids_are_recognised() {
+        let id = generate_token_id();
+        assert!(looks_like_token_id(&id));
+        assert!(!looks_like_token_id(&generate_token()));
+        assert!(!looks_like_token_id("tok_xyz"));
+    }
+}

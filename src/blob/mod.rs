@@ -1,0 +1,72 @@
+//! The blob store: where artifact bytes live. One trait, one file per implementation
+//! (`fs` for the local filesystem, `s3` for S3-compatible stores).
+//!
+//! Writes go through a `BlobWriter` that makes the object visible only on `finish`;
+//! dropping an unfinished writer discards what it wrote. Reads return a byte stream,
+//! optionally of one range. A store that can presign returns a URL for direct download.
+
+use crate::error::BlobError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::time::{Duration, SystemTime};
+
+pub mod fs;
+pub mod s3;
+
+pub type BlobResult<T> = Result<T, BlobError>;
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// An inclusive byte range `start..=end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+pub trait BlobWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()>;
+    /// Makes the object visible under its key. On error nothing is left behind.
+    async fn finish(self: Box<Self>) -> BlobResult<()>;
+    /// Discards everything written so far.
+    async fn abort(self: Box<Self>);
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Human name for `/health` ("Filesystem", "S3").
+    fn describe(&self) -> &'static str;
+    async fn ping(&self) -> BlobResult<()>;
+    /// A writer for a fresh key that nobody else writes to.
+    async fn writer(&self, key: &str) -> BlobResult<Box<dyn BlobWriter>>;
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> BlobResult<ByteStream>;
+    /// A URL that downloads the object directly, or `None` if this store cannot presign.
+    async fn presign(&self, key: &str, file_name: &str, ttl: Duration) -> BlobResult<Option<String>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> BlobResult<()>;
+    /// Keys of finished objects last modified before `before`.
+    async fn list_keys_before(&self, before: SystemTime) -> BlobResult<Vec<String>>;
+    /// Removes unfinished writes (partial files, incomplete multipart uploads) started
+    /// before `before`; returns how many it removed.
+    async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize>;
+}
+
+/// The key of a new upload attempt: unique, and readable in a bucket listing when the
+/// product and version are known before the file arrives.
+pub fn new_blob_key(product: Option<&str>, version: Option<&str>) -> String {
+    let id = uuid::Uuid::new_v4().simple();
+    match (product, version) {
+        (Some(p), Some(v)) => format!("{p}/{v}/{id}"),
+        _ => format!("unsorted/{id}"),
+    }
+}

@@ -1,0 +1,4 @@
+//! Domain rules with no I/O: names, permissions, version ordering, token formats.
+pub mod names;
+pub mod permissions;
+pub mod version;

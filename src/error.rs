@@ -1,0 +1,142 @@
+//! One error type for the whole HTTP surface. Every failure becomes a JSON body
+//! `{"error": <human message>, "code": <stable snake_case code>}`; the internal cause
+//! (driver text, I/O errors) goes to the log only.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    pub fn product_not_found(product: &str) -> Self {
+        Self::not_found(
+            "product_not_found",
+            format!("product '{product}' does not exist or you have no access to it"),
+        )
+    }
+    pub fn version_not_found(product: &str, version: &str) -> Self {
+        Self::not_found(
+            "version_not_found",
+            format!("product '{product}' has no version '{version}'"),
+        )
+    }
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the upload exceeds the limit of {limit} bytes"),
+        )
+    }
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(cause = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.message, "code": self.code }));
+        (self.status, body).into_response()
+    }
+}
+
+/// Errors of the metadata store. `Unavailable` keeps the driver's text for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("already exists")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob not found")]
+    NotFound,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<MetaError> for ApiError {
+    fn from(err: MetaError) -> Self {
+        match err {
+            MetaError::Conflict => ApiError::conflict("conflict", "the resource already exists"),
+            MetaError::NotFound => ApiError::not_found("not_found", "not found"),
+            MetaError::Unavailable(cause) => {
+                tracing::error!(cause = %cause, "metadata store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metadata_unavailable",
+                    "the metadata store is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(err: BlobError) -> Self {
+        match err {
+            BlobError::NotFound => {
+                tracing::error!("blob missing for a committed version");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the artifact could not be read from storage",
+                )
+            }
+            BlobError::Unavailable(cause) => {
+                tracing::error!(cause = %cause, "blob store error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the artifact storage is unavailable; retry later",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Depot: an artifact gateway. See README.md for the API and configuration.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod blob;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod download;
+pub mod error;
+pub mod janitor;
+pub mod meta;
+pub mod server;
+pub mod signing;
+pub mod upload;

@@ -1,0 +1,520 @@
+//! Embedded metadata store on redb: one file under the data directory, ACID
+//! transactions, no server. Values are JSON; composite keys join names with `\0`
+//! (names can never contain it). redb is synchronous, so every call runs on the
+//! blocking pool.
+
+use super::*;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens"); // hash -> record
+const TOKEN_IDS: TableDefinition<&str, &str> = TableDefinition::new("token_ids"); // id -> hash
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants"); // product\0token
+const TOKEN_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_grants"); // token\0product
+const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions"); // product\0version
+const BLOB_KEYS: TableDefinition<&str, &str> = TableDefinition::new("blob_keys"); // key -> product\0version
+
+#[derive(Clone)]
+pub struct EmbeddedMetaStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> MetaError {
+    MetaError::Unavailable(err.to_string())
+}
+
+fn key2(a: &str, b: &str) -> String {
+    format!("{a}\0{b}")
+}
+
+/// Range bounds covering every `prefix\0...` key.
+fn prefix_range(prefix: &str) -> (String, String) {
+    (format!("{prefix}\0"), format!("{prefix}\u{1}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> MetaResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(unavailable)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> MetaResult<T> {
+    serde_json::from_slice(bytes).map_err(unavailable)
+}
+
+impl EmbeddedMetaStore {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = Database::create(path)?;
+        // Create every table up front so read transactions never see a missing table.
+        let txn = db.begin_write()?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(TOKEN_IDS)?;
+        txn.open_table(PRODUCTS)?;
+        txn.open_table(GRANTS)?;
+        txn.open_table(TOKEN_GRANTS)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(BLOB_KEYS)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> MetaResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> MetaResult<T> + Send + 'static,
+    {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> MetaResult<T> + Send + 'static,
+    {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            f(&txn)
+        })
+        .await
+    }
+}
+
+/// Every `(suffix, value)` under `prefix\0` in a table.
+fn scan_prefix<T: ReadableTable<&'static str, &'static [u8]>, V: for<'de> Deserialize<'de>>(
+    table: &T,
+    prefix: &str,
+) -> MetaResult<Vec<(String, V)>> {
+    let (lo, hi) = prefix_range(prefix);
+    let mut out = Vec::new();
+    for entry in table.range(lo.as_str()..hi.as_str()).map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let suffix = k.value()[lo.len()..].to_string();
+        out.push((suffix, decode(v.value())?));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl MetaStore for EmbeddedMetaStore {
+    fn health_key(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> MetaResult<()> {
+        self.read(|txn| {
+            txn.open_table(PRODUCTS).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()> {
+        let token = token.clone();
+        let grants = grants.to_vec();
+        self.write(move |txn| {
+            let mut tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            let mut ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
+            if tokens.get(token.hash.as_str()).map_err(unavailable)?.is_some()
+                || ids.get(token.id.as_str()).map_err(unavailable)?.is_some()
+            {
+                return Err(MetaError::Conflict);
+            }
+            tokens
+                .insert(token.hash.as_str(), encode(&token)?.as_slice())
+                .map_err(unavailable)?;
+            ids.insert(token.id.as_str(), token.hash.as_str()).map_err(unavailable)?;
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
+            let mut by_token = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
+            for (product, grant) in &grants {
+                if products.get(product.as_str()).map_err(unavailable)?.is_none() {
+                    return Err(MetaError::NotFound);
+                }
+                let value = encode(grant)?;
+                by_product
+                    .insert(key2(product, &token.id).as_str(), value.as_slice())
+                    .map_err(unavailable)?;
+                by_token
+                    .insert(key2(&token.id, product).as_str(), value.as_slice())
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>> {
+        let hash = hash.to_string();
+        self.read(move |txn| {
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            match tokens.get(hash.as_str()).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
+        let id = id.to_string();
+        self.read(move |txn| {
+            let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
+            let Some(hash) = ids.get(id.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            match tokens.get(hash.value()).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>> {
+        self.read(|txn| {
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in tokens.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                out.push(decode::<TokenRecord>(v.value())?);
+            }
+            out.sort_by_key(|t| t.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn has_admin_token(&self) -> MetaResult<bool> {
+        Ok(self.list_tokens().await?.iter().any(|t| t.admin))
+    }
+
+    async fn delete_token(&self, id: &str) -> MetaResult<bool> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
+            let Some(hash) = ids.remove(id.as_str()).map_err(unavailable)? else {
+                return Ok(false);
+            };
+            let hash = hash.value().to_string();
+            txn.open_table(TOKENS)
+                .map_err(unavailable)?
+                .remove(hash.as_str())
+                .map_err(unavailable)?;
+            let mut by_token = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
+            let products: Vec<(String, Grant)> = scan_prefix(&by_token, &id)?;
+            let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
+            for (product, _) in products {
+                by_token.remove(key2(&id, &product).as_str()).map_err(unavailable)?;
+                by_product.remove(key2(&product, &id).as_str()).map_err(unavailable)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
+        let id = token_id.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
+            scan_prefix(&table, &id)
+        })
+        .await
+    }
+
+    async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>> {
+        let product = product.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(GRANTS).map_err(unavailable)?;
+            scan_prefix(&table, &product)
+        })
+        .await
+    }
+
+    async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
+        let (product, id) = (product.to_string(), token_id.to_string());
+        self.write(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products.get(product.as_str()).map_err(unavailable)?.is_none() {
+                return Err(MetaError::NotFound);
+            }
+            let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
+            if ids.get(id.as_str()).map_err(unavailable)?.is_none() {
+                return Err(MetaError::NotFound);
+            }
+            let value = encode(&grant)?;
+            txn.open_table(GRANTS)
+                .map_err(unavailable)?
+                .insert(key2(&product, &id).as_str(), value.as_slice())
+                .map_err(unavailable)?;
+            txn.open_table(TOKEN_GRANTS)
+                .map_err(unavailable)?
+                .insert(key2(&id, &product).as_str(), value.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_grant(&self, product: &str, token_id: &str) -> MetaResult<bool> {
+        let (product, id) = (product.to_string(), token_id.to_string());
+        self.write(move |txn| {
+            let removed = txn
+                .open_table(GRANTS)
+                .map_err(unavailable)?
+                .remove(key2(&product, &id).as_str())
+                .map_err(unavailable)?
+                .is_some();
+            txn.open_table(TOKEN_GRANTS)
+                .map_err(unavailable)?
+                .remove(key2(&id, &product).as_str())
+                .map_err(unavailable)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()> {
+        let (product, creator) = (product.clone(), creator_id.to_string());
+        self.write(move |txn| {
+            let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products.get(product.name.as_str()).map_err(unavailable)?.is_some() {
+                return Err(MetaError::Conflict);
+            }
+            products
+                .insert(product.name.as_str(), encode(&product)?.as_slice())
+                .map_err(unavailable)?;
+            let value = encode(&Grant::ALL)?;
+            txn.open_table(GRANTS)
+                .map_err(unavailable)?
+                .insert(key2(&product.name, &creator).as_str(), value.as_slice())
+                .map_err(unavailable)?;
+            txn.open_table(TOKEN_GRANTS)
+                .map_err(unavailable)?
+                .insert(key2(&creator, &product.name).as_str(), value.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>> {
+        let name = name.to_string();
+        self.read(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            match products.get(name.as_str()).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_products(&self) -> MetaResult<Vec<String>> {
+        self.read(|txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in products.iter().map_err(unavailable)? {
+                out.push(entry.map_err(unavailable)?.0.value().to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>> {
+        let name = name.to_string();
+        self.write(move |txn| {
+            let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products.remove(name.as_str()).map_err(unavailable)?.is_none() {
+                return Ok(None);
+            }
+            let mut deleted = DeletedProduct::default();
+            let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
+            let mut by_token = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
+            for (token_id, _) in scan_prefix::<_, Grant>(&by_product, &name)? {
+                by_product.remove(key2(&name, &token_id).as_str()).map_err(unavailable)?;
+                by_token.remove(key2(&token_id, &name).as_str()).map_err(unavailable)?;
+                deleted.token_ids.push(token_id);
+            }
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            for (version, record) in scan_prefix::<_, VersionRecord>(&versions, &name)? {
+                versions.remove(key2(&name, &version).as_str()).map_err(unavailable)?;
+                blob_keys.remove(record.blob_key.as_str()).map_err(unavailable)?;
+                deleted.versions.push(record);
+            }
+            Ok(Some(deleted))
+        })
+        .await
+    }
+
+    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()> {
+        let record = record.clone();
+        self.write(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products.get(record.product.as_str()).map_err(unavailable)?.is_none() {
+                return Err(MetaError::NotFound);
+            }
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let key = key2(&record.product, &record.version);
+            if versions.get(key.as_str()).map_err(unavailable)?.is_some() {
+                return Err(MetaError::Conflict);
+            }
+            versions
+                .insert(key.as_str(), encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+            txn.open_table(BLOB_KEYS)
+                .map_err(unavailable)?
+                .insert(record.blob_key.as_str(), key.as_str())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn commit_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        size: u64,
+        checksum: &str,
+    ) -> MetaResult<()> {
+        let key = key2(product, version);
+        let (blob_key, checksum) = (blob_key.to_string(), checksum.to_string());
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(MetaError::NotFound),
+            };
+            if record.blob_key != blob_key || record.state != VersionState::Pending {
+                return Err(MetaError::NotFound);
+            }
+            record.state = VersionState::Committed;
+            record.size = size;
+            record.checksum = checksum;
+            versions
+                .insert(key.as_str(), encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_pending_version(&self, product: &str, version: &str, blob_key: &str) -> MetaResult<()> {
+        let key = key2(product, version);
+        let blob_key = blob_key.to_string();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let pending = match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => {
+                    let record: VersionRecord = decode(v.value())?;
+                    record.state == VersionState::Pending && record.blob_key == blob_key
+                }
+                None => false,
+            };
+            if pending {
+                versions.remove(key.as_str()).map_err(unavailable)?;
+                txn.open_table(BLOB_KEYS)
+                    .map_err(unavailable)?
+                    .remove(blob_key.as_str())
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
+        let key = key2(product, version);
+        self.read(move |txn| {
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => {
+                    let record: VersionRecord = decode(v.value())?;
+                    Ok((record.state == VersionState::Committed).then_some(record))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>> {
+        let product = product.to_string();
+        self.read(move |txn| {
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            Ok(scan_prefix::<_, VersionRecord>(&versions, &product)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.state == VersionState::Committed)
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete_version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
+        let key = key2(product, version);
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(None),
+            };
+            if record.state != VersionState::Committed {
+                return Ok(None);
+            }
+            versions.remove(key.as_str()).map_err(unavailable)?;
+            txn.open_table(BLOB_KEYS)
+                .map_err(unavailable)?
+                .remove(record.blob_key.as_str())
+                .map_err(unavailable)?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
+        self.read(move |txn| {
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in versions.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                let record: VersionRecord = decode(v.value())?;
+                if record.state == VersionState::Pending && record.uploaded_at < before_ms {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {
+        let key = key.to_string();
+        self.read(move |txn| {
+            let keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            Ok(keys.get(key.as_str()).map_err(unavailable)?.is_some())
+        })
+        .await
+    }
+}

@@ -1,0 +1,135 @@
+//! The metadata store: tokens, products, grants and versions. One trait, one file per
+//! implementation (`embedded` on redb, `mongo` on MongoDB). Implementations keep every
+//! change that must be atomic inside one transaction or one single-document write.
+
+use crate::domain::permissions::Grant;
+use crate::error::MetaError;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod embedded;
+pub mod mongo;
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public, non-secret id (`tok_...`): what listings and grant maps show.
+    pub id: String,
+    /// SHA-256 hex of the raw token: the lookup key. Never shown to clients.
+    pub hash: String,
+    pub admin: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Unix milliseconds; `None` = never expires.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+impl TokenRecord {
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductRecord {
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Reserved by an upload in flight: invisible to readers, blocks duplicates.
+    Pending,
+    Committed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub product: String,
+    pub version: String,
+    pub file_name: String,
+    pub size: u64,
+    /// SHA-256 hex of the artifact (empty while pending).
+    pub checksum: String,
+    /// Where the blob store keeps the bytes; unique per upload attempt.
+    pub blob_key: String,
+    pub state: VersionState,
+    /// Unix milliseconds.
+    pub uploaded_at: i64,
+    /// Public id of the uploading token.
+    pub uploaded_by: String,
+}
+
+/// What a product deletion removed, so the caller can delete blobs and invalidate caches.
+#[derive(Debug, Default)]
+pub struct DeletedProduct {
+    pub versions: Vec<VersionRecord>,
+    pub token_ids: Vec<String>,
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Name used as the `/health` key for this store.
+    fn health_key(&self) -> &'static str;
+    async fn ping(&self) -> MetaResult<()>;
+
+    // Tokens.
+    /// Inserts a token and, atomically with it, its initial grants.
+    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()>;
+    async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>>;
+    async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>>;
+    async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>>;
+    async fn has_admin_token(&self) -> MetaResult<bool>;
+    /// Deletes the token and every grant it had. False when it did not exist.
+    async fn delete_token(&self, id: &str) -> MetaResult<bool>;
+
+    // Grants.
+    async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>>;
+    async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>>;
+    /// Creates or replaces a grant. `NotFound` when the product does not exist.
+    async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()>;
+    async fn remove_grant(&self, product: &str, token_id: &str) -> MetaResult<bool>;
+
+    // Products.
+    /// Creates the product with an all-flags grant for its creator. `Conflict` on duplicates.
+    async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
+    async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>>;
+    async fn list_products(&self) -> MetaResult<Vec<String>>;
+    /// Removes the product with its grants and version records. `None` when missing.
+    async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>>;
+
+    // Versions.
+    /// Reserves (product, version) as pending. `Conflict` when any record exists,
+    /// `NotFound` when the product does not.
+    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()>;
+    /// Flips a pending reservation (matched by blob key) to committed with its final size and digest.
+    async fn commit_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        size: u64,
+        checksum: &str,
+    ) -> MetaResult<()>;
+    /// Drops a pending reservation (matched by blob key); committed records are untouched.
+    async fn remove_pending_version(&self, product: &str, version: &str, blob_key: &str) -> MetaResult<()>;
+    /// A committed version.
+    async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    /// All committed versions of a product, in no particular order.
+    async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>>;
+    /// Deletes a committed version's record and returns it.
+    async fn delete_version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    /// Pending reservations older than `before_ms` (left by crashes).
+    async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
+    /// Whether any version record (pending or committed) points at this blob key.
+    async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool>;
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,187 @@
+//! Start-up: connect the configured backends, bootstrap the admin token, clean what a
+//! crash left, serve until SIGTERM/SIGINT with a grace period for running transfers.
+
+use crate::app::{AppState, router};
+use crate::auth::{generate_token, generate_token_id, hash_token};
+use crate::blob::BlobStore;
+use crate::blob::fs::FsBlobStore;
+use crate::cache::TokenCache;
+use crate::cache::none::NoCache;
+use crate::config::{LogFormat, Settings};
+use crate::meta::embedded::EmbeddedMetaStore;
+use crate::meta::{MetaStore, TokenRecord, now_ms};
+use crate::signing::UrlSigner;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Opens the metadata store the settings select.
+pub async fn open_meta(settings: &Settings) -> anyhow::Result<Arc<dyn MetaStore>> {
+    if let Some(url) = &settings.mongo_url {
+        let store = crate::meta::mongo::MongoMetaStore::connect(url, &settings.mongo_db)
+            .await
+            .context("MongoDB (DEPOT_MONGO_URL) is unreachable or misconfigured")?;
+        return Ok(Arc::new(store));
+    }
+    tokio::fs::create_dir_all(&settings.data_dir)
+        .await
+        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+    let path = settings.data_dir.join("depot.redb");
+    let store = tokio::task::spawn_blocking(move || EmbeddedMetaStore::open(&path))
+        .await?
+        .context("cannot open the embedded database (is another Depot using this DEPOT_DATA_DIR?)")?;
+    Ok(Arc::new(store))
+}
+
+pub async fn open_blobs(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
+    if let Some(s3) = &settings.s3 {
+        let store = crate::blob::s3::S3BlobStore::connect(s3)
+            .await
+            .context("S3 (DEPOT_S3_*) is unreachable or misconfigured")?;
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(
+        FsBlobStore::open(&settings.data_dir)
+            .await
+            .with_context(|| format!("cannot use {} for blobs", settings.data_dir.display()))?,
+    ))
+}
+
+pub async fn open_cache(settings: &Settings) -> anyhow::Result<Arc<dyn TokenCache>> {
+    if let Some(url) = &settings.redis_url {
+        let cache = crate::cache::redis::RedisCache::connect(url, Duration::from_secs(settings.cache_ttl_seconds))
+            .await
+            .context("Redis (DEPOT_REDIS_URL) is misconfigured")?;
+        return Ok(Arc::new(cache));
+    }
+    Ok(Arc::new(NoCache))
+}
+
+/// The HMAC key for Depot-signed URLs: configured, or generated once into the data dir.
+async fn signing_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = &settings.signing_key {
+        return Ok(key.as_bytes().to_vec());
+    }
+    let path = settings.data_dir.join("signing.key");
+    if let Ok(existing) = tokio::fs::read(&path).await {
+        if existing.len() >= 32 {
+            return Ok(existing);
+        }
+    }
+    tokio::fs::create_dir_all(&settings.data_dir).await?;
+    let key: [u8; 32] = rand::random();
+    tokio::fs::write(&path, hex::encode(key)).await?;
+    Ok(tokio::fs::read(&path).await?)
+}
+
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let meta = open_meta(&settings).await?;
+    let blobs = open_blobs(&settings).await?;
+    let cache = open_cache(&settings).await?;
+    let signer = UrlSigner::new(signing_key(&settings).await?);
+    Ok(AppState::new(settings, meta, blobs, cache, signer))
+}
+
+/// Creates a token directly in the store and returns the raw value.
+pub async fn create_token(meta: &dyn MetaStore, admin: bool, raw: Option<&str>) -> anyhow::Result<String> {
+    let raw = raw.map(str::to_string).unwrap_or_else(generate_token);
+    let record = TokenRecord {
+        id: generate_token_id(),
+        hash: hash_token(&raw),
+        admin,
+        created_at: now_ms(),
+        name: None,
+        expires_at: None,
+    };
+    meta.insert_token(&record, &[]).await?;
+    Ok(raw)
+}
+
+/// `DEPOT_ADMIN_TOKEN` exists as an admin token; with none configured and no admin at
+/// all, one is created and printed once on stdout (never logged).
+async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
+    if let Some(raw) = &state.settings.admin_token {
+        match state.meta.token_by_hash(&hash_token(raw)).await? {
+            Some(t) if t.admin => {}
+            Some(_) => anyhow::bail!("DEPOT_ADMIN_TOKEN names an existing non-admin token"),
+            None => {
+                create_token(state.meta.as_ref(), true, Some(raw)).await?;
+                tracing::info!("admin token from DEPOT_ADMIN_TOKEN registered");
+            }
+        }
+        return Ok(());
+    }
+    if !state.meta.has_admin_token().await? {
+        let raw = create_token(state.meta.as_ref(), true, None).await?;
+        println!("Depot created the first admin token (shown once, store it now):\n{raw}");
+        tracing::info!("first admin token created and printed to stdout");
+    }
+    Ok(())
+}
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listen = settings.listen;
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
+    let embedded = settings.mongo_url.is_none();
+    let state = build_state(settings).await?;
+    bootstrap_admin(&state).await?;
+    if embedded {
+        // This process owns the embedded database: every pending upload is a crash leftover.
+        let report = crate::janitor::sweep(&state, Duration::ZERO).await?;
+        tracing::info!(?report, "start-up cleanup");
+    }
+    crate::janitor::spawn(state.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "depot listening");
+    let app = router(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_rx = stop_rx;
+    tokio::select! {
+        result = server.into_future() => result?,
+        _ = async {
+            let _ = stop_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("shutdown grace period over; aborting remaining transfers");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing running requests");
+}

@@ -1,0 +1,317 @@
+//! The upload commit protocol, the same for every backend:
+//!
+//! 1. authorize, then reserve (product, version) as *pending*: the unique record decides
+//!    races, so exactly one concurrent upload of a version proceeds;
+//! 2. stream the multipart `file` field into a blob writer under a fresh key, counting
+//!    bytes against the limit and hashing with SHA-256 on the way;
+//! 3. verify the client's expected digest, finish the blob, flip the record to committed.
+//!
+//! Fields may come in any order: when `file` arrives before `product`/`version`, it is
+//! streamed first and step 1 happens afterwards. Any error, or the request future being
+//! dropped (client gone), runs `UploadGuard::drop`, which aborts the blob and removes
+//! the pending record; the janitor handles what a crash leaves.
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::blob::{BlobWriter, new_blob_key};
+use crate::domain::names::{sanitize_file_name, validate_new_version, validate_product};
+use crate::domain::permissions::ProductOp;
+use crate::error::{ApiError, ApiResult, MetaError};
+use crate::meta::{VersionRecord, VersionState, now_ms};
+use axum::extract::Multipart;
+use axum::extract::multipart::{Field, MultipartError};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Multipart framing and the small text fields on top of the artifact itself.
+const ENVELOPE_ALLOWANCE: u64 = 64 * 1024;
+const MAX_TEXT_FIELD: usize = 1024;
+/// Below this, hashing inline is cheaper than a hop to the blocking pool.
+const INLINE_HASH_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, Serialize)]
+pub struct UploadResult {
+    pub product: String,
+    pub version: String,
+    pub file_name: String,
+    pub size: u64,
+    pub checksum: String,
+}
+
+/// Parses `hex` or `sha256:hex` into lowercase hex.
+pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {
+    let hex_part = raw.trim();
+    let hex_part = hex_part
+        .strip_prefix("sha256:")
+        .or_else(|| hex_part.strip_prefix("sha256="))
+        .unwrap_or(hex_part);
+    if hex_part.len() == 64 && hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex_part.to_ascii_lowercase())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_checksum",
+            "checksum must be a SHA-256 digest: 64 hex characters, optionally prefixed with 'sha256:'",
+        ))
+    }
+}
+
+struct Reservation {
+    product: String,
+    version: String,
+}
+
+/// Owns everything an unfinished upload has created and removes it unless disarmed.
+struct UploadGuard {
+    app: AppState,
+    blob_key: String,
+    writer: Option<Box<dyn BlobWriter>>,
+    blob_finished: bool,
+    reservation: Option<Reservation>,
+    committed: bool,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let writer = self.writer.take();
+        let reservation = self.reservation.take();
+        let finished = self.blob_finished;
+        if writer.is_none() && reservation.is_none() && !finished {
+            return;
+        }
+        let app = self.app.clone();
+        let key = self.blob_key.clone();
+        let cleanup = async move {
+            if let Some(writer) = writer {
+                writer.abort().await;
+            }
+            if finished {
+                if let Err(err) = app.blobs.delete(&key).await {
+                    tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
+                }
+            }
+            // The record goes last, so the janitor can still see a blob that failed to delete.
+            if let Some(r) = reservation {
+                if let Err(err) = app.meta.remove_pending_version(&r.product, &r.version, &key).await {
+                    tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
+                }
+            }
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(cleanup);
+        }
+    }
+}
+
+impl UploadGuard {
+    async fn reserve(&mut self, caller: &Caller, product: &str, version: &str, file_name: &str) -> ApiResult<()> {
+        caller.authorize(product, ProductOp::Upload)?;
+        let record = VersionRecord {
+            product: product.to_string(),
+            version: version.to_string(),
+            file_name: file_name.to_string(),
+            size: 0,
+            checksum: String::new(),
+            blob_key: self.blob_key.clone(),
+            state: VersionState::Pending,
+            uploaded_at: now_ms(),
+            uploaded_by: caller.token.id.clone(),
+        };
+        self.app.meta.reserve_version(&record).await.map_err(|e| match e {
+            MetaError::Conflict => ApiError::conflict(
+                "version_exists",
+                format!("product '{product}' already has a version '{version}'; versions are immutable"),
+            ),
+            MetaError::NotFound => ApiError::product_not_found(product),
+            other => other.into(),
+        })?;
+        self.reservation = Some(Reservation { product: product.into(), version: version.into() });
+        Ok(())
+    }
+}
+
+fn multipart_error(err: MultipartError) -> ApiError {
+    let status = err.status();
+    if status == http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, "payload_too_large", err.body_text());
+    }
+    ApiError::bad_request("invalid_body", format!("malformed multipart body: {}", err.body_text()))
+}
+
+async fn read_text_field(mut field: Field<'_>, name: &str) -> ApiResult<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::bad_request("invalid_body", format!("field '{name}' is too long")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map(|s| s.trim().to_string())
+        .map_err(|_| ApiError::bad_request("invalid_body", format!("field '{name}' is not UTF-8")))
+}
+
+struct Streamed {
+    size: u64,
+    digest: String,
+    file_name: String,
+}
+
+async fn hash_chunk(hasher: Sha256, chunk: Bytes) -> ApiResult<Sha256> {
+    if chunk.len() < INLINE_HASH_LIMIT {
+        let mut hasher = hasher;
+        hasher.update(&chunk);
+        return Ok(hasher);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        hasher.update(&chunk);
+        hasher
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
+async fn stream_file(field: &mut Field<'_>, writer: &mut dyn BlobWriter, limit: u64) -> ApiResult<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        // Hash and write concurrently: the write is I/O, the hash is CPU.
+        let (hashed, written) = tokio::join!(hash_chunk(hasher, chunk.clone()), writer.write(chunk));
+        written?;
+        hasher = hashed?;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut multipart: Multipart) -> ApiResult<UploadResult> {
+    let limit = app.settings.max_upload_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit.saturating_add(ENVELOPE_ALLOWANCE)) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut expected: Vec<String> = Vec::new();
+    if let Some(v) = headers.get("x-checksum-sha256") {
+        let raw = v.to_str().map_err(|_| ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII"))?;
+        expected.push(parse_expected_digest(raw)?);
+    }
+
+    let mut product: Option<String> = None;
+    let mut version: Option<String> = None;
+    let mut guard: Option<UploadGuard> = None;
+    let mut streamed: Option<Streamed> = None;
+
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "product" => {
+                let value = read_text_field(field, "product").await?;
+                validate_product(&value).map_err(crate::api::name_error)?;
+                product = Some(value);
+            }
+            "version" => {
+                let value = read_text_field(field, "version").await?;
+                validate_new_version(&value).map_err(crate::api::name_error)?;
+                version = Some(value);
+            }
+            "checksum" => {
+                let value = read_text_field(field, "checksum").await?;
+                expected.push(parse_expected_digest(&value)?);
+            }
+            "file" => {
+                if streamed.is_some() {
+                    return Err(ApiError::bad_request("invalid_body", "only one 'file' field is allowed"));
+                }
+                let file_name = field
+                    .file_name()
+                    .map(|raw| {
+                        sanitize_file_name(raw).ok_or_else(|| {
+                            ApiError::bad_request("invalid_name", "the uploaded file name is not a safe base name")
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or_else(|| "artifact".to_string());
+                let blob_key = new_blob_key(product.as_deref(), version.as_deref());
+                let mut g = UploadGuard {
+                    app: app.clone(),
+                    blob_key,
+                    writer: None,
+                    blob_finished: false,
+                    reservation: None,
+                    committed: false,
+                };
+                // Fail fast (permission, duplicate) before reading the body when we can.
+                if let (Some(p), Some(v)) = (&product, &version) {
+                    g.reserve(caller, p, v, &file_name).await?;
+                }
+                let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
+                let (size, digest) = stream_file(&mut field, writer.as_mut(), limit).await?;
+                streamed = Some(Streamed { size, digest, file_name });
+                guard = Some(g);
+            }
+            _ => {
+                // Unknown fields are drained and ignored, as form handlers usually do.
+                let _ = read_text_field(field, &name).await;
+            }
+        }
+    }
+
+    let product = product.ok_or_else(|| missing("product"))?;
+    let version = version.ok_or_else(|| missing("version"))?;
+    let (Some(mut guard), Some(streamed)) = (guard, streamed) else {
+        return Err(missing("file"));
+    };
+    if guard.reservation.is_none() {
+        guard.reserve(caller, &product, &version, &streamed.file_name).await?;
+    }
+    if let Some(bad) = expected.iter().find(|e| **e != streamed.digest) {
+        return Err(ApiError::bad_request(
+            "checksum_mismatch",
+            format!("the upload's SHA-256 is {} but {bad} was expected; nothing was stored", streamed.digest),
+        ));
+    }
+    let writer = guard.writer.take().ok_or_else(|| ApiError::internal("upload writer missing"))?;
+    writer.finish().await?;
+    guard.blob_finished = true;
+    app.meta
+        .commit_version(&product, &version, &guard.blob_key, streamed.size, &streamed.digest)
+        .await?;
+    guard.committed = true;
+    tracing::info!(product = %product, version = %version, size = streamed.size, by = %caller.token.id, "version uploaded");
+    Ok(UploadResult {
+        product,
+        version,
+        file_name: streamed.file_name,
+        size: streamed.size,
+        checksum: format!("sha256:{}", streamed.digest),
+    })
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::bad_request("missing_field", format!("the multipart form has no '{field}' field"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_digest_accepts_hex_and_prefixed_forms() {
+        let hex = "a".repeat(64);
+        assert_eq!(parse_expected_digest(&hex).unwrap(), hex);
+        assert_eq!(parse_expected_digest(&format!("sha256:{}", "AB".repeat(32))).unwrap(), "ab".repeat(32));
+        assert!(parse_expected_digest("sha256:xyz").is_err());
+        assert!(parse_expected_digest(&"a".repeat(63)).is_err());
+    }
+}
