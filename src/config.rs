@@ -72,10 +72,10 @@ pub struct RawSettings {
     /// Create the bucket at start-up when it does not exist [default: false]
     #[arg(long, env = "DEPOT_S3_CREATE_BUCKET")]
     pub s3_create_bucket: Option<bool>,
-    /// Multipart upload part size in bytes, at least 5 MiB [default: 16777216 = 16 MiB]
+    /// Multipart upload part size in bytes, at least 5 MiB [default: 8388608 = 8 MiB]
     #[arg(long, env = "DEPOT_S3_PART_SIZE")]
     pub s3_part_size: Option<u64>,
-    /// Multipart parts uploaded concurrently per upload [default: 4]
+    /// Multipart parts uploaded concurrently per upload [default: 3]
     #[arg(long, env = "DEPOT_S3_PARTS_IN_FLIGHT")]
     pub s3_parts_in_flight: Option<usize>,
     /// How downloads are served: proxy (stream through Depot) or redirect (302) [default: proxy]
@@ -139,6 +139,8 @@ pub struct Settings {
 }
 
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
+const DEFAULT_MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
 
 macro_rules! merge_fields {
     ($strong:expr, $weak:expr, $($field:ident),*) => {
@@ -175,12 +177,17 @@ impl Settings {
     pub fn resolve(raw: RawSettings) -> anyhow::Result<Settings> {
         let s3 = match raw.s3_bucket {
             Some(bucket) if !bucket.is_empty() => {
-                let part_size = raw.s3_part_size.unwrap_or(16 * 1024 * 1024);
+                let part_size = raw.s3_part_size.unwrap_or(8 * 1024 * 1024);
                 anyhow::ensure!(
                     part_size >= MIN_PART_SIZE,
                     "DEPOT_S3_PART_SIZE must be at least {MIN_PART_SIZE} bytes (S3's minimum part size)"
                 );
-                let parts_in_flight = raw.s3_parts_in_flight.unwrap_or(4);
+                let max_upload = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD);
+                anyhow::ensure!(
+                    max_upload.div_ceil(part_size) <= MAX_PARTS,
+                    "DEPOT_MAX_UPLOAD_BYTES needs more than {MAX_PARTS} parts of DEPOT_S3_PART_SIZE; raise the part size"
+                );
+                let parts_in_flight = raw.s3_parts_in_flight.unwrap_or(3);
                 anyhow::ensure!(
                     (1..=64).contains(&parts_in_flight),
                     "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64"
@@ -201,7 +208,7 @@ impl Settings {
             }
             _ => None,
         };
-        let max_upload_bytes = raw.max_upload_bytes.unwrap_or(5 * 1024 * 1024 * 1024);
+        let max_upload_bytes = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD);
         anyhow::ensure!(max_upload_bytes > 0, "DEPOT_MAX_UPLOAD_BYTES must be positive");
         if let Some(token) = &raw.admin_token {
             anyhow::ensure!(

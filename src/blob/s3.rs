@@ -1,4 +1,487 @@
-pub struct S3BlobStore;
+//! S3-compatible blob store (aws-sdk-s3): AWS S3, MinIO, SeaweedFS, Garage...
+//!
+//! Uploads stream into the bucket in bounded memory: bytes collect in one part-sized
+//! buffer; a full buffer goes out as a multipart part while the next one fills, with a
+//! fixed number of parts in flight per upload and a process-wide budget of part buffers
+//! (so many concurrent uploads cannot exhaust memory). An upload that fits in one part is
+//! a single PUT. Every body carries its SHA-256 for the store to verify, and no
+//! aws-chunked encoding is used (many S3-compatible stores reject it). Anything that
+//! does not reach `finish` aborts its multipart upload.
+
+use super::*;
+use crate::config::S3Settings;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as SdkStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use bytes::BytesMut;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// Part buffers all uploads of this process may hold at once, in bytes.
+const BUFFER_BUDGET_BYTES: u64 = 128 * 1024 * 1024;
+
+struct Inner {
+    client: Client,
+    /// Signs presigned URLs for the endpoint clients use (may differ from `client`'s).
+    public_client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+    parts_in_flight: usize,
+    buffers: Arc<Semaphore>,
+}
+
+pub struct S3BlobStore {
+    inner: Arc<Inner>,
+}
+
+fn sdk_err<E: std::fmt::Debug>(err: E) -> BlobError {
+    BlobError::Unavailable(format!("{err:?}"))
+}
+
+fn sha256_b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
+}
+
+async fn build_client(settings: &S3Settings, endpoint: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build(),
+    );
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(settings.force_path_style)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if shared.region().is_none() {
+        config = config.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    Client::from_conf(config.build())
+}
+
 impl S3BlobStore {
-    pub async fn connect(_s: &crate::config::S3Settings) -> anyhow::Result<crate::blob::fs::FsBlobStore> { anyhow::bail!("todo") }
+    pub async fn connect(settings: &S3Settings) -> anyhow::Result<Self> {
+        let client = build_client(settings, settings.endpoint.as_deref()).await;
+        let public_endpoint = settings.public_endpoint.as_deref().or(settings.endpoint.as_deref());
+        let public_client = build_client(settings, public_endpoint).await;
+        let part_size = usize::try_from(settings.part_size)?;
+        let budget = (BUFFER_BUDGET_BYTES / settings.part_size).max(settings.parts_in_flight as u64 + 1);
+        let store = S3BlobStore {
+            inner: Arc::new(Inner {
+                client,
+                public_client,
+                bucket: settings.bucket.clone(),
+                prefix: settings.prefix.clone(),
+                part_size,
+                parts_in_flight: settings.parts_in_flight,
+                buffers: Arc::new(Semaphore::new(budget as usize)),
+            }),
+        };
+        store.ensure_bucket(settings.create_bucket).await?;
+        Ok(store)
+    }
+
+    async fn ensure_bucket(&self, create: bool) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        match inner.client.head_bucket().bucket(&inner.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let not_found = err.as_service_error().is_some_and(|e| e.is_not_found());
+                if not_found && create {
+                    inner
+                        .client
+                        .create_bucket()
+                        .bucket(&inner.bucket)
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot create bucket '{}': {:?}", inner.bucket, e))?;
+                    tracing::info!(bucket = %inner.bucket, "bucket created");
+                    Ok(())
+                } else if not_found {
+                    anyhow::bail!(
+                        "bucket '{}' does not exist (set DEPOT_S3_CREATE_BUCKET=true to create it)",
+                        inner.bucket
+                    )
+                } else {
+                    anyhow::bail!("cannot reach bucket '{}': {}", inner.bucket, describe_sdk_error(&err))
+                }
+            }
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.prefix)
+    }
+}
+
+fn describe_sdk_error<E: std::fmt::Debug, R: std::fmt::Debug>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String {
+    use aws_sdk_s3::error::SdkError;
+    match err {
+        SdkError::DispatchFailure(_) => "connection failed (is the endpoint right and the server up?)".into(),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::ServiceError(e) => format!("{:?}", e.err()),
+        other => format!("{other:?}"),
+    }
+}
+
+struct S3Writer {
+    inner: Arc<Inner>,
+    key: String,
+    buffer: BytesMut,
+    buffer_permit: Option<OwnedSemaphorePermit>,
+    upload_id: Option<String>,
+    next_part: i32,
+    in_flight: JoinSet<BlobResult<CompletedPart>>,
+    done: Vec<CompletedPart>,
+    closed: bool,
+}
+
+impl S3Writer {
+    /// Waits for one in-flight part and records it.
+    async fn collect_one(&mut self) -> BlobResult<()> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.map_err(|e| BlobError::Unavailable(e.to_string()))??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> BlobResult<()> {
+        if self.upload_id.is_none() {
+            let created = self
+                .inner
+                .client
+                .create_multipart_upload()
+                .bucket(&self.inner.bucket)
+                .key(&self.key)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            let id = created
+                .upload_id()
+                .ok_or_else(|| BlobError::Unavailable("store returned no upload id".into()))?;
+            self.upload_id = Some(id.to_string());
+        }
+        while self.in_flight.len() >= self.inner.parts_in_flight {
+            self.collect_one().await?;
+        }
+        let data = self.buffer.split().freeze();
+        let permit = self.buffer_permit.take();
+        let part_number = self.next_part;
+        self.next_part += 1;
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        self.in_flight.spawn(async move {
+            let checksum = {
+                let data = data.clone();
+                tokio::task::spawn_blocking(move || sha256_b64(&data))
+                    .await
+                    .map_err(|e| BlobError::Unavailable(e.to_string()))?
+            };
+            let out = inner
+                .client
+                .upload_part()
+                .bucket(&inner.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(part_number)
+                .content_length(data.len() as i64)
+                .checksum_sha256(&checksum)
+                .body(SdkStream::from(data))
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            drop(permit);
+            Ok(CompletedPart::builder()
+                .part_number(part_number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_sha256(out.checksum_sha256().unwrap_or(&checksum))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn put_single(&mut self) -> BlobResult<()> {
+        let data = self.buffer.split().freeze();
+        let checksum = sha256_b64(&data);
+        self.inner
+            .client
+            .put_object()
+            .bucket(&self.inner.bucket)
+            .key(&self.key)
+            .content_length(data.len() as i64)
+            .checksum_sha256(&checksum)
+            .metadata("sha256", hex::encode(Sha256::digest(&data)))
+            .body(SdkStream::from(data))
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        self.buffer_permit = None;
+        Ok(())
+    }
+
+    async fn complete(&mut self) -> BlobResult<()> {
+        if !self.buffer.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        self.inner
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.inner.bucket)
+            .key(&self.key)
+            .upload_id(self.upload_id.as_deref().unwrap_or_default())
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        Ok(())
+    }
+
+    fn abort_in_background(&mut self) {
+        self.in_flight.abort_all();
+        if let Some(upload_id) = self.upload_id.take() {
+            let inner = self.inner.clone();
+            let key = self.key.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { abort_upload(&inner, &key, &upload_id).await });
+            }
+        }
+    }
+}
+
+async fn abort_upload(inner: &Inner, key: &str, upload_id: &str) {
+    if let Err(err) = inner
+        .client
+        .abort_multipart_upload()
+        .bucket(&inner.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(key = %key, error = %describe_sdk_error(&err), "abort of multipart upload failed; the janitor retries");
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.abort_in_background();
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
+        while !chunk.is_empty() {
+            if self.buffer_permit.is_none() {
+                let permit = self
+                    .inner
+                    .buffers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+                self.buffer_permit = Some(permit);
+                self.buffer.reserve(self.inner.part_size);
+            }
+            let take = (self.inner.part_size - self.buffer.len()).min(chunk.len());
+            self.buffer.extend_from_slice(&chunk.split_to(take));
+            if self.buffer.len() == self.inner.part_size {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> BlobResult<()> {
+        let result = if self.upload_id.is_none() { self.put_single().await } else { self.complete().await };
+        match result {
+            Ok(()) => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(err) => {
+                self.closed = true;
+                self.in_flight.abort_all();
+                if let Some(id) = self.upload_id.take() {
+                    abort_upload(&self.inner, &self.key, &id).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.closed = true;
+        self.in_flight.abort_all();
+        if let Some(id) = self.upload_id.take() {
+            abort_upload(&self.inner, &self.key, &id).await;
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    fn describe(&self) -> &'static str {
+        "S3"
+    }
+
+    async fn ping(&self) -> BlobResult<()> {
+        self.inner
+            .client
+            .head_bucket()
+            .bucket(&self.inner.bucket)
+            .send()
+            .await
+            .map_err(|e| BlobError::Unavailable(describe_sdk_error(&e)))?;
+        Ok(())
+    }
+
+    async fn writer(&self, key: &str) -> BlobResult<Box<dyn BlobWriter>> {
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            key: self.full_key(key),
+            buffer: BytesMut::new(),
+            buffer_permit: None,
+            upload_id: None,
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            closed: false,
+        }))
+    }
+
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> BlobResult<ByteStream> {
+        let mut request = self.inner.client.get_object().bucket(&self.inner.bucket).key(self.full_key(key));
+        if let Some(r) = range {
+            request = request.range(format!("bytes={}-{}", r.start, r.end));
+        }
+        let output = request.send().await.map_err(|err| {
+            if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+                BlobError::NotFound
+            } else {
+                BlobError::Unavailable(describe_sdk_error(&err))
+            }
+        })?;
+        let body = output.body;
+        let stream = futures::stream::unfold(body, |mut body| async move {
+            body.next()
+                .await
+                .map(|item| (item.map_err(std::io::Error::other), body))
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn presign(&self, key: &str, file_name: &str, ttl: Duration) -> BlobResult<Option<String>> {
+        let config = PresigningConfig::expires_in(ttl).map_err(sdk_err)?;
+        let request = self
+            .inner
+            .public_client
+            .get_object()
+            .bucket(&self.inner.bucket)
+            .key(self.full_key(key))
+            .response_content_disposition(crate::download::content_disposition(file_name))
+            .presigned(config)
+            .await
+            .map_err(sdk_err)?;
+        Ok(Some(request.uri().to_string()))
+    }
+
+    async fn delete(&self, key: &str) -> BlobResult<()> {
+        self.inner
+            .client
+            .delete_object()
+            .bucket(&self.inner.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| BlobError::Unavailable(describe_sdk_error(&e)))?;
+        Ok(())
+    }
+
+    async fn list_keys_before(&self, before: SystemTime) -> BlobResult<Vec<String>> {
+        let inner = &self.inner;
+        let mut pages = inner
+            .client
+            .list_objects_v2()
+            .bucket(&inner.bucket)
+            .prefix(&inner.prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| BlobError::Unavailable(describe_sdk_error(&e)))?;
+            for object in page.contents() {
+                let old = object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .is_some_and(|t| t < before);
+                if let (true, Some(key)) = (old, object.key()) {
+                    if let Some(rel) = key.strip_prefix(inner.prefix.as_str()) {
+                        keys.push(rel.to_string());
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize> {
+        let inner = &self.inner;
+        let mut removed = 0;
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = inner
+                .client
+                .list_multipart_uploads()
+                .bucket(&inner.bucket)
+                .prefix(&inner.prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| BlobError::Unavailable(describe_sdk_error(&e)))?;
+            for upload in page.uploads() {
+                let old = upload
+                    .initiated()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .is_some_and(|t| t < before);
+                if let (true, Some(key), Some(id)) = (old, upload.key(), upload.upload_id()) {
+                    abort_upload(inner, key, id).await;
+                    removed += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        Ok(removed)
+    }
 }
