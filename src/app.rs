@@ -7,7 +7,11 @@ use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::meta::MetaStore;
 use crate::signing::UrlSigner;
+use crate::observability::{self, REQUEST_ID};
 use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -41,8 +45,24 @@ impl AppState {
 /// served them).
 pub fn router(state: AppState) -> Router {
     let routes = api::routes();
+    let request_span = |req: &axum::http::Request<axum::body::Body>| {
+        let id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        // Deliberately no URI here: paths can carry raw tokens.
+        tracing::info_span!("request", request_id = %id)
+    };
     Router::new()
         .merge(routes.clone())
         .nest("/api", routes)
+        .layer(axum::middleware::from_fn(observability::track))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
         .with_state(state)
 }

@@ -55,6 +55,12 @@ impl TokenService {
     pub async fn lookup(&self, raw: &str) -> ApiResult<Option<TokenDoc>> {
         let hash = hash_token(raw);
         let lookup = self.cache.get(&hash).await;
+        let outcome = match &lookup {
+            CacheLookup::Hit(_) => "hit",
+            CacheLookup::Miss => "miss",
+            CacheLookup::Bypass => "bypass",
+        };
+        metrics::counter!("depot_token_cache_lookups_total", "result" => outcome).increment(1);
         if let CacheLookup::Hit(doc) = lookup {
             return Ok(Some(doc));
         }

@@ -133,6 +133,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen;
     let grace = Duration::from_secs(settings.shutdown_grace_seconds);
     let embedded = settings.mongo_url.is_none();
+    crate::observability::metrics_handle();
     let state = build_state(settings).await?;
     bootstrap_admin(&state).await?;
     if embedded {
@@ -161,6 +162,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!("shutdown grace period over; aborting remaining transfers");
         }
     }
+    // Aborted transfers clean up from Drop; let that finish before the runtime goes.
+    crate::cleanup::drain(Duration::from_secs(10)).await;
     Ok(())
 }
 

@@ -101,9 +101,7 @@ impl Drop for UploadGuard {
                 }
             }
         };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(cleanup);
-        }
+        crate::cleanup::spawn(cleanup);
     }
 }
 

@@ -17,6 +17,7 @@ use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -50,8 +51,17 @@ pub async fn upload(
     headers: HeaderMap,
     multipart: Multipart,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
-    let result = receive(&app, &caller, &headers, multipart).await?;
-    Ok((StatusCode::CREATED, Json(result)))
+    match receive(&app, &caller, &headers, multipart).await {
+        Ok(result) => {
+            metrics::counter!("depot_uploaded_bytes_total").increment(result.size);
+            metrics::counter!("depot_uploads_total").increment(1);
+            Ok((StatusCode::CREATED, Json(result)))
+        }
+        Err(err) => {
+            metrics::counter!("depot_upload_failures_total", "reason" => err.code).increment(1);
+            Err(err)
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,7 +134,12 @@ async fn serve(app: &AppState, method: &Method, headers: &HeaderMap, record: &Ve
         Plan::Done(resp) => Ok(resp),
         Plan::Stream { status, headers, range } => {
             let stream = app.blobs.read(&record.blob_key, range).await?;
-            Ok(build(status, headers, Body::from_stream(stream)))
+            let counted = stream.inspect(|chunk| {
+                if let Ok(bytes) = chunk {
+                    metrics::counter!("depot_downloaded_bytes_total").increment(bytes.len() as u64);
+                }
+            });
+            Ok(build(status, headers, Body::from_stream(counted)))
         }
     }
 }

@@ -43,6 +43,14 @@ fn sentence(name: &str, ok: bool) -> String {
     if ok { format!("{name} is fine") } else { format!("{name} is down") }
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics() -> ([(http::HeaderName, &'static str); 1], String) {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::observability::metrics_handle().render(),
+    )
+}
+
 pub async fn livez() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

@@ -18,6 +18,7 @@ pub fn routes() -> Router<AppState> {
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/register", put(tokens::register))
         .route("/fetch/{token}", get(tokens::fetch))
         .route("/prune/{token}", delete(tokens::prune))

@@ -56,11 +56,9 @@ impl Drop for FsWriter {
         // Dropped without finish (client gone, error): discard the partial file.
         if self.file.is_some() {
             let partial = self.partial.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = fs::remove_file(partial).await;
-                });
-            }
+            crate::cleanup::spawn(async move {
+                let _ = fs::remove_file(partial).await;
+            });
         }
     }
 }

@@ -262,9 +262,7 @@ impl S3Writer {
         if let Some(upload_id) = self.upload_id.take() {
             let inner = self.inner.clone();
             let key = self.key.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { abort_upload(&inner, &key, &upload_id).await });
-            }
+            crate::cleanup::spawn(async move { abort_upload(&inner, &key, &upload_id).await });
         }
     }
 }
