@@ -63,17 +63,20 @@ with_install_lock() {
 }
 
 _apt_install() {
-  log "apt-get install $* (first use on this machine)"
+  log "apt-get install $* (not installed yet)"
   # A fresh machine has no package lists yet, so always update first.
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # 8>&- 9>&-: a server that a package's install script starts must not inherit our locks.
+  # NEEDRESTART_SUSPEND: skip needrestart's service scan (noise, and pointless here).
+  local apt=(env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get -qq)
+  as_root "${apt[@]}" update 8>&- 9>&-
+  as_root "${apt[@]}" install -y "$@" >/dev/null 8>&- 9>&-
 }
 apt_install() { with_install_lock _apt_install "$@"; }
 
 ensure_redis() {
   # redis-tools (redis-cli) is a dependency of redis-server.
   command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
-  apt_install redis-server
+  apt_install redis-server redis-tools
 }
 
 ensure_curl() {
@@ -133,14 +136,15 @@ cmd_token() { case $1 in redis) echo redis-server ;; mongo) echo secantusd-py ;;
 
 # Prints the pid of the running service of this instance; fails when it is not running.
 pid_of() {
-  local f="$DIR/$1/$1.pid" pid stat
+  local f="$DIR/$1/$1.pid" pid stat cmd
   [ -s "$f" ] || return 1
   pid=$(<"$f")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
   [ "${stat%% *}" != Z ] || return 1  # a zombie has exited already
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(cmd_token "$1")" || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *"$(cmd_token "$1")"* ]] || return 1
   echo "$pid"
 }
 
@@ -207,7 +211,7 @@ start_mongo() {
   mkdir -p "$d/tmp"; rm -rf "$d/tmp"/secantus_wt_*
   # An explicit (empty) --config turns off the search for ./secantusd.toml, ~/.secantus/...
   : >"$d/secantusd.toml"
-  TMPDIR="$d/tmp" launch mongo "$1" "$VENV/bin/secantusd-py" --config "$d/secantusd.toml" \
+  launch mongo "$1" env TMPDIR="$d/tmp" "$VENV/bin/secantusd-py" --config "$d/secantusd.toml" \
     --host 127.0.0.1 --port "$1" --storage-path :memory:
 }
 
@@ -230,7 +234,9 @@ start_s3() {
 start_one() {
   local svc=$1 port pid running p
   port=$(conf_port "$svc")
-  [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "$svc: bad port '$port'"
+  if ! [[ $port =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    die "$svc: bad port '$port'"
+  fi
   [ "$svc" != s3 ] || [ "$port" -le 55531 ] || die "s3: port $port too high: weed also uses port+10004"
   STARTED=0
   if pid=$(pid_of "$svc"); then
@@ -274,14 +280,21 @@ fail_start() { # svc message [stop]
   exit 1
 }
 
-stop_one() {
-  local svc=$1 pid port t0 deadline p
+# Stopping is split in two so that `stop all` SIGTERMs every server first and they shut
+# down in parallel (weed and secantusd each take ~2 s).
+declare -A STOP_PID=() STOP_T0=() STOP_DEADLINE=()
+stop_begin() {
+  local pid
+  pid=$(pid_of "$1") || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  STOP_PID[$1]=$pid STOP_T0[$1]=$(now) STOP_DEADLINE[$1]=$((SECONDS + STOP_TIMEOUT))
+}
+
+stop_finish() {
+  local svc=$1 pid=${STOP_PID[$1]:-} port deadline p
   port=$(cat "$DIR/$svc/$svc.port" 2>/dev/null || conf_port "$svc")
-  if pid=$(pid_of "$svc"); then
-    t0=$(now)
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while pid_of "$svc" >/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  if [ -n "$pid" ]; then
+    while pid_of "$svc" >/dev/null && [ "$SECONDS" -lt "${STOP_DEADLINE[$svc]}" ]; do sleep 0.1; done
     if pid_of "$svc" >/dev/null; then
       log "$svc: pid $pid ignored SIGTERM for ${STOP_TIMEOUT}s, sending SIGKILL"
       # setsid made it a process-group leader: kill the group so no helper survives.
@@ -290,7 +303,7 @@ stop_one() {
       while pid_of "$svc" >/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
       pid_of "$svc" >/dev/null && die "$svc: pid $pid survived SIGKILL"
     fi
-    log "$svc: stopped pid $pid in $(since "$t0")s"
+    log "$svc: stopped pid $pid in $(since "${STOP_T0[$svc]}")s"
   else
     log "$svc: not running"
   fi
@@ -300,6 +313,8 @@ stop_one() {
     for p in $(ports_used s3 "$port"); do rm -f /tmp/seaweedfs-*-"$p".sock; done
   fi
 }
+
+stop_one() { stop_begin "$1"; stop_finish "$1"; }
 
 # ---------------------------------------------------------------- commands
 
@@ -318,26 +333,26 @@ lock_dir() {
   flock -w 300 9 || die "another services.sh holds $DIR/.lock"
 }
 
-cmd_start() {
-  local svcs svc t0 started=()
-  svcs=$(which_services "${1:-all}")
+cmd_start() { # service names
+  local svc t0 started=()
   lock_dir
   t0=$(now)
   # Launch everything first, then wait: the servers boot in parallel.
-  for svc in $svcs; do start_one "$svc"; started+=("$STARTED"); done
+  for svc in "$@"; do start_one "$svc"; started+=("$STARTED"); done
   local i=0
-  for svc in $svcs; do wait_ready "$svc" "$t0" "${started[$i]}"; i=$((i + 1)); done
+  for svc in "$@"; do wait_ready "$svc" "$t0" "${started[$i]}"; i=$((i + 1)); done
 }
 
-cmd_stop() {
+cmd_stop() { # service names
   local svc
   lock_dir
-  for svc in $(which_services "${1:-all}"); do stop_one "$svc"; done
+  for svc in "$@"; do stop_begin "$svc"; done
+  for svc in "$@"; do stop_finish "$svc"; done
 }
 
-cmd_status() {
+cmd_status() { # service names
   local svc pid port rc=0
-  for svc in $(which_services "${1:-all}"); do
+  for svc in "$@"; do
     port=$(port_of "$svc")
     if pid=$(pid_of "$svc"); then
       if "ready_$svc" "$port"; then
@@ -385,22 +400,27 @@ cmd_mkbucket() {
 }
 
 cmd_clean() {
-  cmd_stop all
+  cmd_stop "${SERVICES[@]}"
   local svc
   for svc in "${SERVICES[@]}"; do rm -rf "${DIR:?}/$svc"; done
   log "removed the state under $DIR"
 }
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 case "${1:-}" in
-  start) cmd_start "${2:-all}" ;;
-  stop) cmd_stop "${2:-all}" ;;
-  restart) cmd_stop "${2:-all}"; cmd_start "${2:-all}" ;;
-  status) cmd_status "${2:-all}" ;;
+  start | stop | restart | status)
+    sel=$(which_services "${2:-all}")   # exits here on an unknown name
+    read -ra SEL <<<"$sel"
+    case $1 in
+      start) cmd_start "${SEL[@]}" ;;
+      stop) cmd_stop "${SEL[@]}" ;;
+      restart) cmd_stop "${SEL[@]}"; cmd_start "${SEL[@]}" ;;
+      status) cmd_status "${SEL[@]}" ;;
+    esac ;;
   env) cmd_env ;;
   mkbucket) cmd_mkbucket "${2:-}" ;;
   clean) cmd_clean ;;
   -h | --help | help) usage ;;
-  *) usage ;;
+  *) usage >&2; exit 2 ;;
 esac
