@@ -6,6 +6,7 @@ pub mod auth;
 pub mod blob;
 pub mod cache;
 pub mod cleanup;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod download;

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use depot::client::{Client, ClientCommand, Connection, ProductCommand, RemoteTokenCommand};
 use depot::config::{RawSettings, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +7,18 @@ use std::process::ExitCode;
 /// Depot: an artifact gateway. Pipelines push versioned build artifacts, consumers
 /// download them (through Depot or by presigned URL), admins manage API tokens.
 ///
-/// Every setting can be given as a flag, a DEPOT_* environment variable, or a key in the
-/// TOML file named by --config (flags win over the environment, the environment over the file).
+/// `depot serve` runs the server. Every server setting can be given as a flag, a DEPOT_*
+/// environment variable, or a key in the TOML file named by --config (flags win over the
+/// environment, the environment over the file). The other commands are clients of a
+/// running server (DEPOT_URL, DEPOT_TOKEN), except `token create`, which writes
+/// straight into the configured store.
+///
+/// Client exit codes: 0 ok, 1 other error, 2 usage, 3 auth (401/403), 4 not found,
+/// 5 conflict (version exists), 6 checksum mismatch, 7 network, 8 server error.
 #[derive(Parser)]
 #[command(name = "depot", version, about, long_about)]
 struct Cli {
-    /// TOML configuration file (keys: the setting names in snake_case, e.g. max_upload_bytes)
+    /// TOML configuration file for the server settings (keys: the setting names in snake_case, e.g. max_upload_bytes)
     #[arg(long, global = true, env = "DEPOT_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -25,16 +32,25 @@ enum Command {
         #[command(flatten)]
         settings: RawSettings,
     },
-    /// Manage tokens directly in the configured metadata store
+    /// Tokens: create one in the store directly, or register/fetch/prune over the API
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Products over the API: create, delete, grant, revoke
+    Product {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: ProductCommand,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token and print it on stdout (nothing else)
+    /// Create a token directly in the configured metadata store and print it on stdout (nothing else)
     Create {
         /// Make it an admin token
         #[arg(long)]
@@ -42,6 +58,8 @@ enum TokenCommand {
         #[command(flatten)]
         settings: RawSettings,
     },
+    #[command(flatten)]
+    Remote(RemoteTokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,29 +71,58 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let config = cli.config;
+    let result = match cli.command {
+        Command::Serve { settings } => {
+            return server_result(async {
+                let settings = Settings::load(settings, config.as_deref())?;
+                depot::server::init_logging(settings.log_format);
+                depot::server::serve(settings).await
+            }
+            .await);
+        }
+        Command::Token { command: TokenCommand::Create { admin, settings } } => {
+            return server_result(async {
+                let settings = Settings::load(settings, config.as_deref())?;
+                let meta = depot::server::open_meta(&settings).await?;
+                let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
+                println!("{raw}");
+                Ok(())
+            }
+            .await);
+        }
+        Command::Token { command: TokenCommand::Remote(command) } => match Client::new(command.connection()) {
+            Ok(client) => client.token(command).await,
+            Err(e) => Err(e),
+        },
+        Command::Product { connection, command } => match Client::new(&connection) {
+            Ok(client) => client.product(command).await,
+            Err(e) => Err(e),
+        },
+        Command::Client(command) => match Client::new(command.connection()) {
+            Ok(client) => client.run(command).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("depot: {}", err.message);
+            err.exit_code()
+        }
+    }
+}
+
+fn server_result(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("depot: {err:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { settings } => {
-            let settings = Settings::load(settings, cli.config.as_deref())?;
-            depot::server::init_logging(settings.log_format);
-            depot::server::serve(settings).await
-        }
-        Command::Token { command: TokenCommand::Create { admin, settings } } => {
-            let settings = Settings::load(settings, cli.config.as_deref())?;
-            let meta = depot::server::open_meta(&settings).await?;
-            let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
-            println!("{raw}");
-            Ok(())
         }
     }
 }

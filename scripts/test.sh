@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine:
+#   lint, unit tests, the HTTP suite on the embedded default, the same HTTP suite on
+#   MongoDB (SecantusDB) + Redis + S3 (SeaweedFS), the backend-specific tests, and the
+#   deployment-file checks. Real servers are installed and started by scripts/services.sh
+#   on loopback, non-default ports, and stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One shared target dir keeps rebuilds of a fresh clone incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/depot-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
+step "start real backends (Redis, SecantusDB, SeaweedFS)"
+scripts/services.sh start all
+trap 'scripts/services.sh stop all >/dev/null 2>&1 || true' EXIT
+eval "$(scripts/services.sh env)"
+
+HTTP_SUITES=()
+for f in tests/*.rs; do
+  name=$(basename "$f" .rs)
+  [ "$name" = backends ] || HTTP_SUITES+=(--test "$name")
+done
+
+step "unit tests and the HTTP suite on the embedded default"
+DEPOT_TEST_BACKEND=embedded cargo test --locked -- --test-threads=4
+
+step "the HTTP suite on MongoDB + Redis + S3"
+DEPOT_TEST_BACKEND=production cargo test --locked "${HTTP_SUITES[@]}" -- --test-threads=4
+
+step "backend-specific tests (outages, two replicas, multipart, janitor)"
+DEPOT_TEST_BACKEND=production cargo test --locked --test backends -- --ignored --test-threads=2
+
+step "deployment files"
+scripts/check-deploy.sh
+
+echo
+echo "all test stages passed"
