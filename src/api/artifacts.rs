@@ -13,6 +13,7 @@ use crate::meta::{VersionRecord, now_ms};
 use crate::upload::{UploadResult, receive};
 use axum::Json;
 use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -48,8 +49,11 @@ pub async fn upload(
     State(app): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
+    let multipart = multipart.map_err(|rejection| {
+        ApiError::bad_request("invalid_body", format!("expected a multipart/form-data body: {}", rejection.body_text()))
+    })?;
     let result = receive(&app, &caller, &headers, multipart).await?;
     Ok((StatusCode::CREATED, Json(result)))
 }
