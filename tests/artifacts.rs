@@ -874,7 +874,12 @@ async fn redirect_download_is_302_to_a_signed_url_that_works_without_a_token() {
     r.assert_status(302);
     let location = r.header("location").expect("Location header");
     let url = reqwest::Url::parse(&location).expect("absolute Location");
-    assert!(url.path().starts_with("/signed/"), "{location}");
+    // Depot signs the URL itself when the store cannot presign (the filesystem); an S3
+    // store may answer with its own presigned URL instead.
+    let depot_signed = url.path().starts_with("/signed/");
+    if app.backend == Backend::Embedded {
+        assert!(depot_signed, "a Depot-signed URL: {location}");
+    }
     assert!(
         !location.contains(&reader) && !location.contains(app.admin()),
         "no token in the URL"
@@ -883,16 +888,18 @@ async fn redirect_download_is_302_to_a_signed_url_that_works_without_a_token() {
     let signed = app.send(app.client().get(&location)).await;
     signed.assert_status(200);
     assert!(signed.body == bytes);
-    assert_eq!(
-        signed.header("x-checksum-sha256").unwrap(),
-        sha256_hex(&bytes)
-    );
-    assert!(
-        signed
-            .header("content-disposition")
-            .unwrap()
-            .starts_with("attachment")
-    );
+    if depot_signed {
+        assert_eq!(
+            signed.header("x-checksum-sha256").unwrap(),
+            sha256_hex(&bytes)
+        );
+        assert!(
+            signed
+                .header("content-disposition")
+                .unwrap()
+                .starts_with("attachment")
+        );
+    }
     // Ranges work on the signed URL too.
     let r = app
         .send(app.client().get(&location).header("Range", "bytes=0-9"))
@@ -900,27 +907,43 @@ async fn redirect_download_is_302_to_a_signed_url_that_works_without_a_token() {
     r.assert_status(206);
     assert!(r.body == bytes[..10]);
 
-    // Tampering: the signature, the expiry, or the version.
-    let sig = url
+    // Tampering with the signature.
+    let (sig_param, sig) = url
         .query_pairs()
-        .find(|(k, _)| k == "signature")
-        .unwrap()
-        .1
-        .to_string();
+        .find(|(k, _)| k == "signature" || k == "X-Amz-Signature")
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .expect("a signature in the URL");
+    let mut flipped = sig.clone().into_bytes();
+    flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let r = app
+        .send(app.client().get(location.replace(
+            &format!("{sig_param}={sig}"),
+            &format!("{sig_param}={flipped}"),
+        )))
+        .await;
+    if !depot_signed {
+        assert_eq!(
+            r.status.as_u16(),
+            403,
+            "tampered presigned URL: {}",
+            r.text()
+        );
+        return;
+    }
+    r.assert_error(403, "invalid_signature");
+
+    // Tampering with the expiry or the version, or dropping the signature.
     let expires = url
         .query_pairs()
         .find(|(k, _)| k == "expires")
         .unwrap()
         .1
         .to_string();
-    let mut flipped = sig.clone().into_bytes();
-    flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
-    let flipped = String::from_utf8(flipped).unwrap();
     let later: i64 = expires.parse::<i64>().unwrap() + 1000;
     app.upload_ok(app.admin(), &product, "1.0.1", b"other")
         .await;
     for tampered in [
-        location.replace(&sig, &flipped),
         location.replace(&format!("expires={expires}"), &format!("expires={later}")),
         location.replace("/1.0.0?", "/1.0.1?"),
         location.replace(&format!("signature={sig}"), "signature="),
@@ -963,5 +986,7 @@ async fn presign_returns_a_url_and_expiry_that_download_the_same_bytes() {
     .assert_status(204);
     let gone = app.send(app.client().get(url)).await;
     assert_eq!(gone.status.as_u16(), 404, "{}", gone.text());
-    gone.error_code();
+    if url.contains("/signed/") {
+        gone.error_code();
+    }
 }

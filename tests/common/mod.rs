@@ -76,8 +76,9 @@ fn required_env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
         _ => panic!(
-            "DEPOT_TEST_BACKEND=production needs {name} (also DEPOT_TEST_MONGO_URL, DEPOT_TEST_REDIS_URL, \
-             DEPOT_TEST_S3_ENDPOINT, and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the S3 store)"
+            "DEPOT_TEST_BACKEND=production needs {name}: set DEPOT_TEST_MONGO_URL, \
+             DEPOT_TEST_REDIS_URL and DEPOT_TEST_S3_ENDPOINT (AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY are passed on from the environment)"
         ),
     }
 }
@@ -532,12 +533,11 @@ impl TestApp {
                 {
                     continue;
                 }
-                Err(_) => {
-                    panic!(
-                        "depot did not become ready within {STARTUP_TIMEOUT:?}\n{}",
-                        self.log_tail()
-                    )
-                }
+                Err(true) => panic!("depot exited during start-up\n{}", self.log_tail()),
+                Err(false) => panic!(
+                    "depot did not become ready within {STARTUP_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                ),
             }
         }
     }
