@@ -172,7 +172,8 @@ impl ApiError {
     fn into_response_with(self, extra: HeaderMap) -> Response {
         let mut resp = axum::response::IntoResponse::into_response(self);
         for (k, v) in extra.iter() {
-            if k != header::CONTENT_LENGTH {
+            // The body is the JSON error, not the artifact.
+            if k != header::CONTENT_LENGTH && k != header::CONTENT_TYPE && k != header::CONTENT_DISPOSITION {
                 resp.headers_mut().insert(k.clone(), v.clone());
             }
         }

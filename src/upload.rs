@@ -74,18 +74,29 @@ struct UploadGuard {
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
+        // The request future was dropped (client gone): clean up in the background.
+        if let Some(cleanup) = self.take_cleanup() {
+            crate::cleanup::spawn(cleanup);
+        }
+    }
+}
+
+impl UploadGuard {
+    /// The work that removes what this upload created, or `None` when there is nothing
+    /// to remove (committed, or nothing created yet). Disarms the guard.
+    fn take_cleanup(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
         if self.committed {
-            return;
+            return None;
         }
         let writer = self.writer.take();
         let reservation = self.reservation.take();
-        let finished = self.blob_finished;
+        let finished = std::mem::take(&mut self.blob_finished);
         if writer.is_none() && reservation.is_none() && !finished {
-            return;
+            return None;
         }
         let app = self.app.clone();
         let key = self.blob_key.clone();
-        let cleanup = async move {
+        Some(async move {
             if let Some(writer) = writer {
                 writer.abort().await;
             }
@@ -100,8 +111,15 @@ impl Drop for UploadGuard {
                     tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
                 }
             }
-        };
-        crate::cleanup::spawn(cleanup);
+        })
+    }
+
+    /// Cleans up before the error response goes out, so a client that sees the error
+    /// can retry the same version at once and finds nothing left behind.
+    async fn cleanup(mut self) {
+        if let Some(cleanup) = self.take_cleanup() {
+            cleanup.await;
+        }
     }
 }
 
@@ -190,7 +208,24 @@ async fn stream_file(field: &mut Field<'_>, writer: &mut dyn BlobWriter, limit: 
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut multipart: Multipart) -> ApiResult<UploadResult> {
+pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, multipart: Multipart) -> ApiResult<UploadResult> {
+    let mut guard = None;
+    let result = receive_into(app, caller, headers, multipart, &mut guard).await;
+    if result.is_err()
+        && let Some(guard) = guard.take()
+    {
+        guard.cleanup().await;
+    }
+    result
+}
+
+async fn receive_into(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    mut multipart: Multipart,
+    guard: &mut Option<UploadGuard>,
+) -> ApiResult<UploadResult> {
     let limit = app.settings.max_upload_bytes;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
@@ -207,7 +242,6 @@ pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut m
 
     let mut product: Option<String> = None;
     let mut version: Option<String> = None;
-    let mut guard: Option<UploadGuard> = None;
     let mut streamed: Option<Streamed> = None;
 
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -241,14 +275,14 @@ pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut m
                     .transpose()?
                     .unwrap_or_else(|| "artifact".to_string());
                 let blob_key = new_blob_key(product.as_deref(), version.as_deref());
-                let mut g = UploadGuard {
+                let g = guard.insert(UploadGuard {
                     app: app.clone(),
                     blob_key,
                     writer: None,
                     blob_finished: false,
                     reservation: None,
                     committed: false,
-                };
+                });
                 // Fail fast (permission, duplicate) before reading the body when we can.
                 if let (Some(p), Some(v)) = (&product, &version) {
                     g.reserve(caller, p, v, &file_name).await?;
@@ -256,7 +290,6 @@ pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut m
                 let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
                 let (size, digest) = stream_file(&mut field, writer.as_mut(), limit).await?;
                 streamed = Some(Streamed { size, digest, file_name });
-                guard = Some(g);
             }
             _ => {
                 // Unknown fields are drained and ignored, as form handlers usually do.
@@ -267,7 +300,7 @@ pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, mut m
 
     let product = product.ok_or_else(|| missing("product"))?;
     let version = version.ok_or_else(|| missing("version"))?;
-    let (Some(mut guard), Some(streamed)) = (guard, streamed) else {
+    let (Some(guard), Some(streamed)) = (guard.as_mut(), streamed) else {
         return Err(missing("file"));
     };
     if guard.reservation.is_none() {

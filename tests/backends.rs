@@ -248,7 +248,7 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
         .env("DEPOT_S3_ENDPOINT", services.s3_endpoint())
         .env("DEPOT_S3_PART_SIZE", 5 * 1024 * 1024)
         .env("DEPOT_JANITOR_INTERVAL_SECONDS", 1)
-        .env("DEPOT_JANITOR_GRACE_SECONDS", 0)
+        .env("DEPOT_JANITOR_GRACE_SECONDS", 2)
         .start()
         .await;
     let product = app.product().await;
@@ -256,8 +256,15 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
     // A slow upload: the first parts reach S3, then S3 goes away mid-body.
     let total: usize = 40 * 1024 * 1024;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    let form = Form::upload(&product, "v1.0.0", "big.bin", b"");
-    let (content_type, head, tail) = form.split_around_file();
+    let boundary = "outage-boundary";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"product\"\r\n\r\n{product}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\nv1.0.0\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n"
+    )
+    .into_bytes();
+    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
     let body_stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let request = app
         .request(reqwest::Method::POST, "/product/upload", Some(app.admin()))
@@ -280,7 +287,7 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
     });
     let reply = app.send(request).await;
     let services = sender.await.expect("sender task");
-    assert!(reply.status >= 500, "expected a 5xx, got {} {}", reply.status, reply.text());
+    assert!(reply.status.as_u16() >= 500, "expected a 5xx, got {} {}", reply.status, reply.text());
     assert_eq!(reply.code().as_deref(), Some("storage_unavailable"), "{}", reply.text());
     assert!(app.versions(&product).await.is_empty(), "no version record survives");
 
@@ -306,7 +313,7 @@ async fn mongo_outage_is_503_with_a_clear_error_and_nothing_half_written() {
 
     services.stop("mongo").await;
     let health = app.get("/health", None).await;
-    health.assert_error_status(503);
+    health.assert_status(503);
     assert_eq!(health.json()["mongo"], "Mongo is down");
     assert_eq!(health.json()["status"], "down");
     // The admin token is cached in Redis, so the request gets as far as the upload.
@@ -401,7 +408,7 @@ async fn the_janitor_removes_orphan_objects_and_stale_multipart_uploads() {
     require_production();
     let app = TestApp::builder()
         .env("DEPOT_JANITOR_INTERVAL_SECONDS", 1)
-        .env("DEPOT_JANITOR_GRACE_SECONDS", 0)
+        .env("DEPOT_JANITOR_GRACE_SECONDS", 2)
         .start()
         .await;
     let product = app.product().await;

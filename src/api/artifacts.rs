@@ -13,6 +13,7 @@ use crate::meta::{VersionRecord, now_ms};
 use crate::upload::{UploadResult, receive};
 use axum::Json;
 use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -49,8 +50,11 @@ pub async fn upload(
     State(app): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
+    let multipart = multipart.map_err(|rejection| {
+        ApiError::bad_request("invalid_body", format!("expected a multipart/form-data body: {}", rejection.body_text()))
+    })?;
     match receive(&app, &caller, &headers, multipart).await {
         Ok(result) => {
             metrics::counter!("depot_uploaded_bytes_total").increment(result.size);
@@ -77,17 +81,26 @@ async fn resolve_version(app: &AppState, product: &str, version: &str, prereleas
     if version == "latest" {
         let versions = app.meta.list_versions(product).await?;
         let name = pick_latest(versions.iter().map(|v| (v.version.as_str(), v.uploaded_at)), prerelease)
-            .ok_or_else(|| ApiError::version_not_found(product, version))?
-            .to_string();
-        return versions
-            .into_iter()
-            .find(|v| v.version == name)
-            .ok_or_else(|| ApiError::version_not_found(product, version));
+            .map(str::to_string);
+        return match name.and_then(|name| versions.into_iter().find(|v| v.version == name)) {
+            Some(record) => Ok(record),
+            None => Err(version_missing(app, product, version).await),
+        };
     }
-    app.meta
-        .version(product, version)
-        .await?
-        .ok_or_else(|| ApiError::version_not_found(product, version))
+    match app.meta.version(product, version).await? {
+        Some(record) => Ok(record),
+        None => Err(version_missing(app, product, version).await),
+    }
+}
+
+/// `version_not_found`, or `product_not_found` when the product itself does not exist
+/// (admins pass the grant check, so they get here for missing products too).
+async fn version_missing(app: &AppState, product: &str, version: &str) -> ApiError {
+    match app.meta.product(product).await {
+        Ok(Some(_)) => ApiError::version_not_found(product, version),
+        Ok(None) => ApiError::product_not_found(product),
+        Err(err) => err.into(),
+    }
 }
 
 /// Checks the caller may download, and resolves the version.
@@ -219,11 +232,9 @@ pub async fn remove_version(app: &AppState, caller: &Caller, product: &str, vers
     validate_product(product).map_err(name_error)?;
     validate_version(version).map_err(name_error)?;
     caller.authorize(product, ProductOp::DeleteVersion)?;
-    let record = app
-        .meta
-        .delete_version(product, version)
-        .await?
-        .ok_or_else(|| ApiError::version_not_found(product, version))?;
+    let Some(record) = app.meta.delete_version(product, version).await? else {
+        return Err(version_missing(app, product, version).await);
+    };
     if let Err(err) = app.blobs.delete(&record.blob_key).await {
         tracing::warn!(key = %record.blob_key, error = %err, "blob delete failed; left for the janitor");
     }

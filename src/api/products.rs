@@ -183,6 +183,9 @@ pub async fn modify_delete(
                 .await?
                 .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
             if !app.meta.remove_grant(&req.product, &target.id).await? {
+                if app.meta.product(&req.product).await?.is_none() {
+                    return Err(ApiError::product_not_found(&req.product));
+                }
                 return Err(ApiError::not_found(
                     "token_not_found",
                     "that token has no grant on this product",

@@ -55,9 +55,10 @@ pub fn validate_new_version(name: &str) -> Result<(), NameError> {
 
 /// Reduces a client-supplied file name to a safe base name: the last path component
 /// (either separator), without control characters. `None` when nothing safe is left
-/// or the name tries to climb (`..`).
+/// or the name tries to climb (`..`), raw or percent-encoded (`..%2F`, `%2e%2e`).
 pub fn sanitize_file_name(raw: &str) -> Option<String> {
-    if raw.split(['/', '\\']).any(|part| part == "..") {
+    let climbs = |name: &str| name.split(['/', '\\']).any(|part| part.trim() == "..") || name.trim() == ".";
+    if climbs(raw) || climbs(&percent_decoded(raw)) {
         return None;
     }
     let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
@@ -70,6 +71,35 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
         return None;
     }
     Some(cleaned.to_string())
+}
+
+/// `raw` with `%XX` escapes decoded, a few rounds deep so double encoding hides nothing.
+fn percent_decoded(raw: &str) -> String {
+    let mut current = raw.to_string();
+    for _ in 0..3 {
+        let bytes = current.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let decoded = String::from_utf8_lossy(&out).into_owned();
+        if decoded == current {
+            break;
+        }
+        current = decoded;
+    }
+    current
 }
 
 /// A name for messages: control characters escaped, long names cut.
@@ -115,5 +145,10 @@ mod tests {
         assert_eq!(sanitize_file_name("../../etc/passwd"), None);
         assert_eq!(sanitize_file_name(".."), None);
         assert_eq!(sanitize_file_name("dir/"), None);
+        for encoded in ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "%2E%2E%2Fx", "%2e", "%252e%252e%252fetc", "..%5Cx", "a/%2e%2e/b"] {
+            assert_eq!(sanitize_file_name(encoded), None, "{encoded}");
+        }
+        assert_eq!(sanitize_file_name("my%20file.tgz").as_deref(), Some("my%20file.tgz"));
+        assert_eq!(sanitize_file_name("100%.bin").as_deref(), Some("100%.bin"));
     }
 }
