@@ -6,13 +6,13 @@ use crate::blob::BlobStore;
 use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::meta::MetaStore;
-use crate::signing::UrlSigner;
 use crate::observability::{self, REQUEST_ID};
+use crate::signing::UrlSigner;
 use axum::Router;
+use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -33,7 +33,10 @@ impl AppState {
     ) -> Self {
         Self {
             settings: Arc::new(settings),
-            tokens: TokenService { meta: meta.clone(), cache },
+            tokens: TokenService {
+                meta: meta.clone(),
+                cache,
+            },
             meta,
             blobs,
             signer,

@@ -146,7 +146,11 @@ pub fn raw_token(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get("x-api-token") {
         return v.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
     }
-    let auth = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, value) = auth.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -157,7 +161,10 @@ pub fn raw_token(parts: &Parts) -> Option<&str> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(raw) = raw_token(parts) else {
             return Err(ApiError::unauthorized(
                 "missing_token",
@@ -171,7 +178,10 @@ impl FromRequestParts<AppState> for Caller {
             ));
         };
         if doc.token.is_expired(now_ms()) {
-            return Err(ApiError::unauthorized("token_expired", "the API token has expired"));
+            return Err(ApiError::unauthorized(
+                "token_expired",
+                "the API token has expired",
+            ));
         }
         Ok(Caller {
             token: doc.token,

@@ -23,6 +23,8 @@ pub async fn drain(limit: Duration) {
     let tracker = tracker();
     tracker.close();
     if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-        tracing::warn!("cleanup tasks still running at exit; the janitor finishes them at next start");
+        tracing::warn!(
+            "cleanup tasks still running at exit; the janitor finishes them at next start"
+        );
     }
 }

@@ -40,7 +40,10 @@ pub struct ClientError {
 type ClientResult<T> = Result<T, ClientError>;
 
 fn fail(kind: Failure, message: impl Into<String>) -> ClientError {
-    ClientError { kind, message: message.into() }
+    ClientError {
+        kind,
+        message: message.into(),
+    }
 }
 
 impl ClientError {
@@ -52,7 +55,12 @@ impl ClientError {
 #[derive(Debug, Args)]
 pub struct Connection {
     /// Depot server URL
-    #[arg(long, env = "DEPOT_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "DEPOT_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API token (prefer the DEPOT_TOKEN environment variable: flags show up in `ps`)
     #[arg(long, env = "DEPOT_TOKEN", hide_env_values = true, global = true)]
@@ -200,7 +208,10 @@ impl Client {
             .token
             .as_deref()
             .ok_or_else(|| fail(Failure::Auth, "no token: set DEPOT_TOKEN or pass --token"))?;
-        Ok(self.http.request(method, format!("{}{path}", self.base)).header("X-Api-Token", token))
+        Ok(self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-Api-Token", token))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> ClientResult<reqwest::Response> {
@@ -231,10 +242,19 @@ impl Client {
         bar
     }
 
-    pub async fn push(&self, product: &str, version: &str, file: &Path, checksum: Option<&str>) -> ClientResult<Value> {
-        let meta = tokio::fs::metadata(file)
-            .await
-            .map_err(|e| fail(Failure::Other, format!("cannot read {}: {e}", file.display())))?;
+    pub async fn push(
+        &self,
+        product: &str,
+        version: &str,
+        file: &Path,
+        checksum: Option<&str>,
+    ) -> ClientResult<Value> {
+        let meta = tokio::fs::metadata(file).await.map_err(|e| {
+            fail(
+                Failure::Other,
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
         let file_name = file
             .file_name()
             .and_then(|n| n.to_str())
@@ -242,11 +262,16 @@ impl Client {
             .replace('"', "_");
         // The server refuses a duplicate before reading the body and closes the
         // connection, which a streaming client sees as a broken pipe: ask first.
-        let probe = self.request(Method::HEAD, &format!("/product/download/{product}/{version}"))?;
+        let probe = self.request(
+            Method::HEAD,
+            &format!("/product/download/{product}/{version}"),
+        )?;
         if probe.send().await.map_err(network)?.status() == StatusCode::OK {
             return Err(fail(
                 Failure::Conflict,
-                format!("{product} {version} already exists\nhint: versions are immutable: push under a new version name"),
+                format!(
+                    "{product} {version} already exists\nhint: versions are immutable: push under a new version name"
+                ),
             ));
         }
         let boundary = format!("depot-{}", uuid::Uuid::new_v4().simple());
@@ -265,9 +290,12 @@ impl Client {
         )
         .len() as u64;
         let total = head.len() as u64 + meta.len() + tail_len;
-        let handle = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| fail(Failure::Other, format!("cannot open {}: {e}", file.display())))?;
+        let handle = tokio::fs::File::open(file).await.map_err(|e| {
+            fail(
+                Failure::Other,
+                format!("cannot open {}: {e}", file.display()),
+            )
+        })?;
         let bar = self.progress(meta.len(), &format!("push {product} {version}"));
         let content_type = format!("multipart/form-data; boundary={boundary}");
         let reader = tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024);
@@ -285,16 +313,29 @@ impl Client {
         result
     }
 
-    pub async fn pull(&self, product: &str, version: &str, output: Option<&Path>, prerelease: bool) -> ClientResult<PathBuf> {
+    pub async fn pull(
+        &self,
+        product: &str,
+        version: &str,
+        output: Option<&Path>,
+        prerelease: bool,
+    ) -> ClientResult<PathBuf> {
         let query = if prerelease { "?prerelease=true" } else { "" };
         let path = format!("/product/download/{product}/{version}{query}");
         // HEAD first: the final name, size and digest, before touching the disk.
-        let head = self.request(Method::HEAD, &path)?.send().await.map_err(network)?;
+        let head = self
+            .request(Method::HEAD, &path)?
+            .send()
+            .await
+            .map_err(network)?;
         if !head.status().is_success() {
             // HEAD answers carry no body: ask again with GET for the JSON error.
             return Err(match self.send(self.request(Method::GET, &path)?).await {
                 Err(e) => e,
-                Ok(_) => fail(Failure::Server, format!("HEAD {path} answered {}", head.status())),
+                Ok(_) => fail(
+                    Failure::Server,
+                    format!("HEAD {path} answered {}", head.status()),
+                ),
             });
         }
         let expected = header(&head, "x-checksum-sha256")
@@ -314,18 +355,18 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut have: u64 = 0;
         // Resume only a partial download of the very same artifact.
-        let same_artifact = tokio::fs::read_to_string(&tag_file).await.is_ok_and(|t| t == etag);
-        if same_artifact {
-            if let Ok(mut existing) = tokio::fs::File::open(&part).await {
-                let mut buf = vec![0u8; 1024 * 1024];
-                loop {
-                    let n = existing.read(&mut buf).await.map_err(io_fail)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    have += n as u64;
+        let same_artifact = tokio::fs::read_to_string(&tag_file)
+            .await
+            .is_ok_and(|t| t == etag);
+        if same_artifact && let Ok(mut existing) = tokio::fs::File::open(&part).await {
+            let mut buf = vec![0u8; 1024 * 1024];
+            loop {
+                let n = existing.read(&mut buf).await.map_err(io_fail)?;
+                if n == 0 {
+                    break;
                 }
+                hasher.update(&buf[..n]);
+                have += n as u64;
             }
         }
         if have > size {
@@ -335,7 +376,9 @@ impl Client {
         tokio::fs::write(&tag_file, &etag).await.map_err(io_fail)?;
         let mut req = self.request(Method::GET, &path)?;
         if have > 0 {
-            req = req.header("Range", format!("bytes={have}-")).header("If-Range", &etag);
+            req = req
+                .header("Range", format!("bytes={have}-"))
+                .header("If-Range", &etag);
         }
         let resp = if have > 0 && have == size {
             None
@@ -353,7 +396,11 @@ impl Client {
                 hasher = Sha256::new();
                 tokio::fs::File::create(&part).await.map_err(io_fail)?
             }
-            None => tokio::fs::OpenOptions::new().append(true).open(&part).await.map_err(io_fail)?,
+            None => tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&part)
+                .await
+                .map_err(io_fail)?,
         };
         if let Some(resp) = resp {
             let bar = self.progress(size, &format!("pull {product} {version}"));
@@ -376,7 +423,9 @@ impl Client {
             let _ = tokio::fs::remove_file(&tag_file).await;
             return Err(fail(
                 Failure::Checksum,
-                format!("checksum mismatch: got sha256:{actual}, the server says sha256:{expected}; the partial file was removed, run pull again"),
+                format!(
+                    "checksum mismatch: got sha256:{actual}, the server says sha256:{expected}; the partial file was removed, run pull again"
+                ),
             ));
         }
         tokio::fs::rename(&part, &target).await.map_err(io_fail)?;
@@ -386,21 +435,49 @@ impl Client {
 
     pub async fn run(&self, command: ClientCommand) -> ClientResult<()> {
         match command {
-            ClientCommand::Push { product, version, file, checksum, .. } => {
-                let out = self.push(&product, &version, &file, checksum.as_deref()).await?;
-                println!("pushed {product} {version}: {} bytes, {}", out["size"], out["checksum"].as_str().unwrap_or(""));
+            ClientCommand::Push {
+                product,
+                version,
+                file,
+                checksum,
+                ..
+            } => {
+                let out = self
+                    .push(&product, &version, &file, checksum.as_deref())
+                    .await?;
+                println!(
+                    "pushed {product} {version}: {} bytes, {}",
+                    out["size"],
+                    out["checksum"].as_str().unwrap_or("")
+                );
             }
-            ClientCommand::Pull { product, version, output, prerelease, .. } => {
-                let path = self.pull(&product, &version, output.as_deref(), prerelease).await?;
-                println!("pulled {product} {version} to {} (sha256 verified)", path.display());
+            ClientCommand::Pull {
+                product,
+                version,
+                output,
+                prerelease,
+                ..
+            } => {
+                let path = self
+                    .pull(&product, &version, output.as_deref(), prerelease)
+                    .await?;
+                println!(
+                    "pulled {product} {version} to {} (sha256 verified)",
+                    path.display()
+                );
             }
             ClientCommand::Ls { product: None, .. } => {
-                let names = self.json(self.request(Method::GET, "/product/access")?).await?;
+                let names = self
+                    .json(self.request(Method::GET, "/product/access")?)
+                    .await?;
                 for name in names.as_array().into_iter().flatten() {
                     println!("{}", name.as_str().unwrap_or_default());
                 }
             }
-            ClientCommand::Ls { product: Some(product), .. } => {
+            ClientCommand::Ls {
+                product: Some(product),
+                ..
+            } => {
                 let mut cursor: Option<String> = None;
                 loop {
                     let mut path = format!("/product/versions/{product}?limit=1000");
@@ -430,18 +507,31 @@ impl Client {
 
     pub async fn token(&self, command: RemoteTokenCommand) -> ClientResult<()> {
         match command {
-            RemoteTokenCommand::Register { admin, name, expires_in, .. } => {
+            RemoteTokenCommand::Register {
+                admin,
+                name,
+                expires_in,
+                ..
+            } => {
                 let body = json!({ "admin": admin, "name": name, "expires_in": expires_in });
-                let resp = self.send(self.request(Method::PUT, "/register")?.json(&body)).await?;
+                let resp = self
+                    .send(self.request(Method::PUT, "/register")?.json(&body))
+                    .await?;
                 // The new token is the command's output: printed once, on stdout only.
                 println!("{}", resp.text().await.map_err(network)?);
             }
             RemoteTokenCommand::Fetch { target: token, .. } => {
-                let info = self.json(self.request(Method::GET, &format!("/fetch/{token}"))?).await?;
-                println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+                let info = self
+                    .json(self.request(Method::GET, &format!("/fetch/{token}"))?)
+                    .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
             }
             RemoteTokenCommand::Prune { target: token, .. } => {
-                self.send(self.request(Method::DELETE, &format!("/prune/{token}"))?).await?;
+                self.send(self.request(Method::DELETE, &format!("/prune/{token}"))?)
+                    .await?;
                 eprintln!("token revoked");
             }
         }
@@ -451,26 +541,47 @@ impl Client {
     pub async fn product(&self, command: ProductCommand) -> ClientResult<()> {
         match command {
             ProductCommand::Create { name } => {
-                self.send(self.request(Method::PUT, "/product/create")?.json(&json!({ "name": name })))
-                    .await?;
+                self.send(
+                    self.request(Method::PUT, "/product/create")?
+                        .json(&json!({ "name": name })),
+                )
+                .await?;
                 eprintln!("product {name} created");
             }
             ProductCommand::Delete { name } => {
-                self.send(self.request(Method::DELETE, &format!("/product/delete/{name}"))?).await?;
+                self.send(self.request(Method::DELETE, &format!("/product/delete/{name}"))?)
+                    .await?;
                 eprintln!("product {name} deleted");
             }
-            ProductCommand::Grant { product, target: token, maintainer, download, upload, delete } => {
+            ProductCommand::Grant {
+                product,
+                target: token,
+                maintainer,
+                download,
+                upload,
+                delete,
+            } => {
                 let body = json!({
                     "product": product, "token": token,
                     "permissions": { "maintainer": maintainer, "download": download, "upload": upload, "delete": delete },
                 });
-                self.send(self.request(Method::PUT, "/product/modify/addToken")?.json(&body)).await?;
+                self.send(
+                    self.request(Method::PUT, "/product/modify/addToken")?
+                        .json(&body),
+                )
+                .await?;
                 eprintln!("granted");
             }
-            ProductCommand::Revoke { product, target: token } => {
+            ProductCommand::Revoke {
+                product,
+                target: token,
+            } => {
                 let body = json!({ "product": product, "token": token });
-                self.send(self.request(Method::DELETE, "/product/modify/deleteToken")?.json(&body))
-                    .await?;
+                self.send(
+                    self.request(Method::DELETE, "/product/modify/deleteToken")?
+                        .json(&body),
+                )
+                .await?;
                 eprintln!("revoked");
             }
         }
@@ -495,7 +606,9 @@ fn push_body(
         let bar = bar.clone();
         async move {
             match stage {
-                Stage::Head(head, reader) => Some((Ok(Bytes::from(head)), Stage::File(reader, Sha256::new()))),
+                Stage::Head(head, reader) => {
+                    Some((Ok(Bytes::from(head)), Stage::File(reader, Sha256::new())))
+                }
                 Stage::File(mut reader, mut hasher) => match reader.next().await {
                     Some(Ok(chunk)) => {
                         hasher.update(&chunk);
@@ -518,7 +631,10 @@ fn push_body(
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn file_name_from_disposition(cd: &str) -> Option<String> {
@@ -546,15 +662,37 @@ async fn server_error(resp: reqwest::Response) -> ClientError {
     let message = body["error"].as_str().unwrap_or("").to_string();
     let code = body["code"].as_str().unwrap_or("").to_string();
     let (kind, hint) = match status {
-        StatusCode::UNAUTHORIZED => (Failure::Auth, "check DEPOT_TOKEN: it is missing, unknown, revoked or expired"),
-        StatusCode::FORBIDDEN => (Failure::Auth, "your token lacks the right for this; ask a maintainer for a grant"),
-        StatusCode::NOT_FOUND => (Failure::NotFound, "check the product and version names (and that your token has a grant)"),
-        StatusCode::CONFLICT => (Failure::Conflict, "versions are immutable: push under a new version name"),
-        s if s.is_server_error() => (Failure::Server, "the server or its storage is having trouble; retry later"),
-        _ if code == "checksum_mismatch" => (Failure::Checksum, "the file changed or was corrupted in transit; push again"),
+        StatusCode::UNAUTHORIZED => (
+            Failure::Auth,
+            "check DEPOT_TOKEN: it is missing, unknown, revoked or expired",
+        ),
+        StatusCode::FORBIDDEN => (
+            Failure::Auth,
+            "your token lacks the right for this; ask a maintainer for a grant",
+        ),
+        StatusCode::NOT_FOUND => (
+            Failure::NotFound,
+            "check the product and version names (and that your token has a grant)",
+        ),
+        StatusCode::CONFLICT => (
+            Failure::Conflict,
+            "versions are immutable: push under a new version name",
+        ),
+        s if s.is_server_error() => (
+            Failure::Server,
+            "the server or its storage is having trouble; retry later",
+        ),
+        _ if code == "checksum_mismatch" => (
+            Failure::Checksum,
+            "the file changed or was corrupted in transit; push again",
+        ),
         _ => (Failure::Other, "see the message above"),
     };
-    let kind = if code == "checksum_mismatch" { Failure::Checksum } else { kind };
+    let kind = if code == "checksum_mismatch" {
+        Failure::Checksum
+    } else {
+        kind
+    };
     fail(kind, format!("{status}: {message} [{code}]\nhint: {hint}"))
 }
 
@@ -565,10 +703,16 @@ mod tests {
     #[test]
     fn file_names_from_content_disposition_are_sanitised() {
         assert_eq!(
-            file_name_from_disposition("attachment; filename=\"app.tgz\"; filename*=UTF-8''app.tgz").as_deref(),
+            file_name_from_disposition(
+                "attachment; filename=\"app.tgz\"; filename*=UTF-8''app.tgz"
+            )
+            .as_deref(),
             Some("app.tgz")
         );
-        assert_eq!(file_name_from_disposition("attachment; filename=\"../../x\""), None);
+        assert_eq!(
+            file_name_from_disposition("attachment; filename=\"../../x\""),
+            None
+        );
         assert_eq!(file_name_from_disposition("inline"), None);
     }
 }

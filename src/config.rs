@@ -151,21 +151,49 @@ macro_rules! merge_fields {
 impl RawSettings {
     /// `self` wins over `other` field by field.
     pub fn or(self, other: RawSettings) -> RawSettings {
-        merge_fields!(self, other, listen, data_dir, admin_token, max_upload_bytes, mongo_url,
-            mongo_db, redis_url, cache_ttl_seconds, s3_bucket, s3_endpoint, s3_region,
-            s3_public_endpoint, s3_force_path_style, s3_prefix, s3_create_bucket, s3_part_size,
-            s3_parts_in_flight, download_mode, presign_ttl_seconds, signing_key, public_url,
-            janitor_interval_seconds, janitor_grace_seconds, log_format, shutdown_grace_seconds)
+        merge_fields!(
+            self,
+            other,
+            listen,
+            data_dir,
+            admin_token,
+            max_upload_bytes,
+            mongo_url,
+            mongo_db,
+            redis_url,
+            cache_ttl_seconds,
+            s3_bucket,
+            s3_endpoint,
+            s3_region,
+            s3_public_endpoint,
+            s3_force_path_style,
+            s3_prefix,
+            s3_create_bucket,
+            s3_part_size,
+            s3_parts_in_flight,
+            download_mode,
+            presign_ttl_seconds,
+            signing_key,
+            public_url,
+            janitor_interval_seconds,
+            janitor_grace_seconds,
+            log_format,
+            shutdown_grace_seconds
+        )
     }
 }
 
 impl Settings {
     /// Merges flags/environment with the optional TOML file and validates the result.
-    pub fn load(cli: RawSettings, config_file: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    pub fn load(
+        cli: RawSettings,
+        config_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Settings> {
         let file = match config_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
                 toml::from_str::<RawSettings>(&text)
                     .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?
             }
@@ -200,7 +228,11 @@ impl Settings {
                     endpoint: raw.s3_endpoint,
                     region: raw.s3_region,
                     public_endpoint: raw.s3_public_endpoint,
-                    prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+                    prefix: if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}/")
+                    },
                     create_bucket: raw.s3_create_bucket.unwrap_or(false),
                     part_size,
                     parts_in_flight,
@@ -209,7 +241,10 @@ impl Settings {
             _ => None,
         };
         let max_upload_bytes = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD);
-        anyhow::ensure!(max_upload_bytes > 0, "DEPOT_MAX_UPLOAD_BYTES must be positive");
+        anyhow::ensure!(
+            max_upload_bytes > 0,
+            "DEPOT_MAX_UPLOAD_BYTES must be positive"
+        );
         if let Some(token) = &raw.admin_token {
             anyhow::ensure!(
                 token.len() >= 16,
@@ -218,7 +253,9 @@ impl Settings {
         }
         Ok(Settings {
             listen: raw.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
-            data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./depot-data")),
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("./depot-data")),
             admin_token: raw.admin_token,
             max_upload_bytes,
             mongo_url: raw.mongo_url.filter(|u| !u.is_empty()),
@@ -227,7 +264,10 @@ impl Settings {
             cache_ttl_seconds: raw.cache_ttl_seconds.unwrap_or(60).max(1),
             s3,
             download_mode: raw.download_mode.unwrap_or(DownloadMode::Proxy),
-            presign_ttl_seconds: raw.presign_ttl_seconds.unwrap_or(300).clamp(1, 7 * 24 * 3600),
+            presign_ttl_seconds: raw
+                .presign_ttl_seconds
+                .unwrap_or(300)
+                .clamp(1, 7 * 24 * 3600),
             signing_key: raw.signing_key,
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
             janitor_interval_seconds: raw.janitor_interval_seconds.unwrap_or(300).max(1),
@@ -244,8 +284,12 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
-        let cli = RawSettings { mongo_db: Some("cli".into()), ..Default::default() };
-        let file: RawSettings = toml::from_str("mongo_db = \"file\"\ncache_ttl_seconds = 5").unwrap();
+        let cli = RawSettings {
+            mongo_db: Some("cli".into()),
+            ..Default::default()
+        };
+        let file: RawSettings =
+            toml::from_str("mongo_db = \"file\"\ncache_ttl_seconds = 5").unwrap();
         let s = Settings::resolve(cli.or(file)).unwrap();
         assert_eq!(s.mongo_db, "cli");
         assert_eq!(s.cache_ttl_seconds, 5);
@@ -255,7 +299,11 @@ mod tests {
 
     #[test]
     fn rejects_part_sizes_below_the_s3_minimum() {
-        let raw = RawSettings { s3_bucket: Some("b".into()), s3_part_size: Some(1024), ..Default::default() };
+        let raw = RawSettings {
+            s3_bucket: Some("b".into()),
+            s3_part_size: Some(1024),
+            ..Default::default()
+        };
         assert!(Settings::resolve(raw).is_err());
     }
 

@@ -34,7 +34,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
         match last.parse::<u64>() {
             Ok(0) | Err(_) => return RangeRequest::Unsatisfiable,
             Ok(_) if size == 0 => return RangeRequest::Unsatisfiable,
-            Ok(n) => ByteRange { start: size.saturating_sub(n), end: size - 1 },
+            Ok(n) => ByteRange {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
         }
     } else {
         let Ok(start) = first.parse::<u64>() else {
@@ -79,7 +82,10 @@ fn common_headers(record: &VersionRecord) -> ApiResult<HeaderMap> {
     h.insert("repr-digest", value(format!("sha-256=:{b64}:"))?);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Versions are immutable: caches may keep them, but must revalidate auth each time.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
     Ok(h)
 }
 
@@ -108,28 +114,46 @@ pub enum Plan {
     /// Respond now (304, 416, HEAD).
     Done(Response),
     /// Stream this range (or all) with these headers and status.
-    Stream { status: StatusCode, headers: HeaderMap, range: Option<ByteRange> },
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        range: Option<ByteRange>,
+    },
 }
 
 pub fn plan(method: &Method, req_headers: &HeaderMap, record: &VersionRecord) -> ApiResult<Plan> {
     let mut headers = common_headers(record)?;
-    if let Some(inm) = req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if etag_matches(inm, &etag(record)) {
-            return Ok(Plan::Done(build(StatusCode::NOT_MODIFIED, headers, Body::empty())));
-        }
+    if let Some(inm) = req_headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && etag_matches(inm, &etag(record))
+    {
+        return Ok(Plan::Done(build(
+            StatusCode::NOT_MODIFIED,
+            headers,
+            Body::empty(),
+        )));
     }
     headers.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&content_disposition(&record.file_name)).map_err(ApiError::internal)?,
+        HeaderValue::from_str(&content_disposition(&record.file_name))
+            .map_err(ApiError::internal)?,
     );
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     // If-Range: only honour Range when the validator still matches.
     let range_header = req_headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = req_headers
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() == etag(record));
-    let range = if if_range_ok { parse_range(range_header, record.size) } else { RangeRequest::Full };
+    let range = if if_range_ok {
+        parse_range(range_header, record.size)
+    } else {
+        RangeRequest::Full
+    };
     let (status, range) = match range {
         RangeRequest::Full => (StatusCode::OK, None),
         RangeRequest::Partial(r) => {
@@ -158,7 +182,11 @@ pub fn plan(method: &Method, req_headers: &HeaderMap, record: &VersionRecord) ->
     if method == Method::HEAD {
         return Ok(Plan::Done(build(status, headers, Body::empty())));
     }
-    Ok(Plan::Stream { status, headers, range })
+    Ok(Plan::Stream {
+        status,
+        headers,
+        range,
+    })
 }
 
 pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
@@ -173,7 +201,10 @@ impl ApiError {
         let mut resp = axum::response::IntoResponse::into_response(self);
         for (k, v) in extra.iter() {
             // The body is the JSON error, not the artifact.
-            if k != header::CONTENT_LENGTH && k != header::CONTENT_TYPE && k != header::CONTENT_DISPOSITION {
+            if k != header::CONTENT_LENGTH
+                && k != header::CONTENT_TYPE
+                && k != header::CONTENT_DISPOSITION
+            {
                 resp.headers_mut().insert(k.clone(), v.clone());
             }
         }
@@ -193,12 +224,21 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-10"), 100), r(90, 99));
         assert_eq!(parse_range(Some("bytes=-500"), 100), r(0, 99));
         assert_eq!(parse_range(Some("bytes=50-500"), 100), r(50, 99));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-0"), 100), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-0"), 100),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeRequest::Full);
         assert_eq!(parse_range(Some("items=0-1"), 100), RangeRequest::Full);
         assert_eq!(parse_range(None, 100), RangeRequest::Full);
-        assert_eq!(parse_range(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 0),
+            RangeRequest::Unsatisfiable
+        );
     }
 
     #[test]

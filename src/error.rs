@@ -107,7 +107,8 @@ impl From<MetaError> for ApiError {
             MetaError::Conflict => ApiError::conflict("conflict", "the resource already exists"),
             MetaError::NotFound => ApiError::not_found("not_found", "not found"),
             MetaError::Unavailable(cause) => {
-                metrics::counter!("depot_backend_errors_total", "backend" => "metadata").increment(1);
+                metrics::counter!("depot_backend_errors_total", "backend" => "metadata")
+                    .increment(1);
                 tracing::error!(cause = %cause, "metadata store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -131,7 +132,8 @@ impl From<BlobError> for ApiError {
                 )
             }
             BlobError::Unavailable(cause) => {
-                metrics::counter!("depot_backend_errors_total", "backend" => "storage").increment(1);
+                metrics::counter!("depot_backend_errors_total", "backend" => "storage")
+                    .increment(1);
                 tracing::error!(cause = %cause, "blob store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -56,7 +56,7 @@ enum TokenCommand {
         #[arg(long)]
         admin: bool,
         #[command(flatten)]
-        settings: RawSettings,
+        settings: Box<RawSettings>,
     },
     #[command(flatten)]
     Remote(RemoteTokenCommand),
@@ -64,7 +64,10 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("depot: cannot start the async runtime: {err}");
@@ -78,28 +81,39 @@ async fn run(cli: Cli) -> ExitCode {
     let config = cli.config;
     let result = match cli.command {
         Command::Serve { settings } => {
-            return server_result(async {
-                let settings = Settings::load(settings, config.as_deref())?;
-                depot::server::init_logging(settings.log_format);
-                depot::server::serve(settings).await
-            }
-            .await);
+            return server_result(
+                async {
+                    let settings = Settings::load(settings, config.as_deref())?;
+                    depot::server::init_logging(settings.log_format);
+                    depot::server::serve(settings).await
+                }
+                .await,
+            );
         }
-        Command::Token { command: TokenCommand::Create { admin, settings } } => {
-            return server_result(async {
-                let settings = Settings::load(settings, config.as_deref())?;
-                let meta = depot::server::open_meta(&settings).await?;
-                let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
-                println!("{raw}");
-                Ok(())
-            }
-            .await);
+        Command::Token {
+            command: TokenCommand::Create { admin, settings },
+        } => {
+            return server_result(
+                async {
+                    let settings = Settings::load(settings, config.as_deref())?;
+                    let meta = depot::server::open_meta(&settings).await?;
+                    let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
+                    println!("{raw}");
+                    Ok(())
+                }
+                .await,
+            );
         }
-        Command::Token { command: TokenCommand::Remote(command) } => match Client::new(command.connection()) {
+        Command::Token {
+            command: TokenCommand::Remote(command),
+        } => match Client::new(command.connection()) {
             Ok(client) => client.token(command).await,
             Err(e) => Err(e),
         },
-        Command::Product { connection, command } => match Client::new(&connection) {
+        Command::Product {
+            connection,
+            command,
+        } => match Client::new(&connection) {
             Ok(client) => client.product(command).await,
             Err(e) => Err(e),
         },

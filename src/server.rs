@@ -18,7 +18,9 @@ use std::time::Duration;
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEPOT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),
@@ -35,11 +37,18 @@ pub async fn open_meta(settings: &Settings) -> anyhow::Result<Arc<dyn MetaStore>
     }
     tokio::fs::create_dir_all(&settings.data_dir)
         .await
-        .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
     let path = settings.data_dir.join("depot.redb");
     let store = tokio::task::spawn_blocking(move || EmbeddedMetaStore::open(&path))
         .await?
-        .context("cannot open the embedded database (is another Depot using this DEPOT_DATA_DIR?)")?;
+        .context(
+            "cannot open the embedded database (is another Depot using this DEPOT_DATA_DIR?)",
+        )?;
     Ok(Arc::new(store))
 }
 
@@ -59,9 +68,12 @@ pub async fn open_blobs(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore
 
 pub async fn open_cache(settings: &Settings) -> anyhow::Result<Arc<dyn TokenCache>> {
     if let Some(url) = &settings.redis_url {
-        let cache = crate::cache::redis::RedisCache::connect(url, Duration::from_secs(settings.cache_ttl_seconds))
-            .await
-            .context("Redis (DEPOT_REDIS_URL) is misconfigured")?;
+        let cache = crate::cache::redis::RedisCache::connect(
+            url,
+            Duration::from_secs(settings.cache_ttl_seconds),
+        )
+        .await
+        .context("Redis (DEPOT_REDIS_URL) is misconfigured")?;
         return Ok(Arc::new(cache));
     }
     Ok(Arc::new(NoCache))
@@ -73,10 +85,10 @@ async fn signing_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
         return Ok(key.as_bytes().to_vec());
     }
     let path = settings.data_dir.join("signing.key");
-    if let Ok(existing) = tokio::fs::read(&path).await {
-        if existing.len() >= 32 {
-            return Ok(existing);
-        }
+    if let Ok(existing) = tokio::fs::read(&path).await
+        && existing.len() >= 32
+    {
+        return Ok(existing);
     }
     tokio::fs::create_dir_all(&settings.data_dir).await?;
     let key: [u8; 32] = rand::random();
@@ -93,7 +105,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
 }
 
 /// Creates a token directly in the store and returns the raw value.
-pub async fn create_token(meta: &dyn MetaStore, admin: bool, raw: Option<&str>) -> anyhow::Result<String> {
+pub async fn create_token(
+    meta: &dyn MetaStore,
+    admin: bool,
+    raw: Option<&str>,
+) -> anyhow::Result<String> {
     let raw = raw.map(str::to_string).unwrap_or_else(generate_token);
     let record = TokenRecord {
         id: generate_token_id(),

@@ -31,14 +31,23 @@ impl UrlSigner {
     }
 
     /// Constant-time check of a signature; `now` in unix seconds.
-    pub fn verify(&self, product: &str, version: &str, expires: i64, signature: &str, now: i64) -> bool {
+    pub fn verify(
+        &self,
+        product: &str,
+        version: &str,
+        expires: i64,
+        signature: &str,
+        now: i64,
+    ) -> bool {
         if expires < now {
             return false;
         }
         let Ok(sig) = hex::decode(signature) else {
             return false;
         };
-        self.mac(product, version, expires).verify_slice(&sig).is_ok()
+        self.mac(product, version, expires)
+            .verify_slice(&sig)
+            .is_ok()
     }
 }
 

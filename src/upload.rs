@@ -100,16 +100,17 @@ impl UploadGuard {
             if let Some(writer) = writer {
                 writer.abort().await;
             }
-            if finished {
-                if let Err(err) = app.blobs.delete(&key).await {
-                    tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
-                }
+            if finished && let Err(err) = app.blobs.delete(&key).await {
+                tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
             }
             // The record goes last, so the janitor can still see a blob that failed to delete.
-            if let Some(r) = reservation {
-                if let Err(err) = app.meta.remove_pending_version(&r.product, &r.version, &key).await {
-                    tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
-                }
+            if let Some(r) = reservation
+                && let Err(err) = app
+                    .meta
+                    .remove_pending_version(&r.product, &r.version, &key)
+                    .await
+            {
+                tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
             }
         })
     }
@@ -124,7 +125,13 @@ impl UploadGuard {
 }
 
 impl UploadGuard {
-    async fn reserve(&mut self, caller: &Caller, product: &str, version: &str, file_name: &str) -> ApiResult<()> {
+    async fn reserve(
+        &mut self,
+        caller: &Caller,
+        product: &str,
+        version: &str,
+        file_name: &str,
+    ) -> ApiResult<()> {
         caller.authorize(product, ProductOp::Upload)?;
         let record = VersionRecord {
             product: product.to_string(),
@@ -145,7 +152,10 @@ impl UploadGuard {
             MetaError::NotFound => ApiError::product_not_found(product),
             other => other.into(),
         })?;
-        self.reservation = Some(Reservation { product: product.into(), version: version.into() });
+        self.reservation = Some(Reservation {
+            product: product.into(),
+            version: version.into(),
+        });
         Ok(())
     }
 }
@@ -155,14 +165,20 @@ fn multipart_error(err: MultipartError) -> ApiError {
     if status == http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::new(status, "payload_too_large", err.body_text());
     }
-    ApiError::bad_request("invalid_body", format!("malformed multipart body: {}", err.body_text()))
+    ApiError::bad_request(
+        "invalid_body",
+        format!("malformed multipart body: {}", err.body_text()),
+    )
 }
 
 async fn read_text_field(mut field: Field<'_>, name: &str) -> ApiResult<String> {
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         if buf.len() + chunk.len() > MAX_TEXT_FIELD {
-            return Err(ApiError::bad_request("invalid_body", format!("field '{name}' is too long")));
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("field '{name}' is too long"),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -192,7 +208,11 @@ async fn hash_chunk(hasher: Sha256, chunk: Bytes) -> ApiResult<Sha256> {
     .map_err(ApiError::internal)
 }
 
-async fn stream_file(field: &mut Field<'_>, writer: &mut dyn BlobWriter, limit: u64) -> ApiResult<(u64, String)> {
+async fn stream_file(
+    field: &mut Field<'_>,
+    writer: &mut dyn BlobWriter,
+    limit: u64,
+) -> ApiResult<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
@@ -201,14 +221,20 @@ async fn stream_file(field: &mut Field<'_>, writer: &mut dyn BlobWriter, limit: 
             return Err(ApiError::payload_too_large(limit));
         }
         // Hash and write concurrently: the write is I/O, the hash is CPU.
-        let (hashed, written) = tokio::join!(hash_chunk(hasher, chunk.clone()), writer.write(chunk));
+        let (hashed, written) =
+            tokio::join!(hash_chunk(hasher, chunk.clone()), writer.write(chunk));
         written?;
         hasher = hashed?;
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-pub async fn receive(app: &AppState, caller: &Caller, headers: &HeaderMap, multipart: Multipart) -> ApiResult<UploadResult> {
+pub async fn receive(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<UploadResult> {
     let mut guard = None;
     let result = receive_into(app, caller, headers, multipart, &mut guard).await;
     if result.is_err()
@@ -236,7 +262,9 @@ async fn receive_into(
     }
     let mut expected: Vec<String> = Vec::new();
     if let Some(v) = headers.get("x-checksum-sha256") {
-        let raw = v.to_str().map_err(|_| ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII"))?;
+        let raw = v.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII")
+        })?;
         expected.push(parse_expected_digest(raw)?);
     }
 
@@ -263,13 +291,19 @@ async fn receive_into(
             }
             "file" => {
                 if streamed.is_some() {
-                    return Err(ApiError::bad_request("invalid_body", "only one 'file' field is allowed"));
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        "only one 'file' field is allowed",
+                    ));
                 }
                 let file_name = field
                     .file_name()
                     .map(|raw| {
                         sanitize_file_name(raw).ok_or_else(|| {
-                            ApiError::bad_request("invalid_name", "the uploaded file name is not a safe base name")
+                            ApiError::bad_request(
+                                "invalid_name",
+                                "the uploaded file name is not a safe base name",
+                            )
                         })
                     })
                     .transpose()?
@@ -289,7 +323,11 @@ async fn receive_into(
                 }
                 let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
                 let (size, digest) = stream_file(&mut field, writer.as_mut(), limit).await?;
-                streamed = Some(Streamed { size, digest, file_name });
+                streamed = Some(Streamed {
+                    size,
+                    digest,
+                    file_name,
+                });
             }
             _ => {
                 // Unknown fields are drained and ignored, as form handlers usually do.
@@ -304,19 +342,33 @@ async fn receive_into(
         return Err(missing("file"));
     };
     if guard.reservation.is_none() {
-        guard.reserve(caller, &product, &version, &streamed.file_name).await?;
+        guard
+            .reserve(caller, &product, &version, &streamed.file_name)
+            .await?;
     }
     if let Some(bad) = expected.iter().find(|e| **e != streamed.digest) {
         return Err(ApiError::bad_request(
             "checksum_mismatch",
-            format!("the upload's SHA-256 is {} but {bad} was expected; nothing was stored", streamed.digest),
+            format!(
+                "the upload's SHA-256 is {} but {bad} was expected; nothing was stored",
+                streamed.digest
+            ),
         ));
     }
-    let writer = guard.writer.take().ok_or_else(|| ApiError::internal("upload writer missing"))?;
+    let writer = guard
+        .writer
+        .take()
+        .ok_or_else(|| ApiError::internal("upload writer missing"))?;
     writer.finish().await?;
     guard.blob_finished = true;
     app.meta
-        .commit_version(&product, &version, &guard.blob_key, streamed.size, &streamed.digest)
+        .commit_version(
+            &product,
+            &version,
+            &guard.blob_key,
+            streamed.size,
+            &streamed.digest,
+        )
         .await?;
     guard.committed = true;
     tracing::info!(product = %product, version = %version, size = streamed.size, by = %caller.token.id, "version uploaded");
@@ -330,7 +382,10 @@ async fn receive_into(
 }
 
 fn missing(field: &str) -> ApiError {
-    ApiError::bad_request("missing_field", format!("the multipart form has no '{field}' field"))
+    ApiError::bad_request(
+        "missing_field",
+        format!("the multipart form has no '{field}' field"),
+    )
 }
 
 #[cfg(test)]
@@ -341,7 +396,10 @@ mod tests {
     fn expected_digest_accepts_hex_and_prefixed_forms() {
         let hex = "a".repeat(64);
         assert_eq!(parse_expected_digest(&hex).unwrap(), hex);
-        assert_eq!(parse_expected_digest(&format!("sha256:{}", "AB".repeat(32))).unwrap(), "ab".repeat(32));
+        assert_eq!(
+            parse_expected_digest(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            "ab".repeat(32)
+        );
         assert!(parse_expected_digest("sha256:xyz").is_err());
         assert!(parse_expected_digest(&"a".repeat(63)).is_err());
     }

@@ -89,7 +89,9 @@ fn free_port_block(avoid: &[u16]) -> u16 {
         let n = u16::from_str_radix(&seed[..4], 16).unwrap_or(0);
         let base = 20_000 + (n % 900) * 10;
         let clear = |p: &u16| (*p as i32 - base as i32).abs() > 20;
-        if avoid.iter().all(clear) && (0..5).all(|i| port_free(base + i) && port_free(base + 10_000 + i)) {
+        if avoid.iter().all(clear)
+            && (0..5).all(|i| port_free(base + i) && port_free(base + 10_000 + i))
+        {
             return base;
         }
     }
@@ -108,7 +110,10 @@ fn run_services(dir: &Path, ports: Ports, action: &str, service: &str) {
         .env("DEPOT_S3_PORT", ports.s3.to_string())
         .status()
         .expect("run scripts/services.sh");
-    assert!(status.success(), "scripts/services.sh {action} {service} failed");
+    assert!(
+        status.success(),
+        "scripts/services.sh {action} {service} failed"
+    );
 }
 
 impl PrivateServices {
@@ -117,7 +122,10 @@ impl PrivateServices {
         let mongo = free_port_block(&[redis]);
         let s3 = free_port_block(&[redis, mongo]);
         PrivateServices {
-            dir: tempfile::Builder::new().prefix("depot-svc-").tempdir().expect("temp dir"),
+            dir: tempfile::Builder::new()
+                .prefix("depot-svc-")
+                .tempdir()
+                .expect("temp dir"),
             ports: Ports { redis, mongo, s3 },
         }
     }
@@ -172,10 +180,20 @@ async fn revocation_on_one_replica_is_refused_on_the_other_at_once() {
     let product = a.product().await;
     let token = a.register(false).await;
     b.remember_secret(&token);
-    a.grant(&product, &token, Perms { download: true, ..Perms::default() }).await;
+    a.grant(
+        &product,
+        &token,
+        Perms {
+            download: true,
+            ..Perms::default()
+        },
+    )
+    .await;
     // Warm replica B's view of the token through the shared cache.
     for _ in 0..3 {
-        b.get("/product/access", Some(&token)).await.assert_status(200);
+        b.get("/product/access", Some(&token))
+            .await
+            .assert_status(200);
     }
     assert!(metric(&b, "depot_token_cache_lookups_total{result=\"hit\"}").await >= 1.0);
 
@@ -192,7 +210,9 @@ async fn revocation_on_one_replica_is_refused_on_the_other_at_once() {
     assert_eq!(access.json(), json!([]));
 
     a.prune(&token).await;
-    b.get("/product/access", Some(&token)).await.assert_error(401, "invalid_token");
+    b.get("/product/access", Some(&token))
+        .await
+        .assert_error(401, "invalid_token");
     a.assert_no_secrets_logged();
     b.assert_no_secrets_logged();
 }
@@ -203,10 +223,21 @@ async fn redis_outage_degrades_health_but_requests_succeed_and_it_is_used_again_
     require_production();
     let services = PrivateServices::new();
     services.start("redis").await;
-    let app = TestApp::builder().env("DEPOT_REDIS_URL", services.redis_url()).start().await;
+    let app = TestApp::builder()
+        .env("DEPOT_REDIS_URL", services.redis_url())
+        .start()
+        .await;
     let product = app.product().await;
     let token = app.register(false).await;
-    app.grant(&product, &token, Perms { download: true, ..Perms::default() }).await;
+    app.grant(
+        &product,
+        &token,
+        Perms {
+            download: true,
+            ..Perms::default()
+        },
+    )
+    .await;
     let health = app.get("/health", None).await;
     health.assert_status(200);
     assert_eq!(health.json()["status"], "ok");
@@ -217,12 +248,18 @@ async fn redis_outage_degrades_health_but_requests_succeed_and_it_is_used_again_
     assert_eq!(health.json()["status"], "degraded");
     assert_eq!(health.json()["redis"], "Redis is down");
     // Requests are served from MongoDB meanwhile, and revocation still works.
-    let fetched = app.get(&format!("/product/fetch/{product}"), Some(&token)).await;
+    let fetched = app
+        .get(&format!("/product/fetch/{product}"), Some(&token))
+        .await;
     fetched.assert_status(200);
     let doomed = app.register(false).await;
-    app.get("/product/access", Some(&doomed)).await.assert_status(200);
+    app.get("/product/access", Some(&doomed))
+        .await
+        .assert_status(200);
     app.prune(&doomed).await;
-    app.get("/product/access", Some(&doomed)).await.assert_error(401, "invalid_token");
+    app.get("/product/access", Some(&doomed))
+        .await
+        .assert_error(401, "invalid_token");
 
     services.start("redis").await;
     eventually(Duration::from_secs(20), "health back to ok", || async {
@@ -231,11 +268,18 @@ async fn redis_outage_degrades_health_but_requests_succeed_and_it_is_used_again_
     .await;
     let hits_before = metric(&app, "depot_token_cache_lookups_total{result=\"hit\"}").await;
     for _ in 0..3 {
-        app.get("/product/access", Some(&token)).await.assert_status(200);
+        app.get("/product/access", Some(&token))
+            .await
+            .assert_status(200);
     }
     let hits_after = metric(&app, "depot_token_cache_lookups_total{result=\"hit\"}").await;
-    assert!(hits_after > hits_before, "the cache is used again: {hits_before} -> {hits_after}");
-    app.get("/product/access", Some(&doomed)).await.assert_error(401, "invalid_token");
+    assert!(
+        hits_after > hits_before,
+        "the cache is used again: {hits_before} -> {hits_after}"
+    );
+    app.get("/product/access", Some(&doomed))
+        .await
+        .assert_error(401, "invalid_token");
 }
 
 #[tokio::test]
@@ -265,7 +309,8 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
     )
     .into_bytes();
     let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
-    let body_stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let body_stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let request = app
         .request(reqwest::Method::POST, "/product/upload", Some(app.admin()))
         .header("content-type", content_type)
@@ -287,17 +332,33 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
     });
     let reply = app.send(request).await;
     let services = sender.await.expect("sender task");
-    assert!(reply.status.as_u16() >= 500, "expected a 5xx, got {} {}", reply.status, reply.text());
-    assert_eq!(reply.code().as_deref(), Some("storage_unavailable"), "{}", reply.text());
-    assert!(app.versions(&product).await.is_empty(), "no version record survives");
+    assert!(
+        reply.status.as_u16() >= 500,
+        "expected a 5xx, got {} {}",
+        reply.status,
+        reply.text()
+    );
+    assert_eq!(
+        reply.code().as_deref(),
+        Some("storage_unavailable"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        app.versions(&product).await.is_empty(),
+        "no version record survives"
+    );
 
     services.start("s3").await;
-    eventually(Duration::from_secs(30), "the janitor cleans the bucket", || async {
-        bucket_contents(&app).await == (Vec::new(), 0)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the janitor cleans the bucket",
+        || async { bucket_contents(&app).await == (Vec::new(), 0) },
+    )
     .await;
     // The version can be uploaded afterwards.
-    app.upload_ok(app.admin(), &product, "v1.0.0", b"after the outage").await;
+    app.upload_ok(app.admin(), &product, "v1.0.0", b"after the outage")
+        .await;
 }
 
 #[tokio::test]
@@ -306,7 +367,10 @@ async fn mongo_outage_is_503_with_a_clear_error_and_nothing_half_written() {
     require_production();
     let services = PrivateServices::new();
     services.start("mongo").await;
-    let app = TestApp::builder().env("DEPOT_MONGO_URL", services.mongo_url()).start().await;
+    let app = TestApp::builder()
+        .env("DEPOT_MONGO_URL", services.mongo_url())
+        .start()
+        .await;
     let product = app.product().await;
     app.upload_ok(app.admin(), &product, "v1", b"before").await;
     let (objects_before, _) = bucket_contents(&app).await;
@@ -317,10 +381,18 @@ async fn mongo_outage_is_503_with_a_clear_error_and_nothing_half_written() {
     assert_eq!(health.json()["mongo"], "Mongo is down");
     assert_eq!(health.json()["status"], "down");
     // The admin token is cached in Redis, so the request gets as far as the upload.
-    let reply = app.upload(app.admin(), &product, "v2", &payload(3, 2 * 1024 * 1024)).await;
+    let reply = app
+        .upload(app.admin(), &product, "v2", &payload(3, 2 * 1024 * 1024))
+        .await;
     reply.assert_error(503, "metadata_unavailable");
-    assert!(!reply.text().to_lowercase().contains("server selection"), "no driver text: {}", reply.text());
-    let unknown = app.get("/product/access", Some("depot_notarealtoken")).await;
+    assert!(
+        !reply.text().to_lowercase().contains("server selection"),
+        "no driver text: {}",
+        reply.text()
+    );
+    let unknown = app
+        .get("/product/access", Some("depot_notarealtoken"))
+        .await;
     unknown.assert_error(503, "metadata_unavailable");
 
     let (objects_after, uploads) = bucket_contents(&app).await;
@@ -340,7 +412,8 @@ async fn a_200_mib_multipart_upload_matches_its_checksum_downloaded_from_the_buc
     let reply = app
         .upload_form(
             Some(app.admin()),
-            Form::upload(&product, "v2.0.0", "big.bin", &data).text("checksum", &format!("sha256:{digest}")),
+            Form::upload(&product, "v2.0.0", "big.bin", &data)
+                .text("checksum", &format!("sha256:{digest}")),
         )
         .await;
     reply.assert_status(201);
@@ -348,14 +421,25 @@ async fn a_200_mib_multipart_upload_matches_its_checksum_downloaded_from_the_buc
     drop(data);
 
     // Straight from the bucket, by presigned URL, with a client that has no token.
-    let presign = app.get(&format!("/product/presign/{product}/v2.0.0"), Some(app.admin())).await;
+    let presign = app
+        .get(
+            &format!("/product/presign/{product}/v2.0.0"),
+            Some(app.admin()),
+        )
+        .await;
     presign.assert_status(200);
     let url = presign.json()["url"].as_str().expect("url").to_string();
-    assert!(url.starts_with(&app.setting("DEPOT_S3_ENDPOINT").expect("endpoint")), "{url}");
+    assert!(
+        url.starts_with(&app.setting("DEPOT_S3_ENDPOINT").expect("endpoint")),
+        "{url}"
+    );
     let mut resp = reqwest::get(&url).await.expect("GET presigned");
     assert_eq!(resp.status(), 200);
     let etag = resp.headers()["etag"].to_str().expect("etag").to_string();
-    assert!(etag.contains('-'), "a multipart object has a composite ETag: {etag}");
+    assert!(
+        etag.contains('-'),
+        "a multipart object has a composite ETag: {etag}"
+    );
     let mut hasher = Sha256::new();
     let mut received = 0usize;
     while let Some(chunk) = resp.chunk().await.expect("body chunk") {
@@ -372,7 +456,10 @@ async fn redirect_mode_sends_a_plain_client_to_the_bucket_with_the_file_name() {
     require_production();
     let app = TestApp::builder()
         .env("DEPOT_DOWNLOAD_MODE", "redirect")
-        .env("DEPOT_S3_PUBLIC_ENDPOINT", format!("http://localhost:{}", s3_port()))
+        .env(
+            "DEPOT_S3_PUBLIC_ENDPOINT",
+            format!("http://localhost:{}", s3_port()),
+        )
         .start()
         .await;
     let product = app.product().await;
@@ -382,24 +469,44 @@ async fn redirect_mode_sends_a_plain_client_to_the_bucket_with_the_file_name() {
     let reply = app.download(app.admin(), &product, "v1.0.0").await;
     reply.assert_status(302);
     let location = reply.header("location").expect("location");
-    assert!(location.starts_with(&format!("http://localhost:{}/", s3_port())), "signed for the public endpoint: {location}");
+    assert!(
+        location.starts_with(&format!("http://localhost:{}/", s3_port())),
+        "signed for the public endpoint: {location}"
+    );
     let follower = reqwest::Client::new();
     let resp = app
-        .send(follower.get(app.url(&format!("/product/download/{product}/v1.0.0"))).header("X-Api-Token", app.admin()))
+        .send(
+            follower
+                .get(app.url(&format!("/product/download/{product}/v1.0.0")))
+                .header("X-Api-Token", app.admin()),
+        )
         .await;
     resp.assert_status(200);
     assert_eq!(resp.body, data);
-    assert!(resp.header("content-disposition").unwrap_or_default().contains("bin"), "file name kept");
+    assert!(
+        resp.header("content-disposition")
+            .unwrap_or_default()
+            .contains("bin"),
+        "file name kept"
+    );
 
     // A tampered URL is refused by the store itself.
     let tampered = location.replacen("X-Amz-Signature=", "X-Amz-Signature=00", 1);
     assert_eq!(reqwest::get(&tampered).await.expect("GET").status(), 403);
 
     // ?redirect=false streams through Depot instead.
-    let proxied = app.get(&format!("/product/download/{product}/v1.0.0?redirect=false"), Some(app.admin())).await;
+    let proxied = app
+        .get(
+            &format!("/product/download/{product}/v1.0.0?redirect=false"),
+            Some(app.admin()),
+        )
+        .await;
     proxied.assert_status(200);
     assert_eq!(proxied.body, data);
-    assert_eq!(proxied.header("x-checksum-sha256").as_deref(), Some(sha256_hex(&data).as_str()));
+    assert_eq!(
+        proxied.header("x-checksum-sha256").as_deref(),
+        Some(sha256_hex(&data).as_str())
+    );
 }
 
 #[tokio::test]
@@ -443,5 +550,9 @@ async fn the_janitor_removes_orphan_objects_and_stale_multipart_uploads() {
 
 fn s3_port() -> u16 {
     let endpoint = std::env::var("DEPOT_TEST_S3_ENDPOINT").expect("DEPOT_TEST_S3_ENDPOINT");
-    endpoint.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("port in endpoint")
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("port in endpoint")
 }

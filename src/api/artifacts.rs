@@ -53,7 +53,13 @@ pub async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
     let multipart = multipart.map_err(|rejection| {
-        ApiError::bad_request("invalid_body", format!("expected a multipart/form-data body: {}", rejection.body_text()))
+        ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "expected a multipart/form-data body: {}",
+                rejection.body_text()
+            ),
+        )
     })?;
     match receive(&app, &caller, &headers, multipart).await {
         Ok(result) => {
@@ -76,12 +82,20 @@ pub struct DownloadQuery {
 }
 
 /// Finds a committed version; `latest` resolves to the highest release.
-async fn resolve_version(app: &AppState, product: &str, version: &str, prerelease: bool) -> ApiResult<VersionRecord> {
+async fn resolve_version(
+    app: &AppState,
+    product: &str,
+    version: &str,
+    prerelease: bool,
+) -> ApiResult<VersionRecord> {
     validate_version(version).map_err(name_error)?;
     if version == "latest" {
         let versions = app.meta.list_versions(product).await?;
-        let name = pick_latest(versions.iter().map(|v| (v.version.as_str(), v.uploaded_at)), prerelease)
-            .map(str::to_string);
+        let name = pick_latest(
+            versions.iter().map(|v| (v.version.as_str(), v.uploaded_at)),
+            prerelease,
+        )
+        .map(str::to_string);
         return match name.and_then(|name| versions.into_iter().find(|v| v.version == name)) {
             Some(record) => Ok(record),
             None => Err(version_missing(app, product, version).await),
@@ -104,7 +118,13 @@ async fn version_missing(app: &AppState, product: &str, version: &str) -> ApiErr
 }
 
 /// Checks the caller may download, and resolves the version.
-async fn downloadable(app: &AppState, caller: &Caller, product: &str, version: &str, prerelease: bool) -> ApiResult<VersionRecord> {
+async fn downloadable(
+    app: &AppState,
+    caller: &Caller,
+    product: &str,
+    version: &str,
+    prerelease: bool,
+) -> ApiResult<VersionRecord> {
     validate_product(product).map_err(name_error)?;
     caller.authorize(product, ProductOp::Download)?;
     let record = resolve_version(app, product, version, prerelease).await?;
@@ -113,12 +133,20 @@ async fn downloadable(app: &AppState, caller: &Caller, product: &str, version: &
 
 /// A URL that downloads the version without a token: presigned by the blob store when
 /// it can, otherwise signed by Depot and served by `GET /signed/...`.
-async fn direct_url(app: &AppState, headers: &HeaderMap, record: &VersionRecord) -> ApiResult<(String, i64)> {
+async fn direct_url(
+    app: &AppState,
+    headers: &HeaderMap,
+    record: &VersionRecord,
+) -> ApiResult<(String, i64)> {
     let ttl = app.settings.presign_ttl_seconds;
     let expires = now_ms() / 1000 + ttl as i64;
     if let Some(url) = app
         .blobs
-        .presign(&record.blob_key, &record.file_name, Duration::from_secs(ttl))
+        .presign(
+            &record.blob_key,
+            &record.file_name,
+            Duration::from_secs(ttl),
+        )
         .await?
     {
         return Ok((url, expires));
@@ -136,16 +164,28 @@ async fn direct_url(app: &AppState, headers: &HeaderMap, record: &VersionRecord)
     };
     let signature = app.signer.sign(&record.product, &record.version, expires);
     Ok((
-        format!("{base}/signed/{}/{}?expires={expires}&signature={signature}", record.product, record.version),
+        format!(
+            "{base}/signed/{}/{}?expires={expires}&signature={signature}",
+            record.product, record.version
+        ),
         expires,
     ))
 }
 
 /// Streams (or answers 304/416/HEAD for) a committed version.
-async fn serve(app: &AppState, method: &Method, headers: &HeaderMap, record: &VersionRecord) -> ApiResult<Response> {
+async fn serve(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    record: &VersionRecord,
+) -> ApiResult<Response> {
     match plan(method, headers, record)? {
         Plan::Done(resp) => Ok(resp),
-        Plan::Stream { status, headers, range } => {
+        Plan::Stream {
+            status,
+            headers,
+            range,
+        } => {
             let stream = app.blobs.read(&record.blob_key, range).await?;
             let counted = stream.inspect(|chunk| {
                 if let Ok(bytes) = chunk {
@@ -167,7 +207,9 @@ pub async fn download(
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
     let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
-    let redirect = query.redirect.unwrap_or(app.settings.download_mode == DownloadMode::Redirect);
+    let redirect = query
+        .redirect
+        .unwrap_or(app.settings.download_mode == DownloadMode::Redirect);
     if redirect {
         let (url, _) = direct_url(&app, &headers, &record).await?;
         let mut resp = build(StatusCode::FOUND, HeaderMap::new(), Body::empty());
@@ -175,7 +217,8 @@ pub async fn download(
             header::LOCATION,
             HeaderValue::from_str(&url).map_err(ApiError::internal)?,
         );
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Ok(resp);
     }
     serve(&app, &method, &headers, &record).await
@@ -195,7 +238,13 @@ pub async fn signed_download(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<SignedQuery>,
 ) -> ApiResult<Response> {
-    if !app.signer.verify(&product, &version, query.expires, &query.signature, now_ms() / 1000) {
+    if !app.signer.verify(
+        &product,
+        &version,
+        query.expires,
+        &query.signature,
+        now_ms() / 1000,
+    ) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_signature",
@@ -228,7 +277,12 @@ pub async fn presign(
 }
 
 /// Deletes a committed version: record first (so nothing lists a missing file), then blob.
-pub async fn remove_version(app: &AppState, caller: &Caller, product: &str, version: &str) -> ApiResult<()> {
+pub async fn remove_version(
+    app: &AppState,
+    caller: &Caller,
+    product: &str,
+    version: &str,
+) -> ApiResult<()> {
     validate_product(product).map_err(name_error)?;
     validate_version(version).map_err(name_error)?;
     caller.authorize(product, ProductOp::DeleteVersion)?;
@@ -276,7 +330,10 @@ pub async fn list_versions(
     caller.authorize(&product, ProductOp::Download)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
     }
     let offset = match &query.cursor {
         Some(c) => decode_cursor(c)?,
@@ -291,11 +348,16 @@ pub async fn list_versions(
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|v| ListedVersion { version: v.version.clone(), info: VersionInfo::from(v) })
+        .map(|v| ListedVersion {
+            version: v.version.clone(),
+            info: VersionInfo::from(v),
+        })
         .collect();
     let next = offset + page.len();
     let next_cursor = (next < versions.len()).then(|| encode_cursor(next));
-    Ok(Json(serde_json::json!({ "versions": page, "next_cursor": next_cursor })))
+    Ok(Json(
+        serde_json::json!({ "versions": page, "next_cursor": next_cursor }),
+    ))
 }
 
 fn encode_cursor(offset: usize) -> String {

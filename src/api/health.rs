@@ -21,7 +21,11 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let blobs_ok = matches!(blobs, Ok(Ok(())));
     let mut body = Map::new();
     let meta_key = app.meta.health_key();
-    let meta_name = if meta_key == "mongo" { "Mongo" } else { "Embedded store" };
+    let meta_name = if meta_key == "mongo" {
+        "Mongo"
+    } else {
+        "Embedded store"
+    };
     body.insert(meta_key.into(), json!(sentence(meta_name, meta_ok)));
     let mut degraded = false;
     if let Some(key) = app.tokens.cache.health_key() {
@@ -29,7 +33,10 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         degraded = !cache_ok;
         body.insert(key.into(), json!(sentence("Redis", cache_ok)));
     }
-    body.insert("storage".into(), json!(sentence(app.blobs.describe(), blobs_ok)));
+    body.insert(
+        "storage".into(),
+        json!(sentence(app.blobs.describe(), blobs_ok)),
+    );
     let (status, word) = match (meta_ok && blobs_ok, degraded) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "down"),
         (true, true) => (StatusCode::OK, "degraded"),
@@ -40,13 +47,20 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 fn sentence(name: &str, ok: bool) -> String {
-    if ok { format!("{name} is fine") } else { format!("{name} is down") }
+    if ok {
+        format!("{name} is fine")
+    } else {
+        format!("{name} is down")
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics() -> ([(http::HeaderName, &'static str); 1], String) {
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::observability::metrics_handle().render(),
     )
 }

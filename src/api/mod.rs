@@ -36,11 +36,23 @@ pub fn routes() -> Router<AppState> {
             // The upload enforces its own limit while streaming.
             post(artifacts::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/product/download/{product}/{version}", get(artifacts::download))
-        .route("/product/delete/{product}/{version}", delete(artifacts::delete_version))
-        .route("/product/presign/{product}/{version}", get(artifacts::presign))
+        .route(
+            "/product/download/{product}/{version}",
+            get(artifacts::download),
+        )
+        .route(
+            "/product/delete/{product}/{version}",
+            delete(artifacts::delete_version),
+        )
+        .route(
+            "/product/presign/{product}/{version}",
+            get(artifacts::presign),
+        )
         .route("/product/versions/{product}", get(artifacts::list_versions))
-        .route("/signed/{product}/{version}", get(artifacts::signed_download))
+        .route(
+            "/signed/{product}/{version}",
+            get(artifacts::signed_download),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -74,19 +86,28 @@ pub struct ApiQuery<T>(pub T);
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::bad_request("invalid_body", format!("invalid JSON body: {}", rejection.body_text()))
+        ApiError::bad_request(
+            "invalid_body",
+            format!("invalid JSON body: {}", rejection.body_text()),
+        )
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::bad_request("invalid_name", format!("invalid path: {}", rejection.body_text()))
+        ApiError::bad_request(
+            "invalid_name",
+            format!("invalid path: {}", rejection.body_text()),
+        )
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::bad_request("invalid_query", format!("invalid query: {}", rejection.body_text()))
+        ApiError::bad_request(
+            "invalid_query",
+            format!("invalid query: {}", rejection.body_text()),
+        )
     }
 }
 

@@ -39,15 +39,23 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_product(&req.name).map_err(name_error)?;
-    let record = ProductRecord { name: req.name.clone(), created_at: now_ms() };
+    let record = ProductRecord {
+        name: req.name.clone(),
+        created_at: now_ms(),
+    };
     app.meta
         .create_product(&record, &caller.token.id)
         .await
         .map_err(|e| match e {
-            MetaError::Conflict => ApiError::conflict("product_exists", format!("product '{}' already exists", req.name)),
+            MetaError::Conflict => ApiError::conflict(
+                "product_exists",
+                format!("product '{}' already exists", req.name),
+            ),
             other => other.into(),
         })?;
-    app.tokens.invalidate_hashes(std::slice::from_ref(&caller.token.hash)).await;
+    app.tokens
+        .invalidate_hashes(std::slice::from_ref(&caller.token.hash))
+        .await;
     Ok((StatusCode::CREATED, Json(json!({ "name": req.name }))))
 }
 
@@ -142,7 +150,9 @@ pub async fn modify_put(
             MetaError::NotFound => ApiError::product_not_found(&req.product),
             other => other.into(),
         })?;
-    app.tokens.invalidate_hashes(std::slice::from_ref(&target.hash)).await;
+    app.tokens
+        .invalidate_hashes(std::slice::from_ref(&target.hash))
+        .await;
     Ok(StatusCode::CREATED)
 }
 
@@ -191,7 +201,9 @@ pub async fn modify_delete(
                     "that token has no grant on this product",
                 ));
             }
-            app.tokens.invalidate_hashes(std::slice::from_ref(&target.hash)).await;
+            app.tokens
+                .invalidate_hashes(std::slice::from_ref(&target.hash))
+                .await;
             Ok(StatusCode::NO_CONTENT)
         }
         other => Err(unknown_action(other, "deleteVersion or deleteToken")),
@@ -199,8 +211,15 @@ pub async fn modify_delete(
 }
 
 fn unknown_action(action: &str, expected: &str) -> ApiError {
-    let shown: String = action.chars().take(64).flat_map(char::escape_default).collect();
-    ApiError::bad_request("unknown_action", format!("unknown action '{shown}': expected {expected}"))
+    let shown: String = action
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
+    ApiError::bad_request(
+        "unknown_action",
+        format!("unknown action '{shown}': expected {expected}"),
+    )
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {

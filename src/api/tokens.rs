@@ -72,24 +72,40 @@ pub async fn register(
                 .and_then(|s| s.checked_mul(1000))
                 .and_then(|ms| ms.checked_add(now))
                 .filter(|_| secs > 0)
-                .ok_or_else(|| ApiError::bad_request("invalid_body", "expires_in must be a positive number of seconds"))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        "expires_in must be a positive number of seconds",
+                    )
+                })?;
             Some(ms)
         }
         (None, Some(at)) => {
             let at = chrono::DateTime::parse_from_rfc3339(at)
-                .map_err(|_| ApiError::bad_request("invalid_body", "expires_at must be an RFC 3339 date-time"))?
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        "expires_at must be an RFC 3339 date-time",
+                    )
+                })?
                 .timestamp_millis();
             if at <= now {
-                return Err(ApiError::bad_request("invalid_body", "expires_at is in the past"));
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expires_at is in the past",
+                ));
             }
             Some(at)
         }
         (None, None) => None,
     };
-    if let Some(name) = &req.name {
-        if name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ApiError::bad_request("invalid_body", "name must be at most 128 printable characters"));
-        }
+    if let Some(name) = &req.name
+        && (name.len() > 128 || name.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "name must be at most 128 printable characters",
+        ));
     }
     let grants: Vec<(String, Grant)> = req.products.unwrap_or_default().into_iter().collect();
     if !caller.is_admin() {
@@ -100,7 +116,9 @@ pub async fn register(
             ));
         }
         for (product, grant) in &grants {
-            let own = caller.grant(product).ok_or_else(|| ApiError::product_not_found(product))?;
+            let own = caller
+                .grant(product)
+                .ok_or_else(|| ApiError::product_not_found(product))?;
             if !grant.is_subset_of(own) {
                 return Err(ApiError::forbidden(format!(
                     "the new token cannot have more rights on '{product}' than yours"
@@ -126,12 +144,22 @@ pub async fn register(
         name: req.name,
         expires_at,
     };
-    app.meta.insert_token(&record, &grants).await.map_err(|e| match e {
-        crate::error::MetaError::NotFound => ApiError::not_found("product_not_found", "a product in 'products' does not exist"),
-        other => other.into(),
-    })?;
+    app.meta
+        .insert_token(&record, &grants)
+        .await
+        .map_err(|e| match e {
+            crate::error::MetaError::NotFound => ApiError::not_found(
+                "product_not_found",
+                "a product in 'products' does not exist",
+            ),
+            other => other.into(),
+        })?;
     tracing::info!(token_id = %record.id, admin = record.admin, by = %caller.token.id, "token registered");
-    Ok((StatusCode::CREATED, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], raw))
+    Ok((
+        StatusCode::CREATED,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        raw,
+    ))
 }
 
 /// `GET /fetch/{token}`: admin, or the token itself.
@@ -162,7 +190,9 @@ pub async fn prune(
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
     app.meta.delete_token(&found.id).await?;
-    app.tokens.invalidate_hashes(std::slice::from_ref(&found.hash)).await;
+    app.tokens
+        .invalidate_hashes(std::slice::from_ref(&found.hash))
+        .await;
     tracing::info!(token_id = %found.id, by = %caller.token.id, "token pruned");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,12 +34,11 @@ impl FsBlobStore {
 
     fn path(&self, key: &str) -> BlobResult<PathBuf> {
         // Keys are built from validated names; refuse anything else outright.
-        let safe = !key.is_empty()
-            && key
-                .split('/')
-                .all(|part| crate::domain::names::is_valid_name(part));
+        let safe = !key.is_empty() && key.split('/').all(crate::domain::names::is_valid_name);
         if !safe {
-            return Err(BlobError::Unavailable(format!("refusing unsafe blob key {key:?}")));
+            return Err(BlobError::Unavailable(format!(
+                "refusing unsafe blob key {key:?}"
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -109,7 +108,9 @@ impl BlobStore for FsBlobStore {
         if meta.is_dir() {
             Ok(())
         } else {
-            Err(BlobError::Unavailable("blob root is not a directory".into()))
+            Err(BlobError::Unavailable(
+                "blob root is not a directory".into(),
+            ))
         }
     }
 
@@ -139,7 +140,12 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn presign(&self, _key: &str, _file_name: &str, _ttl: Duration) -> BlobResult<Option<String>> {
+    async fn presign(
+        &self,
+        _key: &str,
+        _file_name: &str,
+        _ttl: Duration,
+    ) -> BlobResult<Option<String>> {
         Ok(None)
     }
 
@@ -205,10 +211,11 @@ fn walk(root: &Path, before: SystemTime, partials: bool) -> BlobResult<Vec<Strin
             }
             let is_partial = path.to_string_lossy().ends_with(PARTIAL_SUFFIX);
             let old = meta.modified().map(|m| m < before).unwrap_or(false);
-            if is_partial == partials && old {
-                if let Ok(rel) = path.strip_prefix(root) {
-                    out.push(rel.to_string_lossy().into_owned());
-                }
+            if is_partial == partials
+                && old
+                && let Ok(rel) = path.strip_prefix(root)
+            {
+                out.push(rel.to_string_lossy().into_owned());
             }
         }
     }

@@ -51,7 +51,12 @@ pub trait BlobStore: Send + Sync {
     async fn writer(&self, key: &str) -> BlobResult<Box<dyn BlobWriter>>;
     async fn read(&self, key: &str, range: Option<ByteRange>) -> BlobResult<ByteStream>;
     /// A URL that downloads the object directly, or `None` if this store cannot presign.
-    async fn presign(&self, key: &str, file_name: &str, ttl: Duration) -> BlobResult<Option<String>>;
+    async fn presign(
+        &self,
+        key: &str,
+        file_name: &str,
+        ttl: Duration,
+    ) -> BlobResult<Option<String>>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> BlobResult<()>;
     /// Keys of finished objects last modified before `before`.

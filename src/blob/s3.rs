@@ -75,10 +75,14 @@ async fn build_client(settings: &S3Settings, endpoint: Option<&str>) -> Client {
 impl S3BlobStore {
     pub async fn connect(settings: &S3Settings) -> anyhow::Result<Self> {
         let client = build_client(settings, settings.endpoint.as_deref()).await;
-        let public_endpoint = settings.public_endpoint.as_deref().or(settings.endpoint.as_deref());
+        let public_endpoint = settings
+            .public_endpoint
+            .as_deref()
+            .or(settings.endpoint.as_deref());
         let public_client = build_client(settings, public_endpoint).await;
         let part_size = usize::try_from(settings.part_size)?;
-        let budget = (BUFFER_BUDGET_BYTES / settings.part_size).max(settings.parts_in_flight as u64 + 1);
+        let budget =
+            (BUFFER_BUDGET_BYTES / settings.part_size).max(settings.parts_in_flight as u64 + 1);
         let store = S3BlobStore {
             inner: Arc::new(Inner {
                 client,
@@ -96,7 +100,13 @@ impl S3BlobStore {
 
     async fn ensure_bucket(&self, create: bool) -> anyhow::Result<()> {
         let inner = &self.inner;
-        match inner.client.head_bucket().bucket(&inner.bucket).send().await {
+        match inner
+            .client
+            .head_bucket()
+            .bucket(&inner.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(err) => {
                 let not_found = err.as_service_error().is_some_and(|e| e.is_not_found());
@@ -107,7 +117,9 @@ impl S3BlobStore {
                         .bucket(&inner.bucket)
                         .send()
                         .await
-                        .map_err(|e| anyhow::anyhow!("cannot create bucket '{}': {:?}", inner.bucket, e))?;
+                        .map_err(|e| {
+                            anyhow::anyhow!("cannot create bucket '{}': {:?}", inner.bucket, e)
+                        })?;
                     tracing::info!(bucket = %inner.bucket, "bucket created");
                     Ok(())
                 } else if not_found {
@@ -116,7 +128,11 @@ impl S3BlobStore {
                         inner.bucket
                     )
                 } else {
-                    anyhow::bail!("cannot reach bucket '{}': {}", inner.bucket, describe_sdk_error(&err))
+                    anyhow::bail!(
+                        "cannot reach bucket '{}': {}",
+                        inner.bucket,
+                        describe_sdk_error(&err)
+                    )
                 }
             }
         }
@@ -127,10 +143,14 @@ impl S3BlobStore {
     }
 }
 
-fn describe_sdk_error<E: std::fmt::Debug, R: std::fmt::Debug>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String {
+fn describe_sdk_error<E: std::fmt::Debug, R: std::fmt::Debug>(
+    err: &aws_sdk_s3::error::SdkError<E, R>,
+) -> String {
     use aws_sdk_s3::error::SdkError;
     match err {
-        SdkError::DispatchFailure(_) => "connection failed (is the endpoint right and the server up?)".into(),
+        SdkError::DispatchFailure(_) => {
+            "connection failed (is the endpoint right and the server up?)".into()
+        }
         SdkError::TimeoutError(_) => "timed out".into(),
         SdkError::ServiceError(e) => format!("{:?}", e.err()),
         other => format!("{other:?}"),
@@ -250,7 +270,11 @@ impl S3Writer {
             .bucket(&self.inner.bucket)
             .key(&self.key)
             .upload_id(self.upload_id.as_deref().unwrap_or_default())
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(sdk_err)?;
@@ -314,7 +338,11 @@ impl BlobWriter for S3Writer {
     }
 
     async fn finish(mut self: Box<Self>) -> BlobResult<()> {
-        let result = if self.upload_id.is_none() { self.put_single().await } else { self.complete().await };
+        let result = if self.upload_id.is_none() {
+            self.put_single().await
+        } else {
+            self.complete().await
+        };
         match result {
             Ok(()) => {
                 self.closed = true;
@@ -372,7 +400,12 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn read(&self, key: &str, range: Option<ByteRange>) -> BlobResult<ByteStream> {
-        let mut request = self.inner.client.get_object().bucket(&self.inner.bucket).key(self.full_key(key));
+        let mut request = self
+            .inner
+            .client
+            .get_object()
+            .bucket(&self.inner.bucket)
+            .key(self.full_key(key));
         if let Some(r) = range {
             request = request.range(format!("bytes={}-{}", r.start, r.end));
         }
@@ -392,7 +425,12 @@ impl BlobStore for S3BlobStore {
         Ok(stream.boxed())
     }
 
-    async fn presign(&self, key: &str, file_name: &str, ttl: Duration) -> BlobResult<Option<String>> {
+    async fn presign(
+        &self,
+        key: &str,
+        file_name: &str,
+        ttl: Duration,
+    ) -> BlobResult<Option<String>> {
         let config = PresigningConfig::expires_in(ttl).map_err(sdk_err)?;
         let request = self
             .inner
@@ -436,10 +474,10 @@ impl BlobStore for S3BlobStore {
                     .last_modified()
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .is_some_and(|t| t < before);
-                if let (true, Some(key)) = (old, object.key()) {
-                    if let Some(rel) = key.strip_prefix(inner.prefix.as_str()) {
-                        keys.push(rel.to_string());
-                    }
+                if let (true, Some(key)) = (old, object.key())
+                    && let Some(rel) = key.strip_prefix(inner.prefix.as_str())
+                {
+                    keys.push(rel.to_string());
                 }
             }
         }

@@ -42,7 +42,10 @@ impl RedisCache {
                 c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 1;
-                c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
@@ -73,7 +76,9 @@ impl RedisCache {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let Some(pending) = pending.upgrade() else { break };
+                let Some(pending) = pending.upgrade() else {
+                    break;
+                };
                 let _ = replay(&client, &pending, &overflowed).await;
             }
         });
@@ -84,12 +89,21 @@ impl RedisCache {
     }
 }
 
-async fn tombstone<'a>(client: &Client, hashes: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+async fn tombstone<'a>(
+    client: &Client,
+    hashes: impl Iterator<Item = &'a str>,
+) -> Result<(), Error> {
     let pipeline = client.pipeline();
     let mut any = false;
     for hash in hashes {
         let _: () = pipeline
-            .set(key(hash), TOMBSTONE, Some(Expiration::EX(TOMBSTONE_TTL_SECONDS)), None, false)
+            .set(
+                key(hash),
+                TOMBSTONE,
+                Some(Expiration::EX(TOMBSTONE_TTL_SECONDS)),
+                None,
+                false,
+            )
             .await?;
         any = true;
     }
@@ -100,7 +114,11 @@ async fn tombstone<'a>(client: &Client, hashes: impl Iterator<Item = &'a str>) -
 }
 
 /// Delivers remembered invalidations; true when nothing is left pending.
-async fn replay(client: &Client, pending: &Mutex<HashSet<String>>, overflowed: &AtomicBool) -> bool {
+async fn replay(
+    client: &Client,
+    pending: &Mutex<HashSet<String>>,
+    overflowed: &AtomicBool,
+) -> bool {
     let mut pending = pending.lock().await;
     if pending.is_empty() && !overflowed.load(Ordering::Acquire) {
         return true;
@@ -113,7 +131,10 @@ async fn replay(client: &Client, pending: &Mutex<HashSet<String>>, overflowed: &
         pending.clear();
         return true;
     }
-    if tombstone(client, pending.iter().map(String::as_str)).await.is_err() {
+    if tombstone(client, pending.iter().map(String::as_str))
+        .await
+        .is_err()
+    {
         return false;
     }
     pending.clear();
@@ -143,7 +164,11 @@ impl TokenCache for RedisCache {
     }
 
     async fn ping(&self) -> Result<(), String> {
-        self.client.ping::<String>(None).await.map(|_| ()).map_err(|e| e.to_string())
+        self.client
+            .ping::<String>(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     async fn get(&self, hash: &str) -> CacheLookup {
@@ -165,10 +190,18 @@ impl TokenCache for RedisCache {
     }
 
     async fn put(&self, hash: &str, doc: &TokenDoc) {
-        let Ok(value) = serde_json::to_string(doc) else { return };
+        let Ok(value) = serde_json::to_string(doc) else {
+            return;
+        };
         let result: Result<Option<String>, Error> = self
             .client
-            .set(key(hash), value, Some(Expiration::EX(self.ttl_seconds)), Some(SetOptions::NX), false)
+            .set(
+                key(hash),
+                value,
+                Some(Expiration::EX(self.ttl_seconds)),
+                Some(SetOptions::NX),
+                false,
+            )
             .await;
         if let Err(err) = result {
             tracing::debug!(error = %err, "redis set failed");

@@ -57,7 +57,8 @@ pub fn validate_new_version(name: &str) -> Result<(), NameError> {
 /// (either separator), without control characters. `None` when nothing safe is left
 /// or the name tries to climb (`..`), raw or percent-encoded (`..%2F`, `%2e%2e`).
 pub fn sanitize_file_name(raw: &str) -> Option<String> {
-    let climbs = |name: &str| name.split(['/', '\\']).any(|part| part.trim() == "..") || name.trim() == ".";
+    let climbs =
+        |name: &str| name.split(['/', '\\']).any(|part| part.trim() == "..") || name.trim() == ".";
     if climbs(raw) || climbs(&percent_decoded(raw)) {
         return None;
     }
@@ -82,7 +83,11 @@ fn percent_decoded(raw: &str) -> String {
         let mut i = 0;
         while i < bytes.len() {
             let hex = |b: u8| (b as char).to_digit(16);
-            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            match (
+                bytes[i],
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
                 (b'%', Some(hi), Some(lo)) => {
                     out.push((hi * 16 + lo) as u8);
                     i += 3;
@@ -104,7 +109,11 @@ fn percent_decoded(raw: &str) -> String {
 
 /// A name for messages: control characters escaped, long names cut.
 fn printable(name: &str) -> String {
-    let mut out: String = name.chars().take(64).flat_map(char::escape_default).collect();
+    let mut out: String = name
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
     if name.chars().count() > 64 {
         out.push('…');
     }
@@ -124,7 +133,9 @@ mod tests {
 
     #[test]
     fn rejects_traversal_and_odd_characters() {
-        for name in ["", ".", "..", "../etc", "a/b", "a\\b", "-x", ".hidden", "a b", "é", "a%2Fb"] {
+        for name in [
+            "", ".", "..", "../etc", "a/b", "a\\b", "-x", ".hidden", "a b", "é", "a%2Fb",
+        ] {
             assert!(!is_valid_name(name), "{name:?}");
         }
         assert!(!is_valid_name(&"a".repeat(129)));
@@ -133,22 +144,42 @@ mod tests {
 
     #[test]
     fn latest_is_reserved_for_uploads() {
-        assert!(matches!(validate_new_version("latest"), Err(NameError::Reserved(_))));
+        assert!(matches!(
+            validate_new_version("latest"),
+            Err(NameError::Reserved(_))
+        ));
         assert!(validate_version("latest").is_ok());
     }
 
     #[test]
     fn file_names_are_reduced_to_a_safe_base_name() {
-        assert_eq!(sanitize_file_name("dir/sub/app.tar.gz").as_deref(), Some("app.tar.gz"));
-        assert_eq!(sanitize_file_name("C:\\x\\app.zip").as_deref(), Some("app.zip"));
+        assert_eq!(
+            sanitize_file_name("dir/sub/app.tar.gz").as_deref(),
+            Some("app.tar.gz")
+        );
+        assert_eq!(
+            sanitize_file_name("C:\\x\\app.zip").as_deref(),
+            Some("app.zip")
+        );
         assert_eq!(sanitize_file_name("a\u{0}b\nc").as_deref(), Some("abc"));
         assert_eq!(sanitize_file_name("../../etc/passwd"), None);
         assert_eq!(sanitize_file_name(".."), None);
         assert_eq!(sanitize_file_name("dir/"), None);
-        for encoded in ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "%2E%2E%2Fx", "%2e", "%252e%252e%252fetc", "..%5Cx", "a/%2e%2e/b"] {
+        for encoded in [
+            "..%2F..%2Fetc%2Fpasswd",
+            "%2e%2e",
+            "%2E%2E%2Fx",
+            "%2e",
+            "%252e%252e%252fetc",
+            "..%5Cx",
+            "a/%2e%2e/b",
+        ] {
             assert_eq!(sanitize_file_name(encoded), None, "{encoded}");
         }
-        assert_eq!(sanitize_file_name("my%20file.tgz").as_deref(), Some("my%20file.tgz"));
+        assert_eq!(
+            sanitize_file_name("my%20file.tgz").as_deref(),
+            Some("my%20file.tgz")
+        );
         assert_eq!(sanitize_file_name("100%.bin").as_deref(), Some("100%.bin"));
     }
 }

@@ -110,8 +110,16 @@ mod tests {
         ];
         for (op, allowed) in cases {
             for flag in ["maintainer", "download", "upload", "delete"] {
-                let expect = if allowed.contains(&flag) { Decision::Allow } else { Decision::Deny };
-                assert_eq!(decide(false, Some(&only(flag)), op), expect, "{op:?} {flag}");
+                let expect = if allowed.contains(&flag) {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                };
+                assert_eq!(
+                    decide(false, Some(&only(flag)), op),
+                    expect,
+                    "{op:?} {flag}"
+                );
             }
             assert_eq!(decide(false, None, op), Decision::Hidden);
             assert_eq!(decide(true, None, op), Decision::Allow);

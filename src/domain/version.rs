@@ -39,7 +39,9 @@ pub fn pick_latest<'a>(
         // Only pre-releases exist and they were not asked for.
         return None;
     }
-    all.iter().max_by_key(|(name, at)| (*at, *name)).map(|(name, _)| *name)
+    all.iter()
+        .max_by_key(|(name, at)| (*at, *name))
+        .map(|(name, _)| *name)
 }
 
 #[cfg(test)]
@@ -48,10 +50,19 @@ mod tests {
 
     #[test]
     fn semver_sorts_before_other_names() {
-        let mut v = vec![("nightly", 5), ("v1.10.0", 1), ("v1.2.0", 2), ("2.0.0-rc.1", 3), ("build-7", 9)];
+        let mut v = [
+            ("nightly", 5),
+            ("v1.10.0", 1),
+            ("v1.2.0", 2),
+            ("2.0.0-rc.1", 3),
+            ("build-7", 9),
+        ];
         v.sort_by(|a, b| newest_first(*a, *b));
         let names: Vec<&str> = v.iter().map(|x| x.0).collect();
-        assert_eq!(names, ["2.0.0-rc.1", "v1.10.0", "v1.2.0", "build-7", "nightly"]);
+        assert_eq!(
+            names,
+            ["2.0.0-rc.1", "v1.10.0", "v1.2.0", "build-7", "nightly"]
+        );
     }
 
     #[test]

@@ -125,13 +125,20 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
-    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()> {
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        grants: &[(String, Grant)],
+    ) -> MetaResult<()> {
         let token = token.clone();
         let grants = grants.to_vec();
         self.write(move |txn| {
             let mut tokens = txn.open_table(TOKENS).map_err(unavailable)?;
             let mut ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
-            if tokens.get(token.hash.as_str()).map_err(unavailable)?.is_some()
+            if tokens
+                .get(token.hash.as_str())
+                .map_err(unavailable)?
+                .is_some()
                 || ids.get(token.id.as_str()).map_err(unavailable)?.is_some()
             {
                 return Err(MetaError::Conflict);
@@ -139,12 +146,17 @@ impl MetaStore for EmbeddedMetaStore {
             tokens
                 .insert(token.hash.as_str(), encode(&token)?.as_slice())
                 .map_err(unavailable)?;
-            ids.insert(token.id.as_str(), token.hash.as_str()).map_err(unavailable)?;
+            ids.insert(token.id.as_str(), token.hash.as_str())
+                .map_err(unavailable)?;
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
             let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
             let mut by_token = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
             for (product, grant) in &grants {
-                if products.get(product.as_str()).map_err(unavailable)?.is_none() {
+                if products
+                    .get(product.as_str())
+                    .map_err(unavailable)?
+                    .is_none()
+                {
                     return Err(MetaError::NotFound);
                 }
                 let value = encode(grant)?;
@@ -222,8 +234,12 @@ impl MetaStore for EmbeddedMetaStore {
             let products: Vec<(String, Grant)> = scan_prefix(&by_token, &id)?;
             let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
             for (product, _) in products {
-                by_token.remove(key2(&id, &product).as_str()).map_err(unavailable)?;
-                by_product.remove(key2(&product, &id).as_str()).map_err(unavailable)?;
+                by_token
+                    .remove(key2(&id, &product).as_str())
+                    .map_err(unavailable)?;
+                by_product
+                    .remove(key2(&product, &id).as_str())
+                    .map_err(unavailable)?;
             }
             Ok(true)
         })
@@ -252,7 +268,11 @@ impl MetaStore for EmbeddedMetaStore {
         let (product, id) = (product.to_string(), token_id.to_string());
         self.write(move |txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            if products.get(product.as_str()).map_err(unavailable)?.is_none() {
+            if products
+                .get(product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
                 return Err(MetaError::NotFound);
             }
             let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
@@ -295,7 +315,11 @@ impl MetaStore for EmbeddedMetaStore {
         let (product, creator) = (product.clone(), creator_id.to_string());
         self.write(move |txn| {
             let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            if products.get(product.name.as_str()).map_err(unavailable)?.is_some() {
+            if products
+                .get(product.name.as_str())
+                .map_err(unavailable)?
+                .is_some()
+            {
                 return Err(MetaError::Conflict);
             }
             products
@@ -343,22 +367,34 @@ impl MetaStore for EmbeddedMetaStore {
         let name = name.to_string();
         self.write(move |txn| {
             let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            if products.remove(name.as_str()).map_err(unavailable)?.is_none() {
+            if products
+                .remove(name.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
                 return Ok(None);
             }
             let mut deleted = DeletedProduct::default();
             let mut by_product = txn.open_table(GRANTS).map_err(unavailable)?;
             let mut by_token = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
             for (token_id, _) in scan_prefix::<_, Grant>(&by_product, &name)? {
-                by_product.remove(key2(&name, &token_id).as_str()).map_err(unavailable)?;
-                by_token.remove(key2(&token_id, &name).as_str()).map_err(unavailable)?;
+                by_product
+                    .remove(key2(&name, &token_id).as_str())
+                    .map_err(unavailable)?;
+                by_token
+                    .remove(key2(&token_id, &name).as_str())
+                    .map_err(unavailable)?;
                 deleted.token_ids.push(token_id);
             }
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
             for (version, record) in scan_prefix::<_, VersionRecord>(&versions, &name)? {
-                versions.remove(key2(&name, &version).as_str()).map_err(unavailable)?;
-                blob_keys.remove(record.blob_key.as_str()).map_err(unavailable)?;
+                versions
+                    .remove(key2(&name, &version).as_str())
+                    .map_err(unavailable)?;
+                blob_keys
+                    .remove(record.blob_key.as_str())
+                    .map_err(unavailable)?;
                 deleted.versions.push(record);
             }
             Ok(Some(deleted))
@@ -370,7 +406,11 @@ impl MetaStore for EmbeddedMetaStore {
         let record = record.clone();
         self.write(move |txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            if products.get(record.product.as_str()).map_err(unavailable)?.is_none() {
+            if products
+                .get(record.product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
                 return Err(MetaError::NotFound);
             }
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
@@ -420,7 +460,12 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
-    async fn remove_pending_version(&self, product: &str, version: &str, blob_key: &str) -> MetaResult<()> {
+    async fn remove_pending_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+    ) -> MetaResult<()> {
         let key = key2(product, version);
         let blob_key = blob_key.to_string();
         self.write(move |txn| {
@@ -472,7 +517,11 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
-    async fn delete_version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
+    async fn delete_version(
+        &self,
+        product: &str,
+        version: &str,
+    ) -> MetaResult<Option<VersionRecord>> {
         let key = key2(product, version);
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;

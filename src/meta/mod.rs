@@ -80,7 +80,8 @@ pub trait MetaStore: Send + Sync {
 
     // Tokens.
     /// Inserts a token and, atomically with it, its initial grants.
-    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()>;
+    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)])
+    -> MetaResult<()>;
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>>;
     async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>>;
     async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>>;
@@ -117,13 +118,22 @@ pub trait MetaStore: Send + Sync {
         checksum: &str,
     ) -> MetaResult<()>;
     /// Drops a pending reservation (matched by blob key); committed records are untouched.
-    async fn remove_pending_version(&self, product: &str, version: &str, blob_key: &str) -> MetaResult<()>;
+    async fn remove_pending_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+    ) -> MetaResult<()>;
     /// A committed version.
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
     /// All committed versions of a product, in no particular order.
     async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>>;
     /// Deletes a committed version's record and returns it.
-    async fn delete_version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    async fn delete_version(
+        &self,
+        product: &str,
+        version: &str,
+    ) -> MetaResult<Option<VersionRecord>>;
     /// Pending reservations older than `before_ms` (left by crashes).
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Whether any version record (pending or committed) points at this blob key.

@@ -70,20 +70,36 @@ impl MongoMetaStore {
         let unique = || IndexOptions::builder().unique(true).build();
         let index = |keys: Document, unique_index: bool| {
             let builder = IndexModel::builder().keys(keys);
-            if unique_index { builder.options(unique()).build() } else { builder.build() }
+            if unique_index {
+                builder.options(unique()).build()
+            } else {
+                builder.build()
+            }
         };
-        self.tokens.create_index(index(doc! { "hash": 1 }, true)).await?;
-        self.tokens.create_index(index(doc! { "id": 1 }, true)).await?;
-        self.tokens.create_index(index(doc! { "admin": 1 }, false)).await?;
-        self.products.create_index(index(doc! { "name": 1 }, true)).await?;
+        self.tokens
+            .create_index(index(doc! { "hash": 1 }, true))
+            .await?;
+        self.tokens
+            .create_index(index(doc! { "id": 1 }, true))
+            .await?;
+        self.tokens
+            .create_index(index(doc! { "admin": 1 }, false))
+            .await?;
+        self.products
+            .create_index(index(doc! { "name": 1 }, true))
+            .await?;
         self.grants
             .create_index(index(doc! { "product": 1, "token_id": 1 }, true))
             .await?;
-        self.grants.create_index(index(doc! { "token_id": 1 }, false)).await?;
+        self.grants
+            .create_index(index(doc! { "token_id": 1 }, false))
+            .await?;
         self.versions
             .create_index(index(doc! { "product": 1, "version": 1 }, true))
             .await?;
-        self.versions.create_index(index(doc! { "blob_key": 1 }, false)).await?;
+        self.versions
+            .create_index(index(doc! { "blob_key": 1 }, false))
+            .await?;
         self.versions
             .create_index(index(doc! { "state": 1, "uploaded_at": 1 }, false))
             .await?;
@@ -102,7 +118,8 @@ impl MongoMetaStore {
     }
 
     async fn upsert_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
-        let g = mongodb::bson::to_document(&grant).map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        let g = mongodb::bson::to_document(&grant)
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
         self.grants
             .update_one(
                 doc! { "product": product, "token_id": token_id },
@@ -114,7 +131,11 @@ impl MongoMetaStore {
         Ok(())
     }
 
-    async fn collect_grants(&self, filter: Document, key_of: fn(GrantDoc) -> (String, Grant)) -> MetaResult<Vec<(String, Grant)>> {
+    async fn collect_grants(
+        &self,
+        filter: Document,
+        key_of: fn(GrantDoc) -> (String, Grant),
+    ) -> MetaResult<Vec<(String, Grant)>> {
         let cursor = self.grants.find(filter).await.map_err(unavailable)?;
         let docs: Vec<GrantDoc> = cursor.try_collect().await.map_err(unavailable)?;
         Ok(docs.into_iter().map(key_of).collect())
@@ -128,18 +149,29 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn ping(&self) -> MetaResult<()> {
-        self.db.run_command(doc! { "ping": 1 }).await.map_err(unavailable)?;
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()> {
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        grants: &[(String, Grant)],
+    ) -> MetaResult<()> {
         for (product, _) in grants {
             if !self.product_exists(product).await? {
                 return Err(MetaError::NotFound);
             }
         }
         self.tokens.insert_one(token).await.map_err(|e| {
-            if is_duplicate_key(&e) { MetaError::Conflict } else { unavailable(e) }
+            if is_duplicate_key(&e) {
+                MetaError::Conflict
+            } else {
+                unavailable(e)
+            }
         })?;
         for (product, grant) in grants {
             self.set_grant(product, &token.id, *grant).await?;
@@ -148,11 +180,17 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>> {
-        self.tokens.find_one(doc! { "hash": hash }).await.map_err(unavailable)
+        self.tokens
+            .find_one(doc! { "hash": hash })
+            .await
+            .map_err(unavailable)
     }
 
     async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
-        self.tokens.find_one(doc! { "id": id }).await.map_err(unavailable)
+        self.tokens
+            .find_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)
     }
 
     async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>> {
@@ -176,17 +214,26 @@ impl MetaStore for MongoMetaStore {
 
     async fn delete_token(&self, id: &str) -> MetaResult<bool> {
         // Token first: once it is gone nobody can authenticate with it, whatever grants remain.
-        let deleted = self.tokens.delete_one(doc! { "id": id }).await.map_err(unavailable)?;
-        self.grants.delete_many(doc! { "token_id": id }).await.map_err(unavailable)?;
+        let deleted = self
+            .tokens
+            .delete_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)?;
+        self.grants
+            .delete_many(doc! { "token_id": id })
+            .await
+            .map_err(unavailable)?;
         Ok(deleted.deleted_count > 0)
     }
 
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
-        self.collect_grants(doc! { "token_id": token_id }, |g| (g.product, g.grant)).await
+        self.collect_grants(doc! { "token_id": token_id }, |g| (g.product, g.grant))
+            .await
     }
 
     async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>> {
-        self.collect_grants(doc! { "product": product }, |g| (g.token_id, g.grant)).await
+        self.collect_grants(doc! { "product": product }, |g| (g.token_id, g.grant))
+            .await
     }
 
     async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
@@ -216,24 +263,41 @@ impl MetaStore for MongoMetaStore {
 
     async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()> {
         self.products.insert_one(product).await.map_err(|e| {
-            if is_duplicate_key(&e) { MetaError::Conflict } else { unavailable(e) }
+            if is_duplicate_key(&e) {
+                MetaError::Conflict
+            } else {
+                unavailable(e)
+            }
         })?;
-        self.upsert_grant(&product.name, creator_id, Grant::ALL).await
+        self.upsert_grant(&product.name, creator_id, Grant::ALL)
+            .await
     }
 
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>> {
-        self.products.find_one(doc! { "name": name }).await.map_err(unavailable)
+        self.products
+            .find_one(doc! { "name": name })
+            .await
+            .map_err(unavailable)
     }
 
     async fn list_products(&self) -> MetaResult<Vec<String>> {
-        let cursor = self.products.find(doc! {}).sort(doc! { "name": 1 }).await.map_err(unavailable)?;
+        let cursor = self
+            .products
+            .find(doc! {})
+            .sort(doc! { "name": 1 })
+            .await
+            .map_err(unavailable)?;
         let products: Vec<ProductRecord> = cursor.try_collect().await.map_err(unavailable)?;
         Ok(products.into_iter().map(|p| p.name).collect())
     }
 
     async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>> {
         // The product document goes first: from then on no reservation or grant can attach to it.
-        let removed = self.products.delete_one(doc! { "name": name }).await.map_err(unavailable)?;
+        let removed = self
+            .products
+            .delete_one(doc! { "name": name })
+            .await
+            .map_err(unavailable)?;
         if removed.deleted_count == 0 {
             return Ok(None);
         }
@@ -243,7 +307,10 @@ impl MetaStore for MongoMetaStore {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        self.grants.delete_many(doc! { "product": name }).await.map_err(unavailable)?;
+        self.grants
+            .delete_many(doc! { "product": name })
+            .await
+            .map_err(unavailable)?;
         let versions: Vec<VersionRecord> = self
             .versions
             .find(doc! { "product": name })
@@ -252,13 +319,23 @@ impl MetaStore for MongoMetaStore {
             .try_collect()
             .await
             .map_err(unavailable)?;
-        self.versions.delete_many(doc! { "product": name }).await.map_err(unavailable)?;
-        Ok(Some(DeletedProduct { versions, token_ids }))
+        self.versions
+            .delete_many(doc! { "product": name })
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(DeletedProduct {
+            versions,
+            token_ids,
+        }))
     }
 
     async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()> {
         self.versions.insert_one(record).await.map_err(|e| {
-            if is_duplicate_key(&e) { MetaError::Conflict } else { unavailable(e) }
+            if is_duplicate_key(&e) {
+                MetaError::Conflict
+            } else {
+                unavailable(e)
+            }
         })?;
         if !self.product_exists(&record.product).await? {
             self.remove_pending_version(&record.product, &record.version, &record.blob_key)
@@ -279,10 +356,14 @@ impl MetaStore for MongoMetaStore {
         let mut filter = version_filter(product, version);
         filter.insert("blob_key", blob_key);
         filter.insert("state", "pending");
-        let size = i64::try_from(size).map_err(|_| MetaError::Unavailable("size out of range".into()))?;
+        let size =
+            i64::try_from(size).map_err(|_| MetaError::Unavailable("size out of range".into()))?;
         let r = self
             .versions
-            .update_one(filter, doc! { "$set": { "state": "committed", "size": size, "checksum": checksum } })
+            .update_one(
+                filter,
+                doc! { "$set": { "state": "committed", "size": size, "checksum": checksum } },
+            )
             .await
             .map_err(unavailable)?;
         if r.matched_count == 0 {
@@ -291,11 +372,19 @@ impl MetaStore for MongoMetaStore {
         Ok(())
     }
 
-    async fn remove_pending_version(&self, product: &str, version: &str, blob_key: &str) -> MetaResult<()> {
+    async fn remove_pending_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+    ) -> MetaResult<()> {
         let mut filter = version_filter(product, version);
         filter.insert("blob_key", blob_key);
         filter.insert("state", "pending");
-        self.versions.delete_one(filter).await.map_err(unavailable)?;
+        self.versions
+            .delete_one(filter)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -314,10 +403,17 @@ impl MetaStore for MongoMetaStore {
         cursor.try_collect().await.map_err(unavailable)
     }
 
-    async fn delete_version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
+    async fn delete_version(
+        &self,
+        product: &str,
+        version: &str,
+    ) -> MetaResult<Option<VersionRecord>> {
         let mut filter = version_filter(product, version);
         filter.insert("state", "committed");
-        self.versions.find_one_and_delete(filter).await.map_err(unavailable)
+        self.versions
+            .find_one_and_delete(filter)
+            .await
+            .map_err(unavailable)
     }
 
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {

@@ -353,7 +353,12 @@ impl TestAppBuilder {
     /// Runs against the same MongoDB database, S3 prefix and admin token as `other`: a
     /// second replica of the same deployment.
     pub fn share_backends_with(mut self, other: &TestApp) -> Self {
-        for key in ["DEPOT_MONGO_DB", "DEPOT_S3_PREFIX", "DEPOT_ADMIN_TOKEN", "DEPOT_SIGNING_KEY"] {
+        for key in [
+            "DEPOT_MONGO_DB",
+            "DEPOT_S3_PREFIX",
+            "DEPOT_ADMIN_TOKEN",
+            "DEPOT_SIGNING_KEY",
+        ] {
             if let Some(value) = other.setting(key) {
                 self.env.push((key.to_string(), value));
             }
@@ -457,7 +462,11 @@ impl TestApp {
 
     /// The value of a `DEPOT_*` setting this server was started with (last one wins).
     pub fn setting(&self, key: &str) -> Option<String> {
-        self.env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     pub fn port(&self) -> u16 {
@@ -660,14 +669,50 @@ impl TestApp {
         }
     }
 
-    /// Number of stored blob files (including partial ones): files under
-    /// `<data_dir>/blobs` on the embedded backend; `None` where the store cannot be
-    /// inspected from here (S3), so callers skip those assertions.
+    /// Number of stored blobs, partial ones included: files under `<data_dir>/blobs` on
+    /// the embedded backend; objects plus incomplete multipart uploads under this
+    /// server's prefix on S3 (listed with curl's SigV4 signing).
     pub fn blob_count(&self) -> Option<usize> {
         match self.backend {
             Backend::Embedded => Some(count_files(&self.data_dir.join("blobs"))),
-            Backend::Production => None,
+            Backend::Production => {
+                let objects = self.s3_list("list-type=2", "<Key>");
+                let uploads = self.s3_list("uploads", "<UploadId>");
+                Some(objects + uploads)
+            }
         }
+    }
+
+    /// Counts `marker` in an S3 bucket listing (`query`) restricted to this server's prefix.
+    fn s3_list(&self, query: &str, marker: &str) -> usize {
+        let endpoint = self.setting("DEPOT_S3_ENDPOINT").expect("S3 endpoint");
+        let bucket = self.setting("DEPOT_S3_BUCKET").expect("S3 bucket");
+        let prefix = self.setting("DEPOT_S3_PREFIX").expect("S3 prefix");
+        let user = format!(
+            "{}:{}",
+            std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY")
+        );
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                &user,
+            ])
+            .arg(format!(
+                "{endpoint}/{bucket}?{query}&prefix={prefix}/&max-keys=1000"
+            ))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "S3 listing failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).matches(marker).count()
     }
 
     /// Polls until `blob_count()` is `expected` (or is `None`); panics after 10 s.
