@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             return server_result(
                 async {
-                    let settings = Settings::load(settings, config.as_deref())?;
+                    let settings = Settings::load(*settings, config.as_deref())?;
                     let meta = depot::server::open_meta(&settings).await?;
                     let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
                     println!("{raw}");
