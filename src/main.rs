@@ -30,7 +30,7 @@ enum Command {
     /// Run the server
     Serve {
         #[command(flatten)]
-        settings: RawSettings,
+        settings: Box<RawSettings>,
     },
     /// Tokens: create one in the store directly, or register/fetch/prune over the API
     Token {
@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Serve { settings } => {
             return server_result(
                 async {
-                    let settings = Settings::load(settings, config.as_deref())?;
+                    let settings = Settings::load(*settings, config.as_deref())?;
                     depot::server::init_logging(settings.log_format);
                     depot::server::serve(settings).await
                 }
