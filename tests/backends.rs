@@ -6,7 +6,6 @@
 
 mod common;
 
-use aws_sdk_s3::config::{Credentials, Region};
 use common::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -19,22 +18,6 @@ fn require_production() {
         Backend::Production,
         "these tests need DEPOT_TEST_BACKEND=production and the services of scripts/services.sh"
     );
-}
-
-/// A direct S3 client on a test store, to look into the bucket behind Depot's back.
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let key = std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID");
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Object keys and the number of incomplete multipart uploads under the app's prefix.

@@ -111,16 +111,24 @@ impl S3BlobStore {
             Err(err) => {
                 let not_found = err.as_service_error().is_some_and(|e| e.is_not_found());
                 if not_found && create {
-                    inner
+                    match inner
                         .client
                         .create_bucket()
                         .bucket(&inner.bucket)
                         .send()
                         .await
-                        .map_err(|e| {
-                            anyhow::anyhow!("cannot create bucket '{}': {:?}", inner.bucket, e)
-                        })?;
-                    tracing::info!(bucket = %inner.bucket, "bucket created");
+                    {
+                        Ok(_) => tracing::info!(bucket = %inner.bucket, "bucket created"),
+                        // Another replica created it a moment ago: that is what we wanted.
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
+                        Err(e) => anyhow::bail!(
+                            "cannot create bucket '{}': {}",
+                            inner.bucket,
+                            describe_sdk_error(&e)
+                        ),
+                    }
                     Ok(())
                 } else if not_found {
                     anyhow::bail!(

@@ -671,48 +671,51 @@ impl TestApp {
 
     /// Number of stored blobs, partial ones included: files under `<data_dir>/blobs` on
     /// the embedded backend; objects plus incomplete multipart uploads under this
-    /// server's prefix on S3 (listed with curl's SigV4 signing).
+    /// server's prefix on S3.
     pub fn blob_count(&self) -> Option<usize> {
         match self.backend {
             Backend::Embedded => Some(count_files(&self.data_dir.join("blobs"))),
-            Backend::Production => {
-                let objects = self.s3_list("list-type=2", "<Key>");
-                let uploads = self.s3_list("uploads", "<UploadId>");
-                Some(objects + uploads)
-            }
+            Backend::Production => Some(self.s3_count(false) + self.s3_count(true)),
         }
     }
 
-    /// Counts `marker` in an S3 bucket listing (`query`) restricted to this server's prefix.
-    fn s3_list(&self, query: &str, marker: &str) -> usize {
+    /// Counts objects (`uploads` false) or incomplete multipart uploads (`uploads` true)
+    /// under this server's S3 prefix. Runs the SDK on a thread of its own, since callers
+    /// are synchronous and may be inside a single-threaded test runtime.
+    fn s3_count(&self, uploads: bool) -> usize {
         let endpoint = self.setting("DEPOT_S3_ENDPOINT").expect("S3 endpoint");
         let bucket = self.setting("DEPOT_S3_BUCKET").expect("S3 bucket");
-        let prefix = self.setting("DEPOT_S3_PREFIX").expect("S3 prefix");
-        let user = format!(
-            "{}:{}",
-            std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
-            std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY")
-        );
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--fail",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-                "--user",
-                &user,
-            ])
-            .arg(format!(
-                "{endpoint}/{bucket}?{query}&prefix={prefix}/&max-keys=1000"
-            ))
-            .output()
-            .expect("run curl");
-        assert!(
-            out.status.success(),
-            "S3 listing failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).matches(marker).count()
+        let prefix = format!("{}/", self.setting("DEPOT_S3_PREFIX").expect("S3 prefix"));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let client = s3_client(&endpoint);
+                if uploads {
+                    let out = client
+                        .list_multipart_uploads()
+                        .bucket(&bucket)
+                        .prefix(&prefix)
+                        .send()
+                        .await
+                        .expect("list multipart uploads");
+                    out.uploads().len()
+                } else {
+                    let out = client
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .prefix(&prefix)
+                        .send()
+                        .await
+                        .expect("list objects");
+                    out.contents().len()
+                }
+            })
+        })
+        .join()
+        .expect("S3 listing thread")
     }
 
     /// Polls until `blob_count()` is `expected` (or is `None`); panics after 10 s.
@@ -1004,4 +1007,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A direct S3 client on a test store, to look into the bucket behind Depot's back.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
+    };
+    let key = std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
