@@ -17,8 +17,13 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
 step "start real backends (Redis, SecantusDB, SeaweedFS)"
-scripts/services.sh start all
-trap 'scripts/services.sh stop all >/dev/null 2>&1 || true' EXIT
+# Stop at the end only what this run started: a developer's running instance stays up.
+if scripts/services.sh status >/dev/null 2>&1; then
+  scripts/services.sh start all
+else
+  scripts/services.sh start all
+  trap 'scripts/services.sh stop all >/dev/null 2>&1 || true' EXIT
+fi
 eval "$(scripts/services.sh env)"
 
 HTTP_SUITES=()

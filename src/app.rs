@@ -14,6 +14,14 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+/// Lets shutdown abort running uploads cleanly once the grace period is over, and wait
+/// until they have let go of what they created.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub abort: tokio_util::sync::CancellationToken,
+    pub transfers: tokio_util::task::TaskTracker,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -21,6 +29,7 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub tokens: TokenService,
     pub signer: UrlSigner,
+    pub shutdown: Shutdown,
 }
 
 impl AppState {
@@ -40,6 +49,7 @@ impl AppState {
             meta,
             blobs,
             signer,
+            shutdown: Shutdown::default(),
         }
     }
 }

@@ -162,6 +162,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(addr = %listener.local_addr()?, "depot listening");
+    let shutdown = state.shutdown.clone();
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -177,6 +178,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         } => {
             tracing::warn!("shutdown grace period over; aborting remaining transfers");
         }
+    }
+    shutdown.abort.cancel();
+    shutdown.transfers.close();
+    if tokio::time::timeout(Duration::from_secs(10), shutdown.transfers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some transfers did not stop in time");
     }
     // Aborted transfers clean up from Drop; let that finish before the runtime goes.
     crate::cleanup::drain(Duration::from_secs(10)).await;

@@ -390,7 +390,7 @@ async fn disconnect_mid_upload(app: &TestApp, form: &Form, writing_blobs: usize)
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&partial).await.unwrap();
     stream.flush().await.unwrap();
-    // The upload is under way once its blob (a partial file) exists.
+    // The upload is under way once its blob (a partial file or multipart upload) exists.
     if app.blob_count().is_some() {
         eventually(
             Duration::from_secs(10),
@@ -408,7 +408,9 @@ async fn disconnect_mid_upload(app: &TestApp, form: &Form, writing_blobs: usize)
 async fn a_client_disconnecting_mid_upload_leaves_no_version_and_no_blob() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    let big = payload(5, 256 * 1024);
+    // More than one S3 part (8 MiB by default), so the store has a multipart upload
+    // under way when the client hangs up; on the filesystem, a partial file.
+    let big = payload(5, 9 * 1024 * 1024);
     for (i, order) in [
         ["product", "version", "file"],
         ["file", "product", "version"],

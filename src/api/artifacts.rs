@@ -61,7 +61,18 @@ pub async fn upload(
             ),
         )
     })?;
-    match receive(&app, &caller, &headers, multipart).await {
+    // Counted as a running transfer; after the shutdown grace period it is aborted,
+    // which drops `receive` and so runs its cleanup before the process exits.
+    let _transfer = app.shutdown.transfers.token();
+    let outcome = tokio::select! {
+        outcome = receive(&app, &caller, &headers, multipart) => outcome,
+        _ = app.shutdown.abort.cancelled() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; nothing was stored, retry the upload",
+        )),
+    };
+    match outcome {
         Ok(result) => {
             metrics::counter!("depot_uploaded_bytes_total").increment(result.size);
             metrics::counter!("depot_uploads_total").increment(1);
