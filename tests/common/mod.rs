@@ -379,7 +379,14 @@ impl TestAppBuilder {
         // Nested, so anything escaping the data dir by a few `..` still lands in `root`.
         let data_dir = root.path().join("srv").join("depot").join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let admin = random_string(32);
+        // A replica sharing another app's backends also shares its admin token.
+        let admin = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "DEPOT_ADMIN_TOKEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| random_string(32));
         let mut env = vec![
             ("DEPOT_DATA_DIR".to_string(), data_dir.display().to_string()),
             ("DEPOT_ADMIN_TOKEN".to_string(), admin.clone()),
