@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::blob::{BlobWriter, new_blob_key};
 use crate::domain::names::{sanitize_file_name, validate_new_version, validate_product};
 use crate::domain::permissions::ProductOp;
+use crate::domain::version::{kind_of, sort_key};
 use crate::error::{ApiError, ApiResult, MetaError};
 use crate::meta::{VersionRecord, VersionState, now_ms};
 use axum::extract::Multipart;
@@ -133,6 +134,7 @@ impl UploadGuard {
         file_name: &str,
     ) -> ApiResult<()> {
         caller.authorize(product, ProductOp::Upload)?;
+        let now = now_ms();
         let record = VersionRecord {
             product: product.to_string(),
             version: version.to_string(),
@@ -141,8 +143,10 @@ impl UploadGuard {
             checksum: String::new(),
             blob_key: self.blob_key.clone(),
             state: VersionState::Pending,
-            uploaded_at: now_ms(),
+            uploaded_at: now,
             uploaded_by: caller.token.id.clone(),
+            sort_key: sort_key(version, now),
+            kind: kind_of(version),
         };
         self.app.meta.reserve_version(&record).await.map_err(|e| match e {
             MetaError::Conflict => ApiError::conflict(

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use crate::config::DownloadMode;
 use crate::domain::names::{validate_product, validate_version};
 use crate::domain::permissions::ProductOp;
-use crate::domain::version::{newest_first, pick_latest};
+use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{VersionRecord, now_ms};
@@ -101,13 +101,7 @@ async fn resolve_version(
 ) -> ApiResult<VersionRecord> {
     validate_version(version).map_err(name_error)?;
     if version == "latest" {
-        let versions = app.meta.list_versions(product).await?;
-        let name = pick_latest(
-            versions.iter().map(|v| (v.version.as_str(), v.uploaded_at)),
-            prerelease,
-        )
-        .map(str::to_string);
-        return match name.and_then(|name| versions.into_iter().find(|v| v.version == name)) {
+        return match latest(app, product, prerelease).await? {
             Some(record) => Ok(record),
             None => Err(version_missing(app, product, version).await),
         };
@@ -116,6 +110,36 @@ async fn resolve_version(
         Some(record) => Ok(record),
         None => Err(version_missing(app, product, version).await),
     }
+}
+
+/// The highest semver release (pre-releases too when asked); the newest upload when no
+/// version is semver at all; nothing when only pre-releases exist and they were not asked for.
+async fn latest(
+    app: &AppState,
+    product: &str,
+    prerelease: bool,
+) -> ApiResult<Option<VersionRecord>> {
+    let wanted: &[VersionKind] = if prerelease {
+        &[VersionKind::Release, VersionKind::PreRelease]
+    } else {
+        &[VersionKind::Release]
+    };
+    if let Some(found) = app.meta.first_version_of_kind(product, wanted).await? {
+        return Ok(Some(found));
+    }
+    if !prerelease
+        && app
+            .meta
+            .first_version_of_kind(product, &[VersionKind::PreRelease])
+            .await?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(app
+        .meta
+        .first_version_of_kind(product, &[VersionKind::Other])
+        .await?)
 }
 
 /// `version_not_found`, or `product_not_found` when the product itself does not exist
@@ -346,40 +370,42 @@ pub async fn list_versions(
             "limit must be between 1 and 1000",
         ));
     }
-    let offset = match &query.cursor {
-        Some(c) => decode_cursor(c)?,
-        None => 0,
-    };
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
     if app.meta.product(&product).await?.is_none() {
         return Err(ApiError::product_not_found(&product));
     }
-    let mut versions = app.meta.list_versions(&product).await?;
-    versions.sort_by(|a, b| newest_first((&a.version, a.uploaded_at), (&b.version, b.uploaded_at)));
+    // One more than asked tells whether another page follows.
+    let mut versions = app
+        .meta
+        .versions_page(&product, after.as_deref(), limit + 1)
+        .await?;
+    let more = versions.len() > limit;
+    versions.truncate(limit);
+    let next_cursor = more
+        .then(|| versions.last().map(|v| encode_cursor(&v.sort_key)))
+        .flatten();
     let page: Vec<ListedVersion> = versions
         .iter()
-        .skip(offset)
-        .take(limit)
         .map(|v| ListedVersion {
             version: v.version.clone(),
             info: VersionInfo::from(v),
         })
         .collect();
-    let next = offset + page.len();
-    let next_cursor = (next < versions.len()).then(|| encode_cursor(next));
     Ok(Json(
         serde_json::json!({ "versions": page, "next_cursor": next_cursor }),
     ))
 }
 
-fn encode_cursor(offset: usize) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+/// The cursor is the last listed sort key, opaque to clients.
+fn encode_cursor(sort_key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("k:{sort_key}"))
 }
 
-fn decode_cursor(cursor: &str) -> ApiResult<usize> {
+fn decode_cursor(cursor: &str) -> ApiResult<String> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
+        .and_then(|s| s.strip_prefix("k:").map(str::to_string))
         .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
 }

@@ -4,6 +4,7 @@
 //! blocking pool.
 
 use super::*;
+use crate::domain::version::VersionKind;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -515,6 +516,33 @@ impl MetaStore for EmbeddedMetaStore {
                 .collect())
         })
         .await
+    }
+
+    async fn versions_page(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<VersionRecord>> {
+        // A local scan and sort of one product's versions takes milliseconds even for
+        // tens of thousands; no second index needed.
+        let mut versions = self.list_versions(product).await?;
+        versions.retain(|v| after.is_none_or(|a| v.sort_key.as_str() > a));
+        versions.sort_by(|a, b| a.sort_key.cmp(&b.sort_key));
+        versions.truncate(limit);
+        Ok(versions)
+    }
+
+    async fn first_version_of_kind(
+        &self,
+        product: &str,
+        kinds: &[VersionKind],
+    ) -> MetaResult<Option<VersionRecord>> {
+        let versions = self.list_versions(product).await?;
+        Ok(versions
+            .into_iter()
+            .filter(|v| kinds.contains(&v.kind))
+            .min_by(|a, b| a.sort_key.cmp(&b.sort_key)))
     }
 
     async fn delete_version(

@@ -3,6 +3,7 @@
 //! change that must be atomic inside one transaction or one single-document write.
 
 use crate::domain::permissions::Grant;
+use crate::domain::version::VersionKind;
 use crate::error::MetaError;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,11 @@ pub struct VersionRecord {
     pub uploaded_at: i64,
     /// Public id of the uploading token.
     pub uploaded_by: String,
+    /// `domain::version::sort_key`: listing order as plain byte order.
+    #[serde(default)]
+    pub sort_key: String,
+    #[serde(default)]
+    pub kind: VersionKind,
 }
 
 /// What a product deletion removed, so the caller can delete blobs and invalidate caches.
@@ -128,6 +134,20 @@ pub trait MetaStore: Send + Sync {
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
     /// All committed versions of a product, in no particular order.
     async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>>;
+    /// Up to `limit` committed versions in listing order (ascending `sort_key`), starting
+    /// after the sort key `after`.
+    async fn versions_page(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<VersionRecord>>;
+    /// The first committed version in listing order whose kind is one of `kinds`.
+    async fn first_version_of_kind(
+        &self,
+        product: &str,
+        kinds: &[VersionKind],
+    ) -> MetaResult<Option<VersionRecord>>;
     /// Deletes a committed version's record and returns it.
     async fn delete_version(
         &self,

@@ -9,6 +9,7 @@
 //! and a product deletion removes the product document first.
 
 use super::*;
+use crate::domain::version::VersionKind;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -102,6 +103,13 @@ impl MongoMetaStore {
             .await?;
         self.versions
             .create_index(index(doc! { "state": 1, "uploaded_at": 1 }, false))
+            .await?;
+        // Listing pages and `latest` are range scans in listing order.
+        self.versions
+            .create_index(index(
+                doc! { "product": 1, "state": 1, "sort_key": 1 },
+                false,
+            ))
             .await?;
         Ok(())
     }
@@ -401,6 +409,42 @@ impl MetaStore for MongoMetaStore {
             .await
             .map_err(unavailable)?;
         cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn versions_page(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<VersionRecord>> {
+        let mut filter = doc! { "product": product, "state": "committed" };
+        if let Some(after) = after {
+            filter.insert("sort_key", doc! { "$gt": after });
+        }
+        let cursor = self
+            .versions
+            .find(filter)
+            .sort(doc! { "sort_key": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn first_version_of_kind(
+        &self,
+        product: &str,
+        kinds: &[VersionKind],
+    ) -> MetaResult<Option<VersionRecord>> {
+        let kinds: Vec<mongodb::bson::Bson> = kinds
+            .iter()
+            .filter_map(|k| mongodb::bson::to_bson(k).ok())
+            .collect();
+        self.versions
+            .find_one(doc! { "product": product, "state": "committed", "kind": { "$in": kinds } })
+            .sort(doc! { "sort_key": 1 })
+            .await
+            .map_err(unavailable)
     }
 
     async fn delete_version(
