@@ -107,8 +107,6 @@ impl From<MetaError> for ApiError {
             MetaError::Conflict => ApiError::conflict("conflict", "the resource already exists"),
             MetaError::NotFound => ApiError::not_found("not_found", "not found"),
             MetaError::Unavailable(cause) => {
-                metrics::counter!("depot_backend_errors_total", "backend" => "metadata")
-                    .increment(1);
                 tracing::error!(cause = %cause, "metadata store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -132,8 +130,6 @@ impl From<BlobError> for ApiError {
                 )
             }
             BlobError::Unavailable(cause) => {
-                metrics::counter!("depot_backend_errors_total", "backend" => "storage")
-                    .increment(1);
                 tracing::error!(cause = %cause, "blob store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

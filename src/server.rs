@@ -9,6 +9,7 @@ use crate::cache::TokenCache;
 use crate::cache::none::NoCache;
 use crate::config::{LogFormat, Settings};
 use crate::meta::embedded::EmbeddedMetaStore;
+use crate::meta::metered::MeteredMetaStore;
 use crate::meta::{MetaStore, TokenRecord, now_ms};
 use crate::signing::UrlSigner;
 use anyhow::Context;
@@ -97,7 +98,7 @@ async fn signing_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
-    let meta = open_meta(&settings).await?;
+    let meta: Arc<dyn MetaStore> = Arc::new(MeteredMetaStore::new(open_meta(&settings).await?));
     let blobs = open_blobs(&settings).await?;
     let cache = open_cache(&settings).await?;
     let signer = UrlSigner::new(signing_key(&settings).await?);

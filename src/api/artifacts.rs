@@ -9,6 +9,7 @@ use crate::domain::permissions::ProductOp;
 use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
 use crate::error::{ApiError, ApiResult};
+use crate::meta::metered::observe;
 use crate::meta::{VersionRecord, now_ms};
 use crate::upload::{UploadResult, receive};
 use axum::Json;
@@ -221,7 +222,13 @@ async fn serve(
             headers,
             range,
         } => {
-            let stream = app.blobs.read(&record.blob_key, range).await?;
+            let stream = observe(
+                "storage",
+                "read",
+                app.blobs.read(&record.blob_key, range),
+                |e| matches!(e, crate::error::BlobError::Unavailable(_)),
+            )
+            .await?;
             let counted = stream.inspect(|chunk| {
                 if let Ok(bytes) = chunk {
                     metrics::counter!("depot_downloaded_bytes_total").increment(bytes.len() as u64);

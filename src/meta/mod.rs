@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod embedded;
+pub mod metered;
 pub mod mongo;
 
 pub type MetaResult<T> = Result<T, MetaError>;

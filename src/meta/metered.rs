@@ -1,0 +1,89 @@
+//! A `MetaStore` decorator that records each call's latency and failures as Prometheus
+//! metrics (`depot_backend_call_seconds`, `depot_backend_errors_total`), whatever store
+//! sits underneath.
+
+use super::*;
+use crate::domain::version::VersionKind;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct MeteredMetaStore {
+    inner: Arc<dyn MetaStore>,
+}
+
+impl MeteredMetaStore {
+    pub fn new(inner: Arc<dyn MetaStore>) -> Self {
+        Self { inner }
+    }
+}
+
+/// Times `call`; counts it as an error only when the backend failed (not for
+/// "not found" or "conflict" answers).
+pub async fn observe<T, E>(
+    backend: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+    is_failure: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let start = Instant::now();
+    let result = call.await;
+    metrics::histogram!("depot_backend_call_seconds", "backend" => backend, "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    if let Err(err) = &result
+        && is_failure(err)
+    {
+        metrics::counter!("depot_backend_errors_total", "backend" => backend, "op" => op)
+            .increment(1);
+    }
+    result
+}
+
+fn failed(err: &MetaError) -> bool {
+    matches!(err, MetaError::Unavailable(_))
+}
+
+/// Forwards each listed method to the inner store through `observe`.
+macro_rules! metered_methods {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl MetaStore for MeteredMetaStore {
+            fn health_key(&self) -> &'static str {
+                self.inner.health_key()
+            }
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    observe("metadata", stringify!($name), self.inner.$name($($arg),*), failed).await
+                }
+            )*
+        }
+    };
+}
+
+metered_methods! {
+    ping() -> MetaResult<()>;
+    insert_token(token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()>;
+    token_by_hash(hash: &str) -> MetaResult<Option<TokenRecord>>;
+    token_by_id(id: &str) -> MetaResult<Option<TokenRecord>>;
+    list_tokens() -> MetaResult<Vec<TokenRecord>>;
+    has_admin_token() -> MetaResult<bool>;
+    delete_token(id: &str) -> MetaResult<bool>;
+    grants_of_token(token_id: &str) -> MetaResult<Vec<(String, Grant)>>;
+    grants_of_product(product: &str) -> MetaResult<Vec<(String, Grant)>>;
+    set_grant(product: &str, token_id: &str, grant: Grant) -> MetaResult<()>;
+    remove_grant(product: &str, token_id: &str) -> MetaResult<bool>;
+    create_product(product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
+    product(name: &str) -> MetaResult<Option<ProductRecord>>;
+    list_products() -> MetaResult<Vec<String>>;
+    delete_product(name: &str) -> MetaResult<Option<DeletedProduct>>;
+    reserve_version(record: &VersionRecord) -> MetaResult<()>;
+    commit_version(product: &str, version: &str, blob_key: &str, size: u64, checksum: &str) -> MetaResult<()>;
+    remove_pending_version(product: &str, version: &str, blob_key: &str) -> MetaResult<()>;
+    version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    list_versions(product: &str) -> MetaResult<Vec<VersionRecord>>;
+    versions_page(product: &str, after: Option<&str>, limit: usize) -> MetaResult<Vec<VersionRecord>>;
+    first_version_of_kind(product: &str, kinds: &[VersionKind]) -> MetaResult<Option<VersionRecord>>;
+    delete_version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    stale_pending_versions(before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
+    blob_key_in_use(key: &str) -> MetaResult<bool>;
+}
