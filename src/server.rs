@@ -77,6 +77,12 @@ pub async fn open_cache(settings: &Settings) -> anyhow::Result<Arc<dyn TokenCach
         .context("Redis (DEPOT_REDIS_URL) is misconfigured")?;
         return Ok(Arc::new(cache));
     }
+    if settings.mongo_url.is_none() {
+        // One process owns the embedded store, so an in-process cache stays exact.
+        let ttl = Duration::from_secs(settings.cache_ttl_seconds);
+        return Ok(Arc::new(crate::cache::local::LocalCache::new(ttl)));
+    }
+    // Replicas sharing MongoDB without Redis: no cache, so revocation is immediate everywhere.
     Ok(Arc::new(NoCache))
 }
 

@@ -7,6 +7,7 @@ use crate::meta::TokenRecord;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod local;
 pub mod none;
 pub mod redis;
 

@@ -84,6 +84,16 @@ impl EmbeddedMetaStore {
         .await
     }
 
+    /// Point lookups run inline: a read transaction over cached pages takes microseconds,
+    /// less than a hop to the blocking pool. Scans use `read`.
+    fn read_now<T, F>(&self, f: F) -> MetaResult<T>
+    where
+        F: FnOnce(&redb::ReadTransaction) -> MetaResult<T>,
+    {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        f(&txn)
+    }
+
     async fn read<T, F>(&self, f: F) -> MetaResult<T>
     where
         T: Send + 'static,
@@ -119,11 +129,10 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn ping(&self) -> MetaResult<()> {
-        self.read(|txn| {
+        self.read_now(|txn| {
             txn.open_table(PRODUCTS).map_err(unavailable)?;
             Ok(())
         })
-        .await
     }
 
     async fn insert_token(
@@ -175,19 +184,18 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>> {
         let hash = hash.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
             match tokens.get(hash.as_str()).map_err(unavailable)? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
         })
-        .await
     }
 
     async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
         let id = id.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
             let Some(hash) = ids.get(id.as_str()).map_err(unavailable)? else {
                 return Ok(None);
@@ -198,7 +206,6 @@ impl MetaStore for EmbeddedMetaStore {
                 None => Ok(None),
             }
         })
-        .await
     }
 
     async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>> {
@@ -249,20 +256,18 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
         let id = token_id.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let table = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
             scan_prefix(&table, &id)
         })
-        .await
     }
 
     async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>> {
         let product = product.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let table = txn.open_table(GRANTS).map_err(unavailable)?;
             scan_prefix(&table, &product)
         })
-        .await
     }
 
     async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
@@ -342,14 +347,13 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>> {
         let name = name.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
             match products.get(name.as_str()).map_err(unavailable)? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
         })
-        .await
     }
 
     async fn list_products(&self) -> MetaResult<Vec<String>> {
@@ -492,7 +496,7 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
         let key = key2(product, version);
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             match versions.get(key.as_str()).map_err(unavailable)? {
                 Some(v) => {
@@ -502,7 +506,6 @@ impl MetaStore for EmbeddedMetaStore {
                 None => Ok(None),
             }
         })
-        .await
     }
 
     async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>> {
@@ -588,10 +591,9 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {
         let key = key.to_string();
-        self.read(move |txn| {
+        self.read_now(|txn| {
             let keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
             Ok(keys.get(key.as_str()).map_err(unavailable)?.is_some())
         })
-        .await
     }
 }
