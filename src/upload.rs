@@ -29,8 +29,6 @@ use sha2::{Digest, Sha256};
 /// Multipart framing and the small text fields on top of the artifact itself.
 const ENVELOPE_ALLOWANCE: u64 = 64 * 1024;
 const MAX_TEXT_FIELD: usize = 1024;
-/// Below this, hashing inline is cheaper than a hop to the blocking pool.
-const INLINE_HASH_LIMIT: usize = 256 * 1024;
 
 #[derive(Debug, Serialize)]
 pub struct UploadResult {
@@ -197,19 +195,57 @@ struct Streamed {
     file_name: String,
 }
 
-async fn hash_chunk(hasher: Sha256, chunk: Bytes) -> ApiResult<Sha256> {
-    if chunk.len() < INLINE_HASH_LIMIT {
-        let mut hasher = hasher;
-        hasher.update(&chunk);
-        return Ok(hasher);
+/// SHA-256 on a blocking-pool thread, fed in batches of about 1 MiB, so hashing runs on
+/// one core while parsing and writing run on another.
+struct BackgroundHasher {
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    batch: Vec<Bytes>,
+    batched: usize,
+    task: tokio::task::JoinHandle<String>,
+}
+
+const HASH_BATCH: usize = 1024 * 1024;
+
+impl BackgroundHasher {
+    fn new() -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    hasher.update(&chunk);
+                }
+            }
+            hex::encode(hasher.finalize())
+        });
+        Self {
+            tx,
+            batch: Vec::new(),
+            batched: 0,
+            task,
+        }
     }
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = hasher;
-        hasher.update(&chunk);
-        hasher
-    })
-    .await
-    .map_err(ApiError::internal)
+
+    async fn update(&mut self, chunk: &Bytes) -> ApiResult<()> {
+        self.batched += chunk.len();
+        self.batch.push(chunk.clone());
+        if self.batched >= HASH_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> ApiResult<()> {
+        self.batched = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.tx.send(batch).await.map_err(ApiError::internal)
+    }
+
+    async fn finish(mut self) -> ApiResult<String> {
+        self.flush().await?;
+        drop(self.tx);
+        self.task.await.map_err(ApiError::internal)
+    }
 }
 
 async fn stream_file(
@@ -217,20 +253,17 @@ async fn stream_file(
     writer: &mut dyn BlobWriter,
     limit: u64,
 ) -> ApiResult<(u64, String)> {
-    let mut hasher = Sha256::new();
+    let mut hasher = BackgroundHasher::new();
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
         }
-        // Hash and write concurrently: the write is I/O, the hash is CPU.
-        let (hashed, written) =
-            tokio::join!(hash_chunk(hasher, chunk.clone()), writer.write(chunk));
-        written?;
-        hasher = hashed?;
+        hasher.update(&chunk).await?;
+        writer.write(chunk).await?;
     }
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok((size, hasher.finish().await?))
 }
 
 pub async fn receive(
