@@ -75,7 +75,7 @@ pub struct RawSettings {
     /// Multipart upload part size in bytes, at least 5 MiB [default: 8388608 = 8 MiB]
     #[arg(long, env = "DEPOT_S3_PART_SIZE")]
     pub s3_part_size: Option<u64>,
-    /// Multipart parts uploaded concurrently per upload [default: 3]
+    /// Multipart parts uploaded concurrently per upload [default: 2]
     #[arg(long, env = "DEPOT_S3_PARTS_IN_FLIGHT")]
     pub s3_parts_in_flight: Option<usize>,
     /// How downloads are served: proxy (stream through Depot) or redirect (302) [default: proxy]
@@ -215,7 +215,7 @@ impl Settings {
                     max_upload.div_ceil(part_size) <= MAX_PARTS,
                     "DEPOT_MAX_UPLOAD_BYTES needs more than {MAX_PARTS} parts of DEPOT_S3_PART_SIZE; raise the part size"
                 );
-                let parts_in_flight = raw.s3_parts_in_flight.unwrap_or(3);
+                let parts_in_flight = raw.s3_parts_in_flight.unwrap_or(2);
                 anyhow::ensure!(
                     (1..=64).contains(&parts_in_flight),
                     "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64"

@@ -63,6 +63,7 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    limit_heap_retention();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,5 +139,18 @@ fn server_result(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("depot: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, after which multi-MiB
+/// upload buffers come from the heap and their pages are kept after free: the process's
+/// peak memory then grows with every upload. A fixed 1 MiB threshold keeps large buffers
+/// in their own mappings, returned to the system as soon as they are dropped.
+fn limit_heap_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tuning parameter; it is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }

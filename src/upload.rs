@@ -396,7 +396,7 @@ async fn receive_into(
         .writer
         .take()
         .ok_or_else(|| ApiError::internal("upload writer missing"))?;
-    writer.finish().await?;
+    writer.finish(&streamed.digest).await?;
     guard.blob_finished = true;
     app.meta
         .commit_version(

@@ -72,7 +72,7 @@ impl BlobWriter for FsWriter {
         file.write_all(&chunk).await.map_err(io_err)
     }
 
-    async fn finish(mut self: Box<Self>) -> BlobResult<()> {
+    async fn finish(mut self: Box<Self>, _sha256_hex: &str) -> BlobResult<()> {
         let Some(mut file) = self.file.take() else {
             return Err(BlobError::Unavailable("writer already closed".into()));
         };

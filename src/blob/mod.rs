@@ -36,8 +36,9 @@ impl ByteRange {
 #[async_trait]
 pub trait BlobWriter: Send {
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()>;
-    /// Makes the object visible under its key. On error nothing is left behind.
-    async fn finish(self: Box<Self>) -> BlobResult<()>;
+    /// Makes the object visible under its key, recording its SHA-256 (hex) with it where
+    /// the store can. On error nothing is left behind.
+    async fn finish(self: Box<Self>, sha256_hex: &str) -> BlobResult<()>;
     /// Discards everything written so far.
     async fn abort(self: Box<Self>);
 }

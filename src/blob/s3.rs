@@ -4,9 +4,11 @@
 //! buffer; a full buffer goes out as a multipart part while the next one fills, with a
 //! fixed number of parts in flight per upload and a process-wide budget of part buffers
 //! (so many concurrent uploads cannot exhaust memory). An upload that fits in one part is
-//! a single PUT. Every body carries its SHA-256 for the store to verify, and no
-//! aws-chunked encoding is used (many S3-compatible stores reject it). Anything that
-//! does not reach `finish` aborts its multipart upload.
+//! a single PUT carrying its SHA-256 for the store to verify; multipart parts carry a
+//! CRC32C (hardware-fast, so the upload's one SHA-256 pass stays the only hash), and the
+//! finished object gets its SHA-256 as a `sha256` tag. No aws-chunked encoding is used
+//! (many S3-compatible stores reject it). Anything that does not reach `finish` aborts
+//! its multipart upload.
 
 use super::*;
 use crate::config::S3Settings;
@@ -14,11 +16,10 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Tag, Tagging};
 use base64::Engine;
 use bytes::BytesMut;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -45,8 +46,14 @@ fn sdk_err<E: std::fmt::Debug>(err: E) -> BlobError {
     BlobError::Unavailable(format!("{err:?}"))
 }
 
-fn sha256_b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
+fn crc32c_b64(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+fn hex_to_b64(hex_digest: &str) -> BlobResult<String> {
+    let raw = hex::decode(hex_digest).map_err(|e| BlobError::Unavailable(e.to_string()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 async fn build_client(settings: &S3Settings, endpoint: Option<&str>) -> Client {
@@ -195,7 +202,7 @@ impl S3Writer {
                 .create_multipart_upload()
                 .bucket(&self.inner.bucket)
                 .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .send()
                 .await
                 .map_err(sdk_err)?;
@@ -215,12 +222,7 @@ impl S3Writer {
         let key = self.key.clone();
         let upload_id = self.upload_id.clone().unwrap_or_default();
         self.in_flight.spawn(async move {
-            let checksum = {
-                let data = data.clone();
-                tokio::task::spawn_blocking(move || sha256_b64(&data))
-                    .await
-                    .map_err(|e| BlobError::Unavailable(e.to_string()))?
-            };
+            let checksum = crc32c_b64(&data);
             let out = inner
                 .client
                 .upload_part()
@@ -229,7 +231,7 @@ impl S3Writer {
                 .upload_id(&upload_id)
                 .part_number(part_number)
                 .content_length(data.len() as i64)
-                .checksum_sha256(&checksum)
+                .checksum_crc32_c(&checksum)
                 .body(SdkStream::from(data))
                 .send()
                 .await
@@ -238,15 +240,15 @@ impl S3Writer {
             Ok(CompletedPart::builder()
                 .part_number(part_number)
                 .set_e_tag(out.e_tag().map(str::to_string))
-                .checksum_sha256(out.checksum_sha256().unwrap_or(&checksum))
+                .checksum_crc32_c(out.checksum_crc32_c().unwrap_or(&checksum))
                 .build())
         });
         Ok(())
     }
 
-    async fn put_single(&mut self) -> BlobResult<()> {
+    async fn put_single(&mut self, sha256_hex: &str) -> BlobResult<()> {
         let data = self.buffer.split().freeze();
-        let checksum = sha256_b64(&data);
+        let checksum = hex_to_b64(sha256_hex)?;
         self.inner
             .client
             .put_object()
@@ -254,7 +256,7 @@ impl S3Writer {
             .key(&self.key)
             .content_length(data.len() as i64)
             .checksum_sha256(&checksum)
-            .metadata("sha256", hex::encode(Sha256::digest(&data)))
+            .metadata("sha256", sha256_hex)
             .body(SdkStream::from(data))
             .send()
             .await
@@ -263,7 +265,7 @@ impl S3Writer {
         Ok(())
     }
 
-    async fn complete(&mut self) -> BlobResult<()> {
+    async fn complete(&mut self, sha256_hex: &str) -> BlobResult<()> {
         if !self.buffer.is_empty() {
             self.send_part().await?;
         }
@@ -286,6 +288,30 @@ impl S3Writer {
             .send()
             .await
             .map_err(sdk_err)?;
+        // The digest is known only now; a tag keeps it with the object (best effort:
+        // the metadata store has it either way).
+        let tagging = Tagging::builder()
+            .tag_set(
+                Tag::builder()
+                    .key("sha256")
+                    .value(sha256_hex)
+                    .build()
+                    .map_err(sdk_err)?,
+            )
+            .build()
+            .map_err(sdk_err)?;
+        if let Err(err) = self
+            .inner
+            .client
+            .put_object_tagging()
+            .bucket(&self.inner.bucket)
+            .key(&self.key)
+            .tagging(tagging)
+            .send()
+            .await
+        {
+            tracing::warn!(key = %self.key, error = %describe_sdk_error(&err), "could not tag object with its sha256");
+        }
         Ok(())
     }
 
@@ -345,11 +371,11 @@ impl BlobWriter for S3Writer {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> BlobResult<()> {
+    async fn finish(mut self: Box<Self>, sha256_hex: &str) -> BlobResult<()> {
         let result = if self.upload_id.is_none() {
-            self.put_single().await
+            self.put_single(sha256_hex).await
         } else {
-            self.complete().await
+            self.complete(sha256_hex).await
         };
         match result {
             Ok(()) => {
