@@ -646,9 +646,19 @@ fn file_name_from_disposition(cd: &str) -> Option<String> {
 }
 
 fn network(err: reqwest::Error) -> ClientError {
+    // Never the URL: `token fetch|prune` carry a raw token in the path.
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     fail(
         Failure::Network,
-        format!("cannot reach the Depot server ({err}); check --url / DEPOT_URL and your network"),
+        format!(
+            "cannot reach the Depot server ({detail}); check --url / DEPOT_URL and your network"
+        ),
     )
 }
 
