@@ -341,7 +341,11 @@ impl Client {
         let expected = header(&head, "x-checksum-sha256")
             .ok_or_else(|| fail(Failure::Server, "the server sent no X-Checksum-Sha256"))?;
         let etag = header(&head, "etag").unwrap_or_default();
-        let size = head.content_length().unwrap_or(0);
+        // The header itself: reqwest's `content_length()` is the size of the body it got,
+        // which for a HEAD answer is 0, and that would rule out every resume.
+        let size = header(&head, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         let target = match output {
             Some(p) => p.to_path_buf(),
             None => PathBuf::from(
