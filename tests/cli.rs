@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -62,10 +62,6 @@ impl Cli {
             dir,
             secrets: Mutex::new(token.map(str::to_string).into_iter().collect()),
         }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -774,6 +770,102 @@ async fn token_register_prints_exactly_the_new_token_on_stdout() {
             .json()["admin"],
         true
     );
+}
+
+#[tokio::test]
+async fn a_ci_token_mints_a_narrower_download_token_with_token_register() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    app.upload_ok(app.admin(), &product, "1.0.0", b"payload")
+        .await;
+    let ci = app.token_with(&product, Perms::ALL).await;
+    let cli = Cli::new(&app, Some(&ci));
+    let run = cli
+        .run(&[
+            "token",
+            "register",
+            "--name",
+            "consumer",
+            "--expires-in",
+            "600",
+            "--grant",
+            &format!("{product}=download"),
+        ])
+        .await;
+    run.assert_ok();
+    let minted = run.stdout.trim_end().to_string();
+    assert_eq!(run.stdout, format!("{minted}\n"));
+    app.remember_secret(&minted);
+    cli.remember(&minted);
+    let consumer = Cli::new(&app, Some(&minted));
+    consumer
+        .run(&["pull", &product, "1.0.0", "-o", "got"])
+        .await
+        .assert_ok();
+    let file = consumer.file("a.bin", b"x");
+    consumer
+        .run(&["push", &product, "2.0.0", &file])
+        .await
+        .assert_code(3);
+    let info = app
+        .get(&format!("/fetch/{minted}"), Some(app.admin()))
+        .await
+        .json();
+    assert_eq!(info["name"], "consumer");
+    assert!(info["expires_at"].is_string());
+
+    // Without a grant, or with more than its own, the server refuses: exit 3.
+    let reader = app.token_with(&product, Perms::DOWNLOAD).await;
+    let as_reader = Cli::new(&app, Some(&reader));
+    as_reader.run(&["token", "register"]).await.assert_code(3);
+    as_reader
+        .run(&[
+            "token",
+            "register",
+            "--grant",
+            &format!("{product}=download,upload"),
+        ])
+        .await
+        .assert_code(3);
+    as_reader
+        .run(&["token", "register", "--grant", "no-such-product=download"])
+        .await
+        .assert_code(4);
+    // A malformed grant is a usage error.
+    as_reader
+        .run(&[
+            "token",
+            "register",
+            "--grant",
+            &format!("{product}=everything"),
+        ])
+        .await
+        .assert_code(2);
+}
+
+#[tokio::test]
+async fn an_expired_token_exits_3_and_says_so() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let r = app
+        .put_json(
+            "/register",
+            Some(app.admin()),
+            &json!({ "expires_in": 1, "products": { &product: { "download": true } } }),
+        )
+        .await;
+    r.assert_status(201);
+    let raw = r.text();
+    app.remember_secret(&raw);
+    eventually(Duration::from_secs(15), "the token to expire", || async {
+        app.get("/product/access", Some(&raw)).await.status.as_u16() == 401
+    })
+    .await;
+    let cli = Cli::new(&app, Some(&raw));
+    let run = cli.run(&["ls", &product]).await;
+    run.assert_code(3);
+    assert!(run.stderr.contains("token_expired"), "{}", run.stderr);
+    assert!(run.stderr.contains("expired"), "{}", run.stderr);
 }
 
 #[tokio::test]
