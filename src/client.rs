@@ -113,8 +113,16 @@ pub enum RemoteTokenCommand {
         #[arg(long)]
         name: Option<String>,
         /// Lifetime in seconds
-        #[arg(long)]
+        #[arg(long, conflicts_with = "expires_at")]
         expires_in: Option<u64>,
+        /// Expiry as an RFC 3339 date-time (e.g. 2030-01-31T00:00:00Z)
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// A grant for the new token: PRODUCT=FLAGS, FLAGS a comma list of download,
+        /// upload, delete, maintainer (repeatable; a non-admin token may hand out only
+        /// rights it has, and must give at least one grant)
+        #[arg(long = "grant", value_name = "PRODUCT=FLAGS", value_parser = parse_grant)]
+        grants: Vec<(String, Value)>,
     },
     /// Show a token's public metadata (raw token or tok_ id)
     Fetch {
@@ -341,7 +349,11 @@ impl Client {
         let expected = header(&head, "x-checksum-sha256")
             .ok_or_else(|| fail(Failure::Server, "the server sent no X-Checksum-Sha256"))?;
         let etag = header(&head, "etag").unwrap_or_default();
-        let size = head.content_length().unwrap_or(0);
+        // The header itself: reqwest's `content_length()` is the size of the body it got,
+        // which for a HEAD answer is 0, and that would rule out every resume.
+        let size = header(&head, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         let target = match output {
             Some(p) => p.to_path_buf(),
             None => PathBuf::from(
@@ -511,9 +523,17 @@ impl Client {
                 admin,
                 name,
                 expires_in,
+                expires_at,
+                grants,
                 ..
             } => {
-                let body = json!({ "admin": admin, "name": name, "expires_in": expires_in });
+                let mut body = json!({ "admin": admin, "name": name, "expires_in": expires_in });
+                if let Some(at) = expires_at {
+                    body["expires_at"] = json!(at);
+                }
+                if !grants.is_empty() {
+                    body["products"] = Value::Object(grants.into_iter().collect());
+                }
                 let resp = self
                     .send(self.request(Method::PUT, "/register")?.json(&body))
                     .await?;
@@ -630,6 +650,29 @@ fn push_body(
     })
 }
 
+/// `PRODUCT=download,upload` into the product name and its grant object.
+fn parse_grant(spec: &str) -> Result<(String, Value), String> {
+    let (product, flags) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("expected PRODUCT=FLAGS, got '{spec}'"))?;
+    if product.is_empty() {
+        return Err("the product name is empty".to_string());
+    }
+    let mut grant =
+        json!({ "maintainer": false, "download": false, "upload": false, "delete": false });
+    for flag in flags.split(',').map(str::trim) {
+        match flag {
+            "maintainer" | "download" | "upload" | "delete" => grant[flag] = json!(true),
+            other => {
+                return Err(format!(
+                    "unknown right '{other}': use download, upload, delete or maintainer"
+                ));
+            }
+        }
+    }
+    Ok((product.to_string(), grant))
+}
+
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
@@ -646,9 +689,19 @@ fn file_name_from_disposition(cd: &str) -> Option<String> {
 }
 
 fn network(err: reqwest::Error) -> ClientError {
+    // Never the URL: `token fetch|prune` carry a raw token in the path.
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     fail(
         Failure::Network,
-        format!("cannot reach the Depot server ({err}); check --url / DEPOT_URL and your network"),
+        format!(
+            "cannot reach the Depot server ({detail}); check --url / DEPOT_URL and your network"
+        ),
     )
 }
 
@@ -699,6 +752,21 @@ async fn server_error(resp: reqwest::Response) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_specs_parse_into_grant_objects() {
+        assert_eq!(
+            parse_grant("app=download,upload").unwrap(),
+            (
+                "app".to_string(),
+                json!({ "maintainer": false, "download": true, "upload": true, "delete": false })
+            )
+        );
+        assert!(parse_grant("app").is_err());
+        assert!(parse_grant("=download").is_err());
+        assert!(parse_grant("app=").is_err());
+        assert!(parse_grant("app=admin").is_err());
+    }
 
     #[test]
     fn file_names_from_content_disposition_are_sanitised() {

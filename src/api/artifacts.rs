@@ -115,7 +115,7 @@ async fn resolve_version(
 
 /// The highest semver release (pre-releases too when asked); the newest upload when no
 /// version is semver at all; nothing when only pre-releases exist and they were not asked for.
-async fn latest(
+pub(crate) async fn latest(
     app: &AppState,
     product: &str,
     prerelease: bool,

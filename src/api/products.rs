@@ -1,7 +1,7 @@
 //! Products: access list, create, fetch, delete, and the `modify` actions.
 
-use super::{ApiJson, ApiPath, name_error, rfc3339};
-use crate::api::artifacts::{VersionInfo, remove_version};
+use super::{ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
+use crate::api::artifacts::{VersionInfo, latest, remove_version};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::names::validate_product;
@@ -65,20 +65,32 @@ pub struct ProductInfo {
     created_at: String,
     tokens: BTreeMap<String, Grant>,
     versions: BTreeMap<String, VersionInfo>,
+    /// What the version name `latest` resolves to (null when nothing qualifies).
+    latest: Option<String>,
 }
 
-/// `GET /product/fetch/{product}`: metadata, grants by public token id, versions.
+#[derive(Debug, Default, Deserialize)]
+pub struct FetchQuery {
+    /// Let `latest` be a pre-release.
+    #[serde(default)]
+    prerelease: bool,
+}
+
+/// `GET /product/fetch/{product}`: metadata, grants by public token id, versions, and
+/// the version `latest` resolves to.
 pub async fn fetch(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(product): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FetchQuery>,
 ) -> ApiResult<Json<ProductInfo>> {
     validate_product(&product).map_err(name_error)?;
     caller.authorize(&product, ProductOp::Fetch)?;
-    let (record, grants, versions) = tokio::try_join!(
-        app.meta.product(&product),
-        app.meta.grants_of_product(&product),
-        app.meta.list_versions(&product),
+    let (record, grants, versions, latest) = tokio::try_join!(
+        async { Ok(app.meta.product(&product).await?) },
+        async { Ok(app.meta.grants_of_product(&product).await?) },
+        async { Ok(app.meta.list_versions(&product).await?) },
+        latest(&app, &product, query.prerelease),
     )?;
     let record = record.ok_or_else(|| ApiError::product_not_found(&product))?;
     Ok(Json(ProductInfo {
@@ -89,6 +101,7 @@ pub async fn fetch(
             .iter()
             .map(|v| (v.version.clone(), VersionInfo::from(v)))
             .collect(),
+        latest: latest.map(|v| v.version),
     }))
 }
 

@@ -1,0 +1,1010 @@
+//! The `depot` binary as a client: push, pull (verify, resume, latest), ls, token and
+//! product commands, run as child processes against a real server, with the server and
+//! token in DEPOT_URL / DEPOT_TOKEN (or --url / --token). Checks the exit codes, the
+//! files written, what the server stored, and that no raw token reaches the output.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One finished run of the client.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn assert_ok(&self) -> &Run {
+        self.assert_code(0)
+    }
+}
+
+/// Runs the client binary against one server, in a working directory of its own.
+struct Cli {
+    url: String,
+    token: Option<String>,
+    dir: tempfile::TempDir,
+    /// Raw tokens this test handled: none may appear in any client output.
+    secrets: Mutex<Vec<String>>,
+}
+
+impl Cli {
+    fn new(app: &TestApp, token: Option<&str>) -> Cli {
+        Cli::with_url(app.url(""), token)
+    }
+
+    fn with_url(url: String, token: Option<&str>) -> Cli {
+        let dir = tempfile::Builder::new()
+            .prefix("depot-cli-")
+            .tempdir()
+            .expect("temp dir");
+        Cli {
+            url,
+            token: token.map(str::to_string),
+            dir,
+            secrets: Mutex::new(token.map(str::to_string).into_iter().collect()),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn remember(&self, raw: &str) {
+        self.secrets.lock().unwrap().push(raw.to_string());
+    }
+
+    /// `depot <args>` with DEPOT_URL and DEPOT_TOKEN (when set) in the environment.
+    async fn run(&self, args: &[&str]) -> Run {
+        let mut env = vec![("DEPOT_URL".to_string(), self.url.clone())];
+        if let Some(t) = &self.token {
+            env.push(("DEPOT_TOKEN".to_string(), t.clone()));
+        }
+        self.run_with_env(args, &env).await
+    }
+
+    /// `depot <args>` with exactly `env` as its DEPOT_* environment.
+    async fn run_with_env(&self, args: &[&str], env: &[(String, String)]) -> Run {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_depot"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("DEPOT_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the depot client");
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("depot {args:?} did not finish within 120 s"))
+            .expect("wait for the depot client");
+        let run = Run {
+            code: out
+                .status
+                .code()
+                .expect("the client exited (not by a signal)"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        self.assert_no_secrets(args, &run);
+        run
+    }
+
+    fn assert_no_secrets(&self, args: &[&str], run: &Run) {
+        for secret in self.secrets.lock().unwrap().iter() {
+            assert!(
+                !run.stdout.contains(secret.as_str()),
+                "a raw token appears in the stdout of depot {args:?}:\n{}",
+                run.stdout
+            );
+            assert!(
+                !run.stderr.contains(secret.as_str()),
+                "a raw token appears in the stderr of depot {args:?}:\n{}",
+                run.stderr
+            );
+        }
+    }
+
+    /// Writes `bytes` to `name` in the working directory; returns its path as a string.
+    fn file(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).expect("write test file");
+        path.display().to_string()
+    }
+
+    /// The names of the files in the working directory.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("read working dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A port on which nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port
+}
+
+/// The value of `depot_http_requests_total` for one route, method and status (0 when absent).
+async fn request_count(app: &TestApp, route: &str, method: &str, status: u16) -> u64 {
+    let r = app.get("/metrics", None).await;
+    r.assert_status(200);
+    let labels = [
+        format!("route=\"{route}\""),
+        format!("method=\"{method}\""),
+        format!("status=\"{status}\""),
+    ];
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with("depot_http_requests_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("bad metrics line: {l}")) as u64
+        })
+        .sum()
+}
+
+const DOWNLOAD_ROUTE: &str = "/product/download/{product}/{version}";
+
+/// A progress bar would draw with carriage returns or terminal escapes.
+#[track_caller]
+fn assert_no_progress_bar(run: &Run) {
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        assert!(
+            !text.contains('\r') && !text.contains('\x1b'),
+            "{name} has terminal control characters (a progress bar?): {text:?}"
+        );
+    }
+}
+
+// ---- push ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn push_streams_the_file_and_the_server_stores_its_sha256() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    // Several read buffers' worth, and not a multiple of any of them.
+    let bytes = payload(1, 3 * 1024 * 1024 + 12_345);
+    let file = cli.file("app.tar.gz", &bytes);
+    let run = cli.run(&["push", &product, "1.0.0", &file]).await;
+    run.assert_ok();
+    let digest = sha256_hex(&bytes);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.0.0: {} bytes, sha256:{digest}\n",
+            bytes.len()
+        )
+    );
+
+    let stored = &app.fetch_product(&product).await["versions"]["1.0.0"];
+    assert_eq!(stored["checksum"], format!("sha256:{digest}"));
+    assert_eq!(stored["size"], bytes.len() as u64);
+    assert_eq!(stored["file_name"], "app.tar.gz");
+    let r = app.download(app.admin(), &product, "1.0.0").await;
+    r.assert_status(200);
+    assert_eq!(
+        r.header("x-checksum-sha256").as_deref(),
+        Some(digest.as_str())
+    );
+    assert!(
+        r.body == bytes,
+        "downloaded bytes differ from the pushed file"
+    );
+}
+
+#[tokio::test]
+async fn push_with_the_right_checksum_flag_is_accepted_in_both_forms() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let bytes = payload(2, 10_000);
+    let file = cli.file("a.bin", &bytes);
+    let digest = sha256_hex(&bytes);
+    cli.run(&[
+        "push",
+        &product,
+        "1.0.0",
+        &file,
+        "--checksum",
+        &format!("sha256:{digest}"),
+    ])
+    .await
+    .assert_ok();
+    cli.run(&["push", &product, "1.0.1", &file, "--checksum", &digest])
+        .await
+        .assert_ok();
+    let mut versions = app.versions(&product).await;
+    versions.sort();
+    assert_eq!(versions, ["1.0.0", "1.0.1"]);
+}
+
+#[tokio::test]
+async fn push_with_a_wrong_checksum_exits_6_and_stores_nothing() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let bytes = payload(3, 200_000);
+    let file = cli.file("a.bin", &bytes);
+    let wrong = sha256_hex(b"something else");
+    let run = cli
+        .run(&[
+            "push",
+            &product,
+            "1.0.0",
+            &file,
+            "--checksum",
+            &format!("sha256:{wrong}"),
+        ])
+        .await;
+    run.assert_code(6);
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    assert!(
+        run.stderr.contains("checksum_mismatch") && run.stderr.contains("hint:"),
+        "the message names the failure and what to do: {}",
+        run.stderr
+    );
+    assert!(app.versions(&product).await.is_empty());
+    app.download(app.admin(), &product, "1.0.0")
+        .await
+        .assert_error(404, "version_not_found");
+    app.wait_blob_count(0).await;
+}
+
+#[tokio::test]
+async fn push_of_an_existing_version_exits_5_and_keeps_the_first_bytes() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let first = cli.file("first.bin", b"first");
+    let second = cli.file("second.bin", b"second");
+    cli.run(&["push", &product, "1.0.0", &first])
+        .await
+        .assert_ok();
+    let run = cli.run(&["push", &product, "1.0.0", &second]).await;
+    run.assert_code(5);
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    assert_eq!(
+        app.download(app.admin(), &product, "1.0.0").await.body,
+        b"first"
+    );
+    app.assert_blob_count(1);
+}
+
+#[tokio::test]
+async fn push_of_an_existing_version_by_an_upload_only_token_exits_5() {
+    // The client's HEAD probe gets 403 without download rights; the server's 409 decides.
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let uploader = app.token_with(&product, Perms::UPLOAD).await;
+    let cli = Cli::new(&app, Some(&uploader));
+    let file = cli.file("a.bin", b"abc");
+    cli.run(&["push", &product, "1.0.0", &file])
+        .await
+        .assert_ok();
+    cli.run(&["push", &product, "1.0.0", &file])
+        .await
+        .assert_code(5);
+    app.assert_blob_count(1);
+}
+
+// ---- pull ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pull_writes_the_verified_file_under_its_uploaded_name_and_leaves_no_part_file() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(4, 1024 * 1024 + 7);
+    app.upload_form(
+        Some(app.admin()),
+        Form::upload(&product, "2.1.0", "tool-2.1.0.tgz", &bytes),
+    )
+    .await
+    .assert_status(201);
+
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli.run(&["pull", &product, "2.1.0"]).await;
+    run.assert_ok();
+    assert_eq!(cli.files(), ["tool-2.1.0.tgz"]);
+    assert!(std::fs::read(cli.path("tool-2.1.0.tgz")).unwrap() == bytes);
+    assert_eq!(
+        run.stdout,
+        format!("pulled {product} 2.1.0 to tool-2.1.0.tgz (sha256 verified)\n")
+    );
+}
+
+#[tokio::test]
+async fn pull_with_output_writes_to_that_path() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(5, 50_000);
+    app.upload_ok(app.admin(), &product, "1.0.0", &bytes).await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    std::fs::create_dir(cli.path("out")).unwrap();
+    let target = cli.path("out").join("renamed.bin");
+    cli.run(&[
+        "pull",
+        &product,
+        "1.0.0",
+        "-o",
+        &target.display().to_string(),
+    ])
+    .await
+    .assert_ok();
+    assert!(std::fs::read(&target).unwrap() == bytes);
+    let mut left: Vec<_> = std::fs::read_dir(cli.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["renamed.bin"], "no .part or .part.etag left behind");
+}
+
+#[tokio::test]
+async fn pull_latest_gets_the_highest_release_and_with_prerelease_the_highest_version() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    for v in ["1.0.0", "1.10.0", "1.9.0", "2.0.0-rc.1", "nightly"] {
+        app.upload_ok(app.admin(), &product, v, v.as_bytes()).await;
+    }
+    let cli = Cli::new(&app, Some(app.admin()));
+    cli.run(&["pull", &product, "latest", "-o", "stable"])
+        .await
+        .assert_ok();
+    assert_eq!(std::fs::read(cli.path("stable")).unwrap(), b"1.10.0");
+    cli.run(&["pull", &product, "latest", "--prerelease", "-o", "edge"])
+        .await
+        .assert_ok();
+    assert_eq!(std::fs::read(cli.path("edge")).unwrap(), b"2.0.0-rc.1");
+    assert_eq!(cli.files(), ["edge", "stable"]);
+}
+
+/// Prepares `<out>.part` with `prefix` and `<out>.part.etag` with `etag`, as an interrupted
+/// pull leaves them.
+fn interrupted_pull(cli: &Cli, out: &str, prefix: &[u8], etag: &str) {
+    std::fs::write(cli.path(&format!("{out}.part")), prefix).unwrap();
+    std::fs::write(cli.path(&format!("{out}.part.etag")), etag).unwrap();
+}
+
+#[tokio::test]
+async fn pull_resumes_a_partial_download_with_a_range_request() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(6, 2 * 1024 * 1024 + 333);
+    app.upload_ok(app.admin(), &product, "1.0.0", &bytes).await;
+    let etag = app
+        .download(app.admin(), &product, "1.0.0")
+        .await
+        .header("etag")
+        .expect("etag");
+    let before_206 = request_count(&app, DOWNLOAD_ROUTE, "GET", 206).await;
+    let before_200 = request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await;
+
+    let cli = Cli::new(&app, Some(app.admin()));
+    let have = 700_001;
+    interrupted_pull(&cli, "artifact.bin", &bytes[..have], &etag);
+    cli.run(&["pull", &product, "1.0.0", "-o", "artifact.bin"])
+        .await
+        .assert_ok();
+    assert!(
+        std::fs::read(cli.path("artifact.bin")).unwrap() == bytes,
+        "the resumed file differs from the artifact"
+    );
+    assert_eq!(cli.files(), ["artifact.bin"]);
+    assert_eq!(
+        request_count(&app, DOWNLOAD_ROUTE, "GET", 206).await,
+        before_206 + 1,
+        "the rest was fetched with one range request"
+    );
+    assert_eq!(
+        request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await,
+        before_200,
+        "no full download"
+    );
+}
+
+#[tokio::test]
+async fn pull_of_a_complete_part_file_renames_it_without_downloading() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(7, 100_000);
+    app.upload_ok(app.admin(), &product, "1.0.0", &bytes).await;
+    let etag = app
+        .download(app.admin(), &product, "1.0.0")
+        .await
+        .header("etag")
+        .unwrap();
+    let gets_before = request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await
+        + request_count(&app, DOWNLOAD_ROUTE, "GET", 206).await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    interrupted_pull(&cli, "a.bin", &bytes, &etag);
+    cli.run(&["pull", &product, "1.0.0", "-o", "a.bin"])
+        .await
+        .assert_ok();
+    assert!(std::fs::read(cli.path("a.bin")).unwrap() == bytes);
+    assert_eq!(cli.files(), ["a.bin"]);
+    let gets_after = request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await
+        + request_count(&app, DOWNLOAD_ROUTE, "GET", 206).await;
+    assert_eq!(gets_after, gets_before, "nothing left to download");
+}
+
+#[tokio::test]
+async fn pull_with_a_part_file_of_another_artifact_downloads_it_whole() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(8, 300_000);
+    app.upload_ok(app.admin(), &product, "1.0.0", &bytes).await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    // A stale partial file of some other artifact: its ETag does not match.
+    let stale_etag = format!("\"sha256-{}\"", sha256_hex(b"other"));
+    interrupted_pull(&cli, "a.bin", &payload(9, 1000), &stale_etag);
+    let before_200 = request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await;
+    cli.run(&["pull", &product, "1.0.0", "-o", "a.bin"])
+        .await
+        .assert_ok();
+    assert!(std::fs::read(cli.path("a.bin")).unwrap() == bytes);
+    assert_eq!(cli.files(), ["a.bin"]);
+    assert_eq!(
+        request_count(&app, DOWNLOAD_ROUTE, "GET", 200).await,
+        before_200 + 1
+    );
+}
+
+#[tokio::test]
+async fn pull_detects_a_corrupted_part_file_exits_6_and_writes_no_file() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let bytes = payload(10, 500_000);
+    app.upload_ok(app.admin(), &product, "1.0.0", &bytes).await;
+    let etag = app
+        .download(app.admin(), &product, "1.0.0")
+        .await
+        .header("etag")
+        .unwrap();
+    let cli = Cli::new(&app, Some(app.admin()));
+    // The right ETag, but the bytes on disk were damaged.
+    let mut damaged = bytes[..200_000].to_vec();
+    damaged[1234] ^= 0xff;
+    interrupted_pull(&cli, "a.bin", &damaged, &etag);
+    let run = cli.run(&["pull", &product, "1.0.0", "-o", "a.bin"]).await;
+    run.assert_code(6);
+    assert!(run.stderr.contains("checksum mismatch"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    assert!(
+        !cli.path("a.bin").exists(),
+        "no final file after a mismatch"
+    );
+    // The client drops the damaged partial file, so the next pull starts clean.
+    assert!(cli.files().is_empty(), "left: {:?}", cli.files());
+    cli.run(&["pull", &product, "1.0.0", "-o", "a.bin"])
+        .await
+        .assert_ok();
+    assert!(std::fs::read(cli.path("a.bin")).unwrap() == bytes);
+}
+
+// ---- exit codes ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unknown_token_exits_3_on_every_command() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    app.upload_ok(app.admin(), &product, "1.0.0", b"x").await;
+    let bogus = format!("depot_{}", random_string(43));
+    let cli = Cli::new(&app, Some(&bogus));
+    let file = cli.file("a.bin", b"abc");
+    for args in [
+        vec!["ls"],
+        vec!["ls", product.as_str()],
+        vec!["pull", product.as_str(), "1.0.0"],
+        vec!["push", product.as_str(), "2.0.0", file.as_str()],
+        vec!["product", "create", "newprod"],
+        vec!["token", "register"],
+    ] {
+        let run = cli.run(&args).await;
+        run.assert_code(3);
+        assert!(
+            run.stderr.contains("DEPOT_TOKEN"),
+            "the message says what to check ({args:?}): {}",
+            run.stderr
+        );
+    }
+    assert!(cli.files() == ["a.bin"], "left: {:?}", cli.files());
+    assert_eq!(app.versions(&product).await, ["1.0.0"]);
+}
+
+#[tokio::test]
+async fn a_missing_token_exits_3() {
+    let app = TestApp::start().await;
+    let cli = Cli::new(&app, None);
+    let run = cli.run(&["ls"]).await;
+    run.assert_code(3);
+    assert!(run.stderr.contains("DEPOT_TOKEN"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_forbidden_operation_exits_3() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let reader = app.token_with(&product, Perms::DOWNLOAD).await;
+    let cli = Cli::new(&app, Some(&reader));
+    let file = cli.file("a.bin", b"abc");
+    let run = cli.run(&["push", &product, "1.0.0", &file]).await;
+    run.assert_code(3);
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    assert!(app.versions(&product).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_version_or_product_exits_4() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli.run(&["pull", &product, "9.9.9"]).await;
+    run.assert_code(4);
+    assert!(run.stderr.contains("version_not_found"), "{}", run.stderr);
+    // No version at all: `latest` has nothing to resolve to.
+    cli.run(&["pull", &product, "latest"]).await.assert_code(4);
+    let run = cli.run(&["ls", "no-such-product"]).await;
+    run.assert_code(4);
+    assert!(run.stderr.contains("product_not_found"), "{}", run.stderr);
+    cli.run(&["product", "delete", "no-such-product"])
+        .await
+        .assert_code(4);
+    assert!(cli.files().is_empty(), "left: {:?}", cli.files());
+}
+
+#[tokio::test]
+async fn nothing_listening_exits_7_and_says_what_to_check() {
+    let cli = Cli::with_url(
+        format!("http://127.0.0.1:{}", closed_port()),
+        Some(&format!("depot_{}", random_string(43))),
+    );
+    let file = cli.file("a.bin", b"abc");
+    for args in [
+        vec!["ls"],
+        vec!["pull", "p", "1.0.0"],
+        vec!["push", "p", "1.0.0", file.as_str()],
+        vec!["product", "create", "p"],
+    ] {
+        let run = cli.run(&args).await;
+        run.assert_code(7);
+        assert!(
+            run.stderr.contains("DEPOT_URL"),
+            "the message says what to check ({args:?}): {}",
+            run.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn network_errors_do_not_echo_a_raw_token_from_the_url() {
+    // `token fetch` and `token prune` put their argument in the request path.
+    let cli = Cli::with_url(
+        format!("http://127.0.0.1:{}", closed_port()),
+        Some(&format!("depot_{}", random_string(43))),
+    );
+    let target = format!("depot_{}", random_string(43));
+    cli.remember(&target);
+    cli.run(&["token", "fetch", &target]).await.assert_code(7);
+    cli.run(&["token", "prune", &target]).await.assert_code(7);
+}
+
+// ---- ls -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ls_lists_the_callers_products_and_a_products_versions() {
+    let app = TestApp::start().await;
+    let mut products = vec![app.product().await, app.product().await];
+    products.sort();
+    let other = app.product().await;
+    let reader = app.register(false).await;
+    for p in &products {
+        app.grant(p, &reader, Perms::DOWNLOAD).await;
+    }
+    let p = &products[0];
+    let mut expected = Vec::new();
+    for (i, v) in ["1.2.0", "v1.10.0", "0.9.0", "1.10.0-rc.1"]
+        .iter()
+        .enumerate()
+    {
+        let bytes = payload(20 + i as u64, 100 + i);
+        app.upload_form(
+            Some(app.admin()),
+            Form::upload(p, v, &format!("f{i}.bin"), &bytes),
+        )
+        .await
+        .assert_status(201);
+        expected.push((v.to_string(), bytes.len(), sha256_hex(&bytes), i));
+    }
+
+    let cli = Cli::new(&app, Some(&reader));
+    let run = cli.run(&["ls"]).await;
+    run.assert_ok();
+    let listed: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        listed, products,
+        "only the products the token has grants on"
+    );
+    assert!(!run.stdout.contains(&other));
+
+    let admin = Cli::new(&app, Some(app.admin()));
+    let run = admin.run(&["ls"]).await;
+    run.assert_ok();
+    let mut all = products.clone();
+    all.push(other.clone());
+    all.sort();
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), all);
+
+    let run = cli.run(&["ls", p]).await;
+    run.assert_ok();
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').collect())
+        .collect();
+    let order: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(order, ["v1.10.0", "1.10.0-rc.1", "1.2.0", "0.9.0"]);
+    for row in &rows {
+        let (_, size, digest, i) = expected.iter().find(|e| e.0 == row[0]).unwrap();
+        assert_eq!(
+            row.len(),
+            5,
+            "version, size, checksum, uploaded_at, file: {row:?}"
+        );
+        assert_eq!(row[1], size.to_string());
+        assert_eq!(row[2], format!("sha256:{digest}"));
+        assert!(row[3].contains('T') && row[3].ends_with('Z'), "{row:?}");
+        assert_eq!(row[4], format!("f{i}.bin"));
+    }
+}
+
+#[tokio::test]
+async fn ls_of_a_product_follows_the_cursor_past_one_page() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    // More than the client's page size of 1000.
+    let versions: Vec<String> = (0..1005).map(|i| format!("1.0.{i}")).collect();
+    futures::future::join_all(versions.chunks(16).map(|chunk| {
+        let app = &app;
+        let product = &product;
+        async move {
+            for v in chunk {
+                app.upload_ok(app.admin(), product, v, b"x").await;
+            }
+        }
+    }))
+    .await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli.run(&["ls", &product]).await;
+    run.assert_ok();
+    let listed: Vec<&str> = run
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..1005).rev().map(|i| format!("1.0.{i}")).collect();
+    assert_eq!(listed, expected);
+}
+
+// ---- tokens and products ------------------------------------------------------------
+
+#[tokio::test]
+async fn token_register_prints_exactly_the_new_token_on_stdout() {
+    let app = TestApp::start().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli
+        .run(&[
+            "token",
+            "register",
+            "--name",
+            "ci-reader",
+            "--expires-in",
+            "3600",
+        ])
+        .await;
+    run.assert_ok();
+    let raw = run
+        .stdout
+        .strip_suffix('\n')
+        .expect("one line on stdout")
+        .to_string();
+    app.remember_secret(&raw);
+    cli.remember(&raw);
+    assert!(raw.starts_with("depot_") && !raw.contains(char::is_whitespace));
+    assert!(run.stderr.is_empty(), "stderr: {}", run.stderr);
+    let info = app.get(&format!("/fetch/{raw}"), Some(&raw)).await;
+    info.assert_status(200);
+    let info = info.json();
+    assert_eq!(info["name"], "ci-reader");
+    assert_eq!(info["admin"], false);
+    assert!(info["expires_at"].is_string(), "{info}");
+
+    let run = cli.run(&["token", "register", "--admin"]).await;
+    run.assert_ok();
+    let raw_admin = run.stdout.trim_end().to_string();
+    app.remember_secret(&raw_admin);
+    assert_eq!(
+        app.get(&format!("/fetch/{raw_admin}"), Some(&raw_admin))
+            .await
+            .json()["admin"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_ci_token_mints_a_narrower_download_token_with_token_register() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    app.upload_ok(app.admin(), &product, "1.0.0", b"payload")
+        .await;
+    let ci = app.token_with(&product, Perms::ALL).await;
+    let cli = Cli::new(&app, Some(&ci));
+    let run = cli
+        .run(&[
+            "token",
+            "register",
+            "--name",
+            "consumer",
+            "--expires-in",
+            "600",
+            "--grant",
+            &format!("{product}=download"),
+        ])
+        .await;
+    run.assert_ok();
+    let minted = run.stdout.trim_end().to_string();
+    assert_eq!(run.stdout, format!("{minted}\n"));
+    app.remember_secret(&minted);
+    cli.remember(&minted);
+    let consumer = Cli::new(&app, Some(&minted));
+    consumer
+        .run(&["pull", &product, "1.0.0", "-o", "got"])
+        .await
+        .assert_ok();
+    let file = consumer.file("a.bin", b"x");
+    consumer
+        .run(&["push", &product, "2.0.0", &file])
+        .await
+        .assert_code(3);
+    let info = app
+        .get(&format!("/fetch/{minted}"), Some(app.admin()))
+        .await
+        .json();
+    assert_eq!(info["name"], "consumer");
+    assert!(info["expires_at"].is_string());
+
+    // Without a grant, or with more than its own, the server refuses: exit 3.
+    let reader = app.token_with(&product, Perms::DOWNLOAD).await;
+    let as_reader = Cli::new(&app, Some(&reader));
+    as_reader.run(&["token", "register"]).await.assert_code(3);
+    as_reader
+        .run(&[
+            "token",
+            "register",
+            "--grant",
+            &format!("{product}=download,upload"),
+        ])
+        .await
+        .assert_code(3);
+    as_reader
+        .run(&["token", "register", "--grant", "no-such-product=download"])
+        .await
+        .assert_code(4);
+    // A malformed grant is a usage error.
+    as_reader
+        .run(&[
+            "token",
+            "register",
+            "--grant",
+            &format!("{product}=everything"),
+        ])
+        .await
+        .assert_code(2);
+}
+
+#[tokio::test]
+async fn an_expired_token_exits_3_and_says_so() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let r = app
+        .put_json(
+            "/register",
+            Some(app.admin()),
+            &json!({ "expires_in": 1, "products": { &product: { "download": true } } }),
+        )
+        .await;
+    r.assert_status(201);
+    let raw = r.text();
+    app.remember_secret(&raw);
+    eventually(Duration::from_secs(15), "the token to expire", || async {
+        app.get("/product/access", Some(&raw)).await.status.as_u16() == 401
+    })
+    .await;
+    let cli = Cli::new(&app, Some(&raw));
+    let run = cli.run(&["ls", &product]).await;
+    run.assert_code(3);
+    assert!(run.stderr.contains("token_expired"), "{}", run.stderr);
+    assert!(run.stderr.contains("expired"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn token_fetch_and_prune_accept_a_raw_token_without_echoing_it() {
+    let app = TestApp::start().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let target = app.register(false).await;
+    cli.remember(&target);
+    let id = app.token_id(&target).await;
+
+    let run = cli.run(&["token", "fetch", &target]).await;
+    run.assert_ok();
+    let info: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(info["id"], id);
+    let run = cli.run(&["token", "fetch", &id]).await;
+    run.assert_ok();
+    assert!(run.stdout.contains(&id));
+
+    let run = cli.run(&["token", "prune", &target]).await;
+    run.assert_ok();
+    app.get("/product/access", Some(&target))
+        .await
+        .assert_error(401, "invalid_token");
+    cli.run(&["token", "prune", &target]).await.assert_code(4);
+    cli.run(&["token", "fetch", &id]).await.assert_code(4);
+}
+
+#[tokio::test]
+async fn product_create_grant_revoke_and_delete_work_from_the_cli() {
+    let app = TestApp::start().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let product = unique("cli-prod");
+    let run = cli.run(&["product", "create", &product]).await;
+    run.assert_ok();
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    cli.run(&["product", "create", &product])
+        .await
+        .assert_code(5);
+    app.upload_ok(app.admin(), &product, "1.0.0", b"payload")
+        .await;
+
+    let user = app.register(false).await;
+    cli.remember(&user);
+    cli.run(&["product", "grant", &product, &user, "--download"])
+        .await
+        .assert_ok();
+    let id = app.token_id(&user).await;
+    let grants = &app.fetch_product(&product).await["tokens"][&id];
+    assert_eq!(
+        *grants,
+        json!({"maintainer": false, "download": true, "upload": false, "delete": false})
+    );
+    let as_user = Cli::new(&app, Some(&user));
+    as_user
+        .run(&["pull", &product, "1.0.0", "-o", "got"])
+        .await
+        .assert_ok();
+    assert_eq!(std::fs::read(as_user.path("got")).unwrap(), b"payload");
+    // Upload was not granted.
+    let file = as_user.file("a.bin", b"x");
+    as_user
+        .run(&["push", &product, "2.0.0", &file])
+        .await
+        .assert_code(3);
+
+    cli.run(&["product", "revoke", &product, &id])
+        .await
+        .assert_ok();
+    as_user
+        .run(&["pull", &product, "1.0.0", "-o", "again"])
+        .await
+        .assert_code(4);
+
+    cli.run(&["product", "delete", &product]).await.assert_ok();
+    app.get(&format!("/product/fetch/{product}"), Some(app.admin()))
+        .await
+        .assert_error(404, "product_not_found");
+    app.wait_blob_count(0).await;
+}
+
+#[tokio::test]
+async fn url_and_token_flags_work_without_the_environment() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, None);
+    cli.remember(app.admin());
+    let url = app.url("");
+    let run = cli
+        .run_with_env(&["ls", "--url", &url, "--token", app.admin()], &[])
+        .await;
+    run.assert_ok();
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), [product.as_str()]);
+    // Flags win over the environment.
+    let env = [
+        (
+            "DEPOT_URL".to_string(),
+            format!("http://127.0.0.1:{}", closed_port()),
+        ),
+        ("DEPOT_TOKEN".to_string(), "depot_wrong".to_string()),
+    ];
+    cli.run_with_env(&["ls", "--url", &url, "--token", app.admin()], &env)
+        .await
+        .assert_ok();
+}
+
+#[tokio::test]
+async fn output_is_quiet_lines_without_progress_bars_when_stderr_is_not_a_terminal() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let file = cli.file("big.bin", &payload(30, 4 * 1024 * 1024));
+    let push = cli.run(&["push", &product, "1.0.0", &file]).await;
+    push.assert_ok();
+    assert_no_progress_bar(&push);
+    assert!(push.stderr.is_empty(), "stderr: {:?}", push.stderr);
+    assert_eq!(push.stdout.lines().count(), 1, "{:?}", push.stdout);
+
+    let pull = cli
+        .run(&["pull", &product, "1.0.0", "-o", "copy.bin"])
+        .await;
+    pull.assert_ok();
+    assert_no_progress_bar(&pull);
+    assert!(pull.stderr.is_empty(), "stderr: {:?}", pull.stderr);
+    assert_eq!(pull.stdout.lines().count(), 1, "{:?}", pull.stdout);
+
+    let failed = cli.run(&["pull", &product, "9.9.9"]).await;
+    failed.assert_code(4);
+    assert_no_progress_bar(&failed);
+}
+
+#[tokio::test]
+async fn the_server_log_never_shows_tokens_the_cli_sent() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let user = app.token_with(&product, Perms::DOWNLOAD).await;
+    cli.remember(&user);
+    cli.run(&["token", "fetch", &user]).await.assert_ok();
+    cli.run(&["token", "prune", &user]).await.assert_ok();
+    // TestApp's drop checks the server's stderr and stdout for every remembered token.
+    app.assert_no_secrets_logged();
+}
