@@ -10,6 +10,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 
 pub mod artifacts;
 pub mod health;
+pub mod openapi;
 pub mod products;
 pub mod tokens;
 
@@ -25,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
     ("PUT", "/register"),
     ("GET", "/fetch/{token}"),
     ("DELETE", "/prune/{token}"),
@@ -57,6 +59,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/livez") => get(health::livez),
         ("GET", "/readyz") => get(health::readyz),
         ("GET", "/metrics") => get(health::metrics),
+        ("GET", "/openapi.json") => get(openapi::openapi_json),
         ("PUT", "/register") => put(tokens::register),
         ("GET", "/fetch/{token}") => get(tokens::fetch),
         ("DELETE", "/prune/{token}") => delete(tokens::prune),
