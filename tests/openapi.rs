@@ -20,3 +20,24 @@ async fn openapi_json_serves_the_spec_without_a_token_at_both_mounts() {
     assert_eq!(expected["openapi"], "3.1.0");
     assert!(expected["paths"]["/openapi.json"]["get"].is_object());
 }
+
+#[tokio::test]
+async fn an_oversized_json_body_is_a_json_413_on_every_json_endpoint() {
+    let app = TestApp::start().await;
+    let body = vec![b' '; 3 * 1024 * 1024];
+    for (method, path) in [
+        (reqwest::Method::PUT, "/register"),
+        (reqwest::Method::PUT, "/product/create"),
+        (reqwest::Method::PUT, "/product/modify/addToken"),
+        (reqwest::Method::DELETE, "/product/modify/deleteToken"),
+    ] {
+        let r = app
+            .send(
+                app.request(method.clone(), path, Some(app.admin()))
+                    .header("content-type", "application/json")
+                    .body(body.clone()),
+            )
+            .await;
+        r.assert_error(413, "payload_too_large");
+    }
+}

@@ -1,13 +1,12 @@
 //! Token management: register, fetch, prune, list.
 
-use super::{ApiPath, rfc3339};
+use super::{ApiBytes, ApiPath, rfc3339};
 use crate::app::AppState;
 use crate::auth::{Caller, generate_token, generate_token_id, hash_token};
 use crate::domain::permissions::Grant;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{TokenRecord, now_ms};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -50,7 +49,7 @@ impl From<&TokenRecord> for TokenInfo {
 pub async fn register(
     State(app): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, [(http::HeaderName, &'static str); 1], String)> {
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest::default()
