@@ -45,6 +45,10 @@ impl From<&TokenRecord> for TokenInfo {
     }
 }
 
+/// The last instant RFC 3339 can write, `9999-12-31T23:59:59Z`, in Unix milliseconds: a
+/// later expiry could not be shown (and `expires_at` cannot name one).
+const MAX_EXPIRY_MS: i64 = 253_402_300_799_000;
+
 /// `PUT /register`: returns the raw token once, as text/plain.
 pub async fn register(
     State(app): State<AppState>,
@@ -77,6 +81,12 @@ pub async fn register(
                         "expires_in must be a positive number of seconds",
                     )
                 })?;
+            if ms > MAX_EXPIRY_MS {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expires_in reaches past 9999-12-31T23:59:59Z, the last expiry a token can have",
+                ));
+            }
             Some(ms)
         }
         (None, Some(at)) => {
