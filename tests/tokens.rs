@@ -432,3 +432,32 @@ async fn no_raw_token_appears_in_the_server_log() {
         app.log()
     );
 }
+
+#[tokio::test]
+async fn an_expiry_past_the_year_9999_is_refused_rather_than_shown_as_1970() {
+    let app = TestApp::start().await;
+    let r = app
+        .put_json(
+            "/register",
+            Some(app.admin()),
+            &json!({ "expires_in": 9_000_000_000_000_000u64 }),
+        )
+        .await;
+    r.assert_error(400, "invalid_body");
+    // The last expiry RFC 3339 can write is fine, given either way.
+    let r = app
+        .put_json(
+            "/register",
+            Some(app.admin()),
+            &json!({ "expires_at": "9999-12-31T23:59:59Z" }),
+        )
+        .await;
+    r.assert_status(201);
+    let raw = r.text();
+    app.remember_secret(&raw);
+    let info = app
+        .get(&format!("/fetch/{raw}"), Some(app.admin()))
+        .await
+        .json();
+    assert_eq!(info["expires_at"], "9999-12-31T23:59:59Z");
+}

@@ -4,55 +4,92 @@
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
-use axum::routing::{delete, get, post, put};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use http::StatusCode;
 
 pub mod artifacts;
 pub mod health;
+pub mod openapi;
 pub mod products;
 pub mod tokens;
 
+/// Every route of the API as (method, path template): the single list that `routes()`
+/// builds the router from, and that the OpenAPI test compares with
+/// `openapi/openapi.yaml`. A route cannot be served without being listed here: adding
+/// one means a line here and an arm in `handler`.
+///
+/// axum also answers `HEAD` on every `GET` route with the GET handler (body removed);
+/// the routes in [`HEAD_ROUTES`] are the ones whose HEAD the spec documents.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("PUT", "/register"),
+    ("GET", "/fetch/{token}"),
+    ("DELETE", "/prune/{token}"),
+    ("GET", "/tokens"),
+    ("GET", "/product/access"),
+    ("PUT", "/product/create"),
+    ("GET", "/product/fetch/{product}"),
+    ("DELETE", "/product/delete/{product}"),
+    ("PUT", "/product/modify/{action}"),
+    ("DELETE", "/product/modify/{action}"),
+    ("POST", "/product/upload"),
+    ("GET", "/product/download/{product}/{version}"),
+    ("DELETE", "/product/delete/{product}/{version}"),
+    ("GET", "/product/presign/{product}/{version}"),
+    ("GET", "/product/versions/{product}"),
+    ("GET", "/signed/{product}/{version}"),
+];
+
+/// `GET` routes whose `HEAD` (served by the GET handler) is part of the documented API:
+/// the artifact's headers without its body.
+pub const HEAD_ROUTES: &[&str] = &[
+    "/product/download/{product}/{version}",
+    "/signed/{product}/{version}",
+];
+
+/// The handler of one entry of [`ROUTES`].
+fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
+    match (method, path) {
+        ("GET", "/health") => get(health::health),
+        ("GET", "/livez") => get(health::livez),
+        ("GET", "/readyz") => get(health::readyz),
+        ("GET", "/metrics") => get(health::metrics),
+        ("GET", "/openapi.json") => get(openapi::openapi_json),
+        ("PUT", "/register") => put(tokens::register),
+        ("GET", "/fetch/{token}") => get(tokens::fetch),
+        ("DELETE", "/prune/{token}") => delete(tokens::prune),
+        ("GET", "/tokens") => get(tokens::list),
+        ("GET", "/product/access") => get(products::access),
+        ("PUT", "/product/create") => put(products::create),
+        ("GET", "/product/fetch/{product}") => get(products::fetch),
+        ("DELETE", "/product/delete/{product}") => delete(products::delete),
+        ("PUT", "/product/modify/{action}") => put(products::modify_put),
+        ("DELETE", "/product/modify/{action}") => delete(products::modify_delete),
+        // The upload enforces its own limit while streaming.
+        ("POST", "/product/upload") => post(artifacts::upload).layer(DefaultBodyLimit::disable()),
+        ("GET", "/product/download/{product}/{version}") => get(artifacts::download),
+        ("DELETE", "/product/delete/{product}/{version}") => delete(artifacts::delete_version),
+        ("GET", "/product/presign/{product}/{version}") => get(artifacts::presign),
+        ("GET", "/product/versions/{product}") => get(artifacts::list_versions),
+        ("GET", "/signed/{product}/{version}") => get(artifacts::signed_download),
+        _ => panic!("api::ROUTES lists {method} {path}, which has no handler"),
+    }
+}
+
+/// The router, built from [`ROUTES`] (axum merges several methods on one path).
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/register", put(tokens::register))
-        .route("/fetch/{token}", get(tokens::fetch))
-        .route("/prune/{token}", delete(tokens::prune))
-        .route("/tokens", get(tokens::list))
-        .route("/product/access", get(products::access))
-        .route("/product/create", put(products::create))
-        .route("/product/fetch/{product}", get(products::fetch))
-        .route("/product/delete/{product}", delete(products::delete))
-        .route(
-            "/product/modify/{action}",
-            put(products::modify_put).delete(products::modify_delete),
-        )
-        .route(
-            "/product/upload",
-            // The upload enforces its own limit while streaming.
-            post(artifacts::upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/product/download/{product}/{version}",
-            get(artifacts::download),
-        )
-        .route(
-            "/product/delete/{product}/{version}",
-            delete(artifacts::delete_version),
-        )
-        .route(
-            "/product/presign/{product}/{version}",
-            get(artifacts::presign),
-        )
-        .route("/product/versions/{product}", get(artifacts::list_versions))
-        .route(
-            "/signed/{product}/{version}",
-            get(artifacts::signed_download),
-        )
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, &(method, path)| {
+            router.route(path, handler(method, path))
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -84,8 +121,48 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
+/// A raw request body whose rejections (too large, unreadable) are JSON errors.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(ApiError::from)
+    }
+}
+
+/// The default body limit of the JSON endpoints (axum's `DefaultBodyLimit`).
+const JSON_BODY_LIMIT: &str = "2 MiB";
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body exceeds the limit of {JSON_BODY_LIMIT}"),
+    )
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return body_too_large();
+        }
+        ApiError::bad_request(
+            "invalid_body",
+            format!("unreadable request body: {}", rejection.body_text()),
+        )
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return body_too_large();
+        }
         ApiError::bad_request(
             "invalid_body",
             format!("invalid JSON body: {}", rejection.body_text()),
@@ -124,5 +201,26 @@ pub fn name_error(err: crate::domain::names::NameError) -> ApiError {
     match err {
         NameError::Invalid(msg) => ApiError::bad_request("invalid_name", msg),
         NameError::Reserved(msg) => ApiError::bad_request("reserved_name", msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_route_has_a_handler_and_builds() {
+        // Panics on a route without a handler, or on the same method twice on a path.
+        let _ = routes();
+        let mut seen = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(seen.insert(route), "{route:?} is listed twice");
+        }
+        for path in HEAD_ROUTES {
+            assert!(
+                ROUTES.contains(&("GET", path)),
+                "HEAD {path} needs a GET route"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Products: access list, create, fetch, delete, and the `modify` actions.
 
-use super::{ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
+use super::{ApiBytes, ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
 use crate::api::artifacts::{VersionInfo, latest, remove_version};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -143,7 +143,7 @@ pub async fn modify_put(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(action): ApiPath<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<StatusCode> {
     if action != "addToken" {
         return Err(unknown_action(&action, "addToken"));
@@ -188,7 +188,7 @@ pub async fn modify_delete(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(action): ApiPath<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<StatusCode> {
     match action.as_str() {
         "deleteVersion" => {

@@ -1,13 +1,12 @@
 //! Token management: register, fetch, prune, list.
 
-use super::{ApiPath, rfc3339};
+use super::{ApiBytes, ApiPath, rfc3339};
 use crate::app::AppState;
 use crate::auth::{Caller, generate_token, generate_token_id, hash_token};
 use crate::domain::permissions::Grant;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{TokenRecord, now_ms};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -46,11 +45,15 @@ impl From<&TokenRecord> for TokenInfo {
     }
 }
 
+/// The last instant RFC 3339 can write, `9999-12-31T23:59:59Z`, in Unix milliseconds: a
+/// later expiry could not be shown (and `expires_at` cannot name one).
+const MAX_EXPIRY_MS: i64 = 253_402_300_799_000;
+
 /// `PUT /register`: returns the raw token once, as text/plain.
 pub async fn register(
     State(app): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, [(http::HeaderName, &'static str); 1], String)> {
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest::default()
@@ -78,6 +81,12 @@ pub async fn register(
                         "expires_in must be a positive number of seconds",
                     )
                 })?;
+            if ms > MAX_EXPIRY_MS {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expires_in reaches past 9999-12-31T23:59:59Z, the last expiry a token can have",
+                ));
+            }
             Some(ms)
         }
         (None, Some(at)) => {
