@@ -41,6 +41,9 @@ DEPOT_TEST_BACKEND=production cargo test --locked "${HTTP_SUITES[@]}" -- --test-
 step "backend-specific tests (outages, two replicas, multipart, janitor)"
 DEPOT_TEST_BACKEND=production cargo test --locked --test backends -- --ignored --test-threads=2
 
+step "Schemathesis against the OpenAPI spec (live embedded server, positive and negative input)"
+scripts/schemathesis.sh
+
 step "deployment files"
 scripts/check-deploy.sh
 
