@@ -594,8 +594,14 @@ fn semver_of(name: &str) -> Option<semver::Version> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_versions_page_completely_and_in_order() {
-    const COUNT: usize = 10_000;
     let app = TestApp::start().await;
+    // 10,000 on the embedded default. The test MongoDB server (SecantusDB, in Python)
+    // takes many minutes just to accept 10,000 uploads, so the production pass seeds
+    // 2,000 and pages through them with the same indexed range query.
+    let count: usize = match app.backend {
+        Backend::Embedded => 10_000,
+        Backend::Production => 2_000,
+    };
     let product = app.product().await;
     // A pooled client of its own: the harness's opens a connection per request.
     let client = reqwest::Client::builder()
@@ -605,8 +611,8 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
         .build()
         .unwrap();
     // Uploaded in a scrambled order, so the listing order is the server's doing.
-    let mut order: Vec<usize> = (0..COUNT).collect();
-    order.sort_by_key(|i| (i * 7919) % COUNT);
+    let mut order: Vec<usize> = (0..count).collect();
+    order.sort_by_key(|i| (i * 7919) % count);
     let started = Instant::now();
     let mut uploads = futures::stream::iter(order)
         .map(|i| {
@@ -636,7 +642,7 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
     let upload_time = started.elapsed();
 
     let started = Instant::now();
-    let mut listed: Vec<Value> = Vec::with_capacity(COUNT);
+    let mut listed: Vec<Value> = Vec::with_capacity(count);
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     let mut slowest_page = Duration::ZERO;
@@ -673,23 +679,23 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
     }
     let small_time = started.elapsed();
     eprintln!(
-        "{COUNT} versions ({:?} backend): uploads {upload_time:.2?} at concurrency 16; \
+        "{count} versions ({:?} backend): uploads {upload_time:.2?} at concurrency 16; \
          full listing in {pages} pages of 1000: {list_time:.2?} (slowest page {slowest_page:.2?}); \
          50 pages of 10: {small_time:.2?}",
         app.backend
     );
 
-    assert_eq!(pages, COUNT / 1000);
+    assert_eq!(pages, count / 1000);
     let got = names(&listed);
-    assert_eq!(got.len(), COUNT);
+    assert_eq!(got.len(), count);
     let distinct: HashSet<&String> = got.iter().collect();
-    assert_eq!(distinct.len(), COUNT, "every version exactly once");
+    assert_eq!(distinct.len(), count, "every version exactly once");
     let split = got
         .iter()
         .position(|n| semver_of(n).is_none())
         .expect("non-semver versions are listed");
     let (semvers, others) = got.split_at(split);
-    assert_eq!(semvers.len(), COUNT - COUNT / 20);
+    assert_eq!(semvers.len(), count - count / 20);
     assert!(
         others.iter().all(|n| semver_of(n).is_none()),
         "non-semver names come after all semver ones"
@@ -712,14 +718,14 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
     for pair in times.windows(2) {
         assert!(pair[0] >= pair[1], "newest upload first: {pair:?}");
     }
-    let expected_top = (0..COUNT)
+    let expected_top = (0..count)
         .map(bulk_version)
         .filter(|n| semver_of(n).is_some_and(|v| v.pre.is_empty()))
         .max_by(|a, b| semver_of(a).unwrap().cmp_precedence(&semver_of(b).unwrap()))
         .unwrap();
     let r = app.download(app.admin(), &product, "latest").await;
     r.assert_status(200);
-    let expected_index = (0..COUNT)
+    let expected_index = (0..count)
         .find(|i| bulk_version(*i) == expected_top)
         .unwrap();
     assert_eq!(r.body, [expected_index as u8], "latest is {expected_top}");
