@@ -20,33 +20,6 @@ fn require_production() {
     );
 }
 
-/// Object keys and the number of incomplete multipart uploads under the app's prefix.
-async fn bucket_contents(app: &TestApp) -> (Vec<String>, usize) {
-    let client = s3_client(&app.setting("DEPOT_S3_ENDPOINT").expect("endpoint"));
-    let bucket = app.setting("DEPOT_S3_BUCKET").expect("bucket");
-    let prefix = app.setting("DEPOT_S3_PREFIX").expect("prefix");
-    let objects = client
-        .list_objects_v2()
-        .bucket(&bucket)
-        .prefix(&prefix)
-        .send()
-        .await
-        .expect("list objects");
-    let keys = objects
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_string))
-        .collect();
-    let uploads = client
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .prefix(&prefix)
-        .send()
-        .await
-        .expect("list multipart uploads");
-    (keys, uploads.uploads().len())
-}
-
 #[derive(Clone, Copy)]
 struct Ports {
     redis: u16,
@@ -336,7 +309,7 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
     eventually(
         Duration::from_secs(30),
         "the janitor cleans the bucket",
-        || async { bucket_contents(&app).await == (Vec::new(), 0) },
+        || async { app.s3_listing().await == (Vec::new(), 0) },
     )
     .await;
     // The version can be uploaded afterwards.
@@ -356,7 +329,7 @@ async fn mongo_outage_is_503_with_a_clear_error_and_nothing_half_written() {
         .await;
     let product = app.product().await;
     app.upload_ok(app.admin(), &product, "v1", b"before").await;
-    let (objects_before, _) = bucket_contents(&app).await;
+    let (objects_before, _) = app.s3_listing().await;
 
     services.stop("mongo").await;
     let health = app.get("/health", None).await;
@@ -378,7 +351,7 @@ async fn mongo_outage_is_503_with_a_clear_error_and_nothing_half_written() {
         .await;
     unknown.assert_error(503, "metadata_unavailable");
 
-    let (objects_after, uploads) = bucket_contents(&app).await;
+    let (objects_after, uploads) = app.s3_listing().await;
     assert_eq!(objects_after, objects_before, "no new object in the bucket");
     assert_eq!(uploads, 0, "no multipart upload left");
 }
@@ -522,7 +495,7 @@ async fn the_janitor_removes_orphan_objects_and_stale_multipart_uploads() {
         .await
         .expect("create multipart");
     eventually(Duration::from_secs(30), "orphans removed", || async {
-        let (keys, uploads) = bucket_contents(&app).await;
+        let (keys, uploads) = app.s3_listing().await;
         keys.len() == 1 && uploads == 0
     })
     .await;

@@ -682,47 +682,54 @@ impl TestApp {
     pub fn blob_count(&self) -> Option<usize> {
         match self.backend {
             Backend::Embedded => Some(count_files(&self.data_dir.join("blobs"))),
-            Backend::Production => Some(self.s3_count(false) + self.s3_count(true)),
+            Backend::Production => Some(self.s3_count()),
         }
     }
 
-    /// Counts objects (`uploads` false) or incomplete multipart uploads (`uploads` true)
-    /// under this server's S3 prefix. Runs the SDK on a thread of its own, since callers
-    /// are synchronous and may be inside a single-threaded test runtime.
-    fn s3_count(&self, uploads: bool) -> usize {
-        let endpoint = self.setting("DEPOT_S3_ENDPOINT").expect("S3 endpoint");
+    /// Object keys and the number of incomplete multipart uploads under this server's
+    /// S3 prefix, looked up behind Depot's back.
+    pub async fn s3_listing(&self) -> (Vec<String>, usize) {
+        let client = s3_client(&self.setting("DEPOT_S3_ENDPOINT").expect("S3 endpoint"));
         let bucket = self.setting("DEPOT_S3_BUCKET").expect("S3 bucket");
         let prefix = format!("{}/", self.setting("DEPOT_S3_PREFIX").expect("S3 prefix"));
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let client = s3_client(&endpoint);
-                if uploads {
-                    let out = client
-                        .list_multipart_uploads()
-                        .bucket(&bucket)
-                        .prefix(&prefix)
-                        .send()
-                        .await
-                        .expect("list multipart uploads");
-                    out.uploads().len()
-                } else {
-                    let out = client
-                        .list_objects_v2()
-                        .bucket(&bucket)
-                        .prefix(&prefix)
-                        .send()
-                        .await
-                        .expect("list objects");
-                    out.contents().len()
-                }
-            })
+        let objects = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .expect("list objects");
+        let keys = objects
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        let uploads = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .expect("list multipart uploads");
+        (keys, uploads.uploads().len())
+    }
+
+    /// `s3_listing` as a count, from synchronous code: on a thread of its own, since the
+    /// caller may be inside a single-threaded test runtime.
+    fn s3_count(&self) -> usize {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    let (keys, uploads) = runtime.block_on(self.s3_listing());
+                    keys.len() + uploads
+                })
+                .join()
+                .expect("S3 listing thread")
         })
-        .join()
-        .expect("S3 listing thread")
     }
 
     /// Polls until `blob_count()` is `expected` (or is `None`); panics after 10 s.
