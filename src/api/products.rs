@@ -1,11 +1,12 @@
 //! Products: access list, create, fetch, delete, and the `modify` actions.
 
 use super::{ApiBytes, ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
-use crate::api::artifacts::{VersionInfo, latest, remove_version};
+use crate::api::artifacts::{VersionInfo, remove_version};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::names::validate_product;
 use crate::domain::permissions::{Grant, ProductOp};
+use crate::domain::version::latest_of;
 use crate::error::{ApiError, ApiResult, MetaError};
 use crate::meta::{ProductRecord, now_ms};
 use axum::Json;
@@ -86,13 +87,18 @@ pub async fn fetch(
 ) -> ApiResult<Json<ProductInfo>> {
     validate_product(&product).map_err(name_error)?;
     caller.authorize(&product, ProductOp::Fetch)?;
-    let (record, grants, versions, latest) = tokio::try_join!(
-        async { Ok(app.meta.product(&product).await?) },
-        async { Ok(app.meta.grants_of_product(&product).await?) },
-        async { Ok(app.meta.list_versions(&product).await?) },
-        latest(&app, &product, query.prerelease),
+    let (record, grants, versions) = tokio::try_join!(
+        app.meta.product(&product),
+        app.meta.grants_of_product(&product),
+        app.meta.list_versions(&product),
     )?;
     let record = record.ok_or_else(|| ApiError::product_not_found(&product))?;
+    // Every version is loaded already: pick `latest` among them rather than asking again.
+    let latest = latest_of(
+        versions.iter().map(|v| (v.kind, v.sort_key.as_str(), v)),
+        query.prerelease,
+    )
+    .cloned();
     Ok(Json(ProductInfo {
         name: record.name,
         created_at: rfc3339(record.created_at),

@@ -27,6 +27,31 @@ pub fn kind_of(version: &str) -> VersionKind {
     }
 }
 
+/// What `latest` means among `(kind, sort_key, item)`: the first release in listing order
+/// (or release or pre-release, when pre-releases are allowed); when no version is semver
+/// at all, the newest upload; nothing when only pre-releases exist and were not asked for.
+pub fn latest_of<'a, T>(
+    items: impl IntoIterator<Item = (VersionKind, &'a str, T)>,
+    allow_prerelease: bool,
+) -> Option<T> {
+    let mut best: [Option<(&'a str, T)>; 3] = [None, None, None];
+    for (kind, key, item) in items {
+        let slot = &mut best[kind as usize];
+        if slot.as_ref().is_none_or(|(k, _)| key < *k) {
+            *slot = Some((key, item));
+        }
+    }
+    let [release, pre, other] = best;
+    let semver = match (release, pre) {
+        (Some(r), Some(p)) if allow_prerelease => Some(if p.0 < r.0 { p } else { r }),
+        (Some(r), _) => Some(r),
+        (None, Some(p)) if allow_prerelease => Some(p),
+        (None, Some(_)) => return None,
+        (None, None) => None,
+    };
+    semver.or(other).map(|(_, item)| item)
+}
+
 /// A key whose ascending byte order is the listing order of `newest_first`: semantic
 /// versions by descending precedence, then other names by descending upload time. Stores
 /// index it, so a page of a long listing is one range query.
@@ -131,6 +156,31 @@ mod sort_key_tests {
         let rule: Vec<&str> = by_rule.iter().map(|x| x.0).collect();
         let key: Vec<&str> = by_key.iter().map(|x| x.0).collect();
         assert_eq!(key, rule);
+    }
+
+    #[test]
+    fn latest_prefers_releases_then_falls_back_to_the_newest_upload() {
+        fn pick(names: &[(&'static str, i64)], pre: bool) -> Option<&'static str> {
+            let keyed: Vec<(VersionKind, String, &'static str)> = names
+                .iter()
+                .map(|(n, at)| (kind_of(n), sort_key(n, *at), *n))
+                .collect();
+            latest_of(keyed.iter().map(|(k, s, n)| (*k, s.as_str(), *n)), pre)
+        }
+        let mixed = [
+            ("v1.0.0", 1),
+            ("v1.1.0-beta.1", 2),
+            ("v0.9.0", 3),
+            ("nightly", 4),
+        ];
+        assert_eq!(pick(&mixed, false), Some("v1.0.0"));
+        assert_eq!(pick(&mixed, true), Some("v1.1.0-beta.1"));
+        assert_eq!(
+            pick(&[("abc", 10), ("def", 20), ("ghi", 15)], false),
+            Some("def")
+        );
+        assert_eq!(pick(&[("1.0.0-rc.1", 1), ("nightly", 2)], false), None);
+        assert_eq!(pick(&[], false), None);
     }
 
     #[test]
