@@ -1026,7 +1026,8 @@ def chart_svg(rows, subtitle: str = "") -> str:
         color = {"PASS": "#3a9a4a", "FAIL": "#c8413b"}.get(result, "#9a9a9a")
         out.append(f'<text x="{left - 8}" y="{y + bar_h * 0.68:.1f}" text-anchor="end">{esc(label)}</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{max(1.0, x(v) - left):.1f}" height="{bar_h}" fill="{color}"/>')
-        out.append(f'<text x="{x(v) + 6:.1f}" y="{y + bar_h * 0.68:.1f}">{v:.2f}x</text>')
+        tx = max(x(v), x(target) + 2 if target else 0) + 6  # right of the bar and of the target tick
+        out.append(f'<text x="{tx:.1f}" y="{y + bar_h * 0.68:.1f}">{v:.2f}x</text>')
         if target:
             out.append(f'<line x1="{x(target):.1f}" y1="{y - 4}" x2="{x(target):.1f}" y2="{y + bar_h + 4}" '
                        f'stroke="black" stroke-width="3"/>')
@@ -1139,7 +1140,7 @@ def parse_args(argv):
     p.add_argument("--own-services", action="store_true",
                    help=f"run a private Redis/SecantusDB/SeaweedFS instance in {OWN_SERVICES_DIR} on free "
                         "ports (stopped and deleted at the end) instead of the shared one")
-    p.add_argument("--keep", action="store_true", help="keep the bench dir (files, logs) afterwards")
+    p.add_argument("--keep", action="store_true", help="keep this run's dir (test files, logs) afterwards")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md and the chart")
     p.add_argument("--command", default="bench/run", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1161,9 +1162,10 @@ def main(argv) -> int:
     sizes = QUICK if args.quick else FULL
     bench_dir = Path(os.environ.get("DEPOT_BENCH_DIR", "/var/tmp/depot-bench"))
     run_id = time.strftime("%m%d%H%M%S") + f"-{os.getpid()}"
-    bench_dir_existed = bench_dir.exists()
-    ctx = Ctx(args=args, sizes=sizes, bench_dir=bench_dir, run_dir=bench_dir / f"run-{run_id}",
-              files_dir=bench_dir / "files", run_id=run_id, binary=Path(), services={}, s3_pid=None)
+    run_dir = bench_dir / f"run-{run_id}"
+    # Test files live in the run's own dir, so concurrent runs never delete each other's.
+    ctx = Ctx(args=args, sizes=sizes, bench_dir=bench_dir, run_dir=run_dir,
+              files_dir=run_dir / "files", run_id=run_id, binary=Path(), services={}, s3_pid=None)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1237,17 +1239,13 @@ def main(argv) -> int:
         elif rc == 0 and not args.no_docs:
             log("--only: docs/BENCHMARKS.md left as it is")
     if args.keep:
-        log(f"kept {bench_dir}")
-    elif bench_dir_existed:
-        # Only what this run created (and the test files, which are large).
+        log(f"kept {ctx.run_dir} (test files, data dirs, logs)")
+    else:
         shutil.rmtree(ctx.run_dir, ignore_errors=True)
-        shutil.rmtree(ctx.files_dir, ignore_errors=True)
         try:
-            bench_dir.rmdir()
+            bench_dir.rmdir()  # only when no other run (or anything else) uses it
         except OSError:
             pass
-    else:
-        shutil.rmtree(bench_dir, ignore_errors=True)
     return rc
 
 
