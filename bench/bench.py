@@ -1223,6 +1223,7 @@ def main(argv) -> int:
         if ctx.own_services:
             try:
                 services_cmd(ctx, "clean")  # stops the private instance and deletes its state
+                shutil.rmtree(OWN_SERVICES_DIR, ignore_errors=True)  # what clean leaves (.lock)
             except subprocess.CalledProcessError as e:
                 log(f"could not stop the private services instance: {e}")
     wall = time.perf_counter() - t_start
