@@ -588,6 +588,15 @@ fn bulk_version(i: usize) -> String {
     }
 }
 
+/// The end of the server's stderr, for a failure where the server went away.
+fn server_log_tail(app: &TestApp) -> String {
+    let log = app.log();
+    let start = (log.len().saturating_sub(3000)..log.len())
+        .find(|i| log.is_char_boundary(*i))
+        .unwrap_or(log.len());
+    format!("--- server stderr (tail) ---\n{}", &log[start..])
+}
+
 fn semver_of(name: &str) -> Option<semver::Version> {
     semver::Version::parse(name.strip_prefix('v').unwrap_or(name)).ok()
 }
@@ -627,7 +636,9 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
                     .body(body)
                     .send()
                     .await
-                    .expect("upload request");
+                    .unwrap_or_else(|err| {
+                        panic!("upload of {version}: {err}\n{}", server_log_tail(app))
+                    });
                 let status = resp.status();
                 assert_eq!(
                     status.as_u16(),
@@ -638,7 +649,13 @@ async fn ten_thousand_versions_page_completely_and_in_order() {
             }
         })
         .buffer_unordered(16);
-    while uploads.next().await.is_some() {}
+    let mut done = 0;
+    while uploads.next().await.is_some() {
+        done += 1;
+        if done % 1000 == 0 {
+            eprintln!("{done} uploads in {:.1?}", started.elapsed());
+        }
+    }
     let upload_time = started.elapsed();
 
     let started = Instant::now();
