@@ -328,8 +328,10 @@ impl Client {
         output: Option<&Path>,
         prerelease: bool,
     ) -> ClientResult<PathBuf> {
-        let query = if prerelease { "?prerelease=true" } else { "" };
-        let path = format!("/product/download/{product}/{version}{query}");
+        // Always through Depot (never a redirect): the token must not follow a 302 to
+        // another host, and HEAD, Range and If-Range need Depot's own headers.
+        let path =
+            format!("/product/download/{product}/{version}?redirect=false&prerelease={prerelease}");
         // HEAD first: the final name, size and digest, before touching the disk.
         let head = self
             .request(Method::HEAD, &path)?

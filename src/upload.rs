@@ -272,21 +272,41 @@ pub async fn receive(
     headers: &HeaderMap,
     multipart: Multipart,
 ) -> ApiResult<UploadResult> {
+    let mut multipart = multipart;
     let mut guard = None;
-    let result = receive_into(app, caller, headers, multipart, &mut guard).await;
-    if result.is_err()
-        && let Some(guard) = guard.take()
-    {
-        guard.cleanup().await;
+    let result = receive_into(app, caller, headers, &mut multipart, &mut guard).await;
+    if result.is_err() {
+        if let Some(guard) = guard.take() {
+            guard.cleanup().await;
+        }
+        drain_small_rest(&mut multipart).await;
     }
     result
+}
+
+/// Reads what is left of a refused upload's body, up to a small cap and time, so a client
+/// still sending a small form sees the error response instead of a reset connection.
+async fn drain_small_rest(multipart: &mut Multipart) {
+    const CAP: usize = 1024 * 1024;
+    let drain = async {
+        let mut seen = 0usize;
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                seen += chunk.len();
+                if seen > CAP {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 async fn receive_into(
     app: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    mut multipart: Multipart,
+    multipart: &mut Multipart,
     guard: &mut Option<UploadGuard>,
 ) -> ApiResult<UploadResult> {
     let limit = app.settings.max_upload_bytes;
