@@ -272,7 +272,7 @@ impl Client {
         // connection, which a streaming client sees as a broken pipe: ask first.
         let probe = self.request(
             Method::HEAD,
-            &format!("/product/download/{product}/{version}"),
+            &format!("/product/download/{product}/{version}?redirect=false"),
         )?;
         if probe.send().await.map_err(network)?.status() == StatusCode::OK {
             return Err(fail(
