@@ -183,10 +183,9 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>> {
-        let hash = hash.to_string();
         self.read_now(|txn| {
             let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
-            match tokens.get(hash.as_str()).map_err(unavailable)? {
+            match tokens.get(hash).map_err(unavailable)? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
@@ -194,10 +193,9 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>> {
-        let id = id.to_string();
         self.read_now(|txn| {
             let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
-            let Some(hash) = ids.get(id.as_str()).map_err(unavailable)? else {
+            let Some(hash) = ids.get(id).map_err(unavailable)? else {
                 return Ok(None);
             };
             let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
@@ -255,18 +253,16 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
-        let id = token_id.to_string();
         self.read_now(|txn| {
             let table = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;
-            scan_prefix(&table, &id)
+            scan_prefix(&table, token_id)
         })
     }
 
     async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>> {
-        let product = product.to_string();
         self.read_now(|txn| {
             let table = txn.open_table(GRANTS).map_err(unavailable)?;
-            scan_prefix(&table, &product)
+            scan_prefix(&table, product)
         })
     }
 
@@ -346,10 +342,9 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>> {
-        let name = name.to_string();
         self.read_now(|txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            match products.get(name.as_str()).map_err(unavailable)? {
+            match products.get(name).map_err(unavailable)? {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
@@ -590,10 +585,9 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {
-        let key = key.to_string();
         self.read_now(|txn| {
             let keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
-            Ok(keys.get(key.as_str()).map_err(unavailable)?.is_some())
+            Ok(keys.get(key).map_err(unavailable)?.is_some())
         })
     }
 }
