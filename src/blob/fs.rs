@@ -4,14 +4,23 @@
 use super::*;
 use futures::StreamExt;
 use std::io::SeekFrom;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use tokio::fs::{self, File};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncSeekExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
 
 const PARTIAL_SUFFIX: &str = ".partial";
-const WRITE_BUFFER: usize = 1024 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
+/// One write to disk, and the unit of an upload's buffers.
+const WRITE_BLOCK: usize = 2 * 1024 * 1024;
+/// Buffers per upload: one filling while the others wait for or go through `write`.
+const BLOCKS_PER_UPLOAD: usize = 3;
+/// `O_DIRECT` wants buffer addresses, lengths and file offsets aligned to the device's
+/// logical block size; 4096 covers the devices in use.
+const DIRECT_ALIGN: usize = 4096;
 
 pub struct FsBlobStore {
     root: PathBuf,
@@ -44,16 +53,144 @@ impl FsBlobStore {
     }
 }
 
+/// A write buffer whose filled part starts at a `DIRECT_ALIGN`ed address.
+struct Block {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        // Zeroed allocation: the pages are only touched (faulted in) once, on first fill.
+        let raw = vec![0u8; WRITE_BLOCK + DIRECT_ALIGN];
+        // If the address cannot be aligned, direct writes fail with EINVAL and the
+        // writer falls back to buffered ones; the data is right either way.
+        let start = match raw.as_ptr().align_offset(DIRECT_ALIGN) {
+            offset if offset < DIRECT_ALIGN => offset,
+            _ => 0,
+        };
+        Self { raw, start, len: 0 }
+    }
+
+    fn room(&self) -> usize {
+        WRITE_BLOCK - self.len
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let at = self.start + self.len;
+        self.raw[at..at + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// The file being written, from a blocking thread. Whole blocks go through an `O_DIRECT`
+/// handle when the filesystem allows one: no page-cache copy of a large artifact (that
+/// copy cost more CPU than hashing it), and little left for the final `fsync`. The tail
+/// and any filesystem without `O_DIRECT` use the ordinary handle. Writes are positional,
+/// so a block retried on the other handle lands in the same place.
+struct DiskFile {
+    plain: std::fs::File,
+    direct: Option<std::fs::File>,
+    offset: u64,
+}
+
+impl DiskFile {
+    fn create(partial: &Path) -> std::io::Result<Self> {
+        let plain = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(partial)?;
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(partial)
+            .ok();
+        Ok(Self {
+            plain,
+            direct,
+            offset: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let aligned = data.len() % DIRECT_ALIGN == 0 && self.offset % DIRECT_ALIGN as u64 == 0;
+        let mut done = false;
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            match direct.write_all_at(data, self.offset) {
+                Ok(()) => done = true,
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!("O_DIRECT write refused; using buffered writes");
+                    self.direct = None;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if !done {
+            self.plain.write_all_at(data, self.offset)?;
+        }
+        self.offset += data.len() as u64;
+        Ok(())
+    }
+}
+
+enum DiskCommand {
+    Write(Block),
+    /// Make the file durable and move it to `target`.
+    Finish { target: PathBuf },
+}
+
+/// Runs on a blocking thread until `Finish` (or until the writer is dropped).
+fn write_to_disk(
+    mut file: DiskFile,
+    partial: PathBuf,
+    mut commands: mpsc::Receiver<DiskCommand>,
+    emptied: mpsc::UnboundedSender<Block>,
+) -> std::io::Result<()> {
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            DiskCommand::Write(mut block) => {
+                file.write(block.filled())?;
+                block.len = 0;
+                let _ = emptied.send(block);
+            }
+            DiskCommand::Finish { target } => {
+                file.plain.sync_all()?;
+                drop(file);
+                std::fs::rename(&partial, &target)?;
+                // The rename itself must survive a crash too.
+                if let Some(dir) = target.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies incoming chunks into aligned blocks and hands full ones to the disk thread,
+/// so the async side never blocks and never holds more than `BLOCKS_PER_UPLOAD` blocks.
 struct FsWriter {
-    file: Option<BufWriter<File>>,
+    filling: Option<Block>,
+    blocks_made: usize,
+    to_disk: Option<mpsc::Sender<DiskCommand>>,
+    emptied: mpsc::UnboundedReceiver<Block>,
+    disk: Option<JoinHandle<std::io::Result<()>>>,
     partial: PathBuf,
     target: PathBuf,
+    closed: bool,
 }
 
 impl Drop for FsWriter {
     fn drop(&mut self) {
         // Dropped without finish (client gone, error): discard the partial file.
-        if self.file.is_some() {
+        if !self.closed {
+            self.to_disk = None;
             let partial = self.partial.clone();
             crate::cleanup::spawn(async move {
                 let _ = fs::remove_file(partial).await;
@@ -62,38 +199,93 @@ impl Drop for FsWriter {
     }
 }
 
+impl FsWriter {
+    /// Closes the command channel and waits for the disk thread's outcome.
+    async fn disk_result(&mut self) -> BlobResult<()> {
+        self.to_disk = None;
+        match self.disk.take() {
+            Some(handle) => match handle.await {
+                Ok(result) => result.map_err(io_err),
+                Err(err) => Err(BlobError::Unavailable(err.to_string())),
+            },
+            None => Err(BlobError::Unavailable("writer already closed".into())),
+        }
+    }
+
+    /// Why the disk thread stopped before it was told to.
+    async fn disk_failure(&mut self) -> BlobError {
+        match self.disk_result().await {
+            Err(err) => err,
+            Ok(()) => BlobError::Unavailable("file writer stopped early".into()),
+        }
+    }
+
+    async fn send(&mut self, command: DiskCommand) -> BlobResult<()> {
+        let sent = match &self.to_disk {
+            Some(to_disk) => to_disk.send(command).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.disk_failure().await)
+        }
+    }
+
+    async fn empty_block(&mut self) -> BlobResult<Block> {
+        if self.blocks_made < BLOCKS_PER_UPLOAD {
+            self.blocks_made += 1;
+            return Ok(Block::new());
+        }
+        match self.emptied.recv().await {
+            Some(block) => Ok(block),
+            None => Err(self.disk_failure().await),
+        }
+    }
+}
+
 #[async_trait]
 impl BlobWriter for FsWriter {
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| BlobError::Unavailable("writer already closed".into()))?;
-        file.write_all(&chunk).await.map_err(io_err)
-    }
-
-    async fn finish(mut self: Box<Self>, _sha256_hex: &str) -> BlobResult<()> {
-        let Some(mut file) = self.file.take() else {
-            return Err(BlobError::Unavailable("writer already closed".into()));
-        };
-        let result = async {
-            file.flush().await?;
-            file.get_mut().sync_all().await?;
-            drop(file);
-            fs::rename(&self.partial, &self.target).await
-        }
-        .await;
-        if let Err(err) = result {
-            let _ = fs::remove_file(&self.partial).await;
-            return Err(io_err(err));
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let mut block = match self.filling.take() {
+                Some(block) => block,
+                None => self.empty_block().await?,
+            };
+            let take = block.room().min(rest.len());
+            block.push(&rest[..take]);
+            rest = &rest[take..];
+            if block.room() == 0 {
+                self.send(DiskCommand::Write(block)).await?;
+            } else {
+                self.filling = Some(block);
+            }
         }
         Ok(())
     }
 
-    async fn abort(mut self: Box<Self>) {
-        if self.file.take().is_some() {
+    async fn finish(mut self: Box<Self>, _sha256_hex: &str) -> BlobResult<()> {
+        let result = async {
+            if let Some(block) = self.filling.take().filter(|b| b.len > 0) {
+                self.send(DiskCommand::Write(block)).await?;
+            }
+            let target = self.target.clone();
+            self.send(DiskCommand::Finish { target }).await?;
+            self.disk_result().await
+        }
+        .await;
+        self.closed = true;
+        if result.is_err() {
             let _ = fs::remove_file(&self.partial).await;
         }
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.closed = true;
+        self.to_disk = None;
+        let _ = fs::remove_file(&self.partial).await;
     }
 }
 
@@ -120,11 +312,28 @@ impl BlobStore for FsBlobStore {
             fs::create_dir_all(parent).await.map_err(io_err)?;
         }
         let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", target.display()));
-        let file = File::create_new(&partial).await.map_err(io_err)?;
+        let file = {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || DiskFile::create(&partial))
+                .await
+                .map_err(|e| BlobError::Unavailable(e.to_string()))?
+                .map_err(io_err)?
+        };
+        let (to_disk, commands) = mpsc::channel(BLOCKS_PER_UPLOAD);
+        let (emptied_tx, emptied) = mpsc::unbounded_channel();
+        let disk = {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || write_to_disk(file, partial, commands, emptied_tx))
+        };
         Ok(Box::new(FsWriter {
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            filling: None,
+            blocks_made: 0,
+            to_disk: Some(to_disk),
+            emptied,
+            disk: Some(disk),
             partial,
             target,
+            closed: false,
         }))
     }
 

@@ -7,8 +7,11 @@
 //! a single PUT carrying its SHA-256 for the store to verify; multipart parts carry a
 //! CRC32C (hardware-fast, so the upload's one SHA-256 pass stays the only hash), and the
 //! finished object gets its SHA-256 as a `sha256` tag. No aws-chunked encoding is used
-//! (many S3-compatible stores reject it). Anything that does not reach `finish` aborts
-//! its multipart upload.
+//! (many S3-compatible stores reject it). Request bodies are sent as `UNSIGNED-PAYLOAD`:
+//! SigV4 would otherwise hash every byte a second time, and the CRC32C / SHA-256
+//! checksum headers already let the store reject a damaged body. Part buffers are reused
+//! (a small process-wide pool), so a long upload does not fault in fresh pages per part.
+//! Anything that does not reach `finish` aborts its multipart upload.
 
 use super::*;
 use crate::config::S3Settings;
@@ -26,6 +29,8 @@ use tokio::task::JoinSet;
 
 /// Part buffers all uploads of this process may hold at once, in bytes.
 const BUFFER_BUDGET_BYTES: u64 = 128 * 1024 * 1024;
+/// Emptied part buffers kept for reuse, in bytes (what an idle process keeps resident).
+const SPARE_BUFFER_BYTES: usize = 32 * 1024 * 1024;
 
 struct Inner {
     client: Client,
@@ -36,6 +41,31 @@ struct Inner {
     part_size: usize,
     parts_in_flight: usize,
     buffers: Arc<Semaphore>,
+    spare_buffers: std::sync::Mutex<Vec<BytesMut>>,
+}
+
+impl Inner {
+    /// An empty buffer with room for one part: a spare one when there is one.
+    fn take_buffer(&self) -> BytesMut {
+        let spare = self.spare_buffers.lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| BytesMut::with_capacity(self.part_size))
+    }
+
+    /// Keeps a sent part's buffer for reuse if nothing else still holds it.
+    fn return_buffer(&self, data: Bytes) {
+        let Ok(mut buffer) = data.try_into_mut() else {
+            return;
+        };
+        buffer.clear();
+        if buffer.capacity() < self.part_size {
+            return;
+        }
+        if let Ok(mut spare) = self.spare_buffers.lock()
+            && (spare.len() + 1) * self.part_size <= SPARE_BUFFER_BYTES.max(self.part_size)
+        {
+            spare.push(buffer);
+        }
+    }
 }
 
 pub struct S3BlobStore {
@@ -99,6 +129,7 @@ impl S3BlobStore {
                 part_size,
                 parts_in_flight: settings.parts_in_flight,
                 buffers: Arc::new(Semaphore::new(budget as usize)),
+                spare_buffers: std::sync::Mutex::new(Vec::new()),
             }),
         };
         store.ensure_bucket(settings.create_bucket).await?;
@@ -214,7 +245,7 @@ impl S3Writer {
         while self.in_flight.len() >= self.inner.parts_in_flight {
             self.collect_one().await?;
         }
-        let data = self.buffer.split().freeze();
+        let data = std::mem::take(&mut self.buffer).freeze();
         let permit = self.buffer_permit.take();
         let part_number = self.next_part;
         self.next_part += 1;
@@ -232,10 +263,13 @@ impl S3Writer {
                 .part_number(part_number)
                 .content_length(data.len() as i64)
                 .checksum_crc32_c(&checksum)
-                .body(SdkStream::from(data))
+                .body(SdkStream::from(data.clone()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(sdk_err)?;
+            inner.return_buffer(data);
             drop(permit);
             Ok(CompletedPart::builder()
                 .part_number(part_number)
@@ -247,7 +281,7 @@ impl S3Writer {
     }
 
     async fn put_single(&mut self, sha256_hex: &str) -> BlobResult<()> {
-        let data = self.buffer.split().freeze();
+        let data = std::mem::take(&mut self.buffer).freeze();
         let checksum = hex_to_b64(sha256_hex)?;
         self.inner
             .client
@@ -258,6 +292,8 @@ impl S3Writer {
             .checksum_sha256(&checksum)
             .metadata("sha256", sha256_hex)
             .body(SdkStream::from(data))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(sdk_err)?;
@@ -360,7 +396,7 @@ impl BlobWriter for S3Writer {
                     .await
                     .map_err(|e| BlobError::Unavailable(e.to_string()))?;
                 self.buffer_permit = Some(permit);
-                self.buffer.reserve(self.inner.part_size);
+                self.buffer = self.inner.take_buffer();
             }
             let take = (self.inner.part_size - self.buffer.len()).min(chunk.len());
             self.buffer.extend_from_slice(&chunk.split_to(take));
