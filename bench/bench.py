@@ -288,6 +288,8 @@ class Depot:
             DEPOT_LOG="warn",
             DEPOT_SHUTDOWN_GRACE_SECONDS="5",
         )
+        # Settings to try (e.g. part sizes): DEPOT_BENCH_ENV="DEPOT_S3_PART_SIZE=16777216 ...".
+        env.update(kv.split("=", 1) for kv in os.environ.get("DEPOT_BENCH_ENV", "").split() if "=" in kv)
         if backend == "s3":
             s = ctx.services
             self.bucket = f"depot-bench-{ctx.run_id}-{ctx.instance_no}"

@@ -146,11 +146,16 @@ fn server_result(result: anyhow::Result<()>) -> ExitCode {
 /// upload buffers come from the heap and their pages are kept after free: the process's
 /// peak memory then grows with every upload. A fixed 1 MiB threshold keeps large buffers
 /// in their own mappings, returned to the system as soon as they are dropped.
+/// Fixing that threshold also pins the trim threshold at 128 KiB, and then each arena hands
+/// its free top back (and faults it in again) for every few hundred KiB of network buffers
+/// a transfer allocates and frees: ~25,000 page faults and a fifth of Depot's CPU per GiB
+/// proxied (`perf stat -e page-faults`). Keeping up to 4 MiB free per arena avoids that.
 fn limit_heap_retention() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator tuning parameter; it is called before any
     // other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
     }
 }

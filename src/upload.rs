@@ -22,7 +22,7 @@ use crate::meta::{VersionRecord, VersionState, now_ms};
 use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::http::HeaderMap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -195,57 +195,93 @@ struct Streamed {
     file_name: String,
 }
 
-/// SHA-256 on a blocking-pool thread, fed in batches of about 1 MiB, so hashing runs on
-/// one core while parsing and writing run on another.
+/// SHA-256 on a blocking-pool thread, so hashing runs on one core while parsing and
+/// writing run on another. It reads whole staging blocks and hands each one back once
+/// hashed, for reuse.
 struct BackgroundHasher {
-    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-    batch: Vec<Bytes>,
-    batched: usize,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
     task: tokio::task::JoinHandle<String>,
 }
 
-const HASH_BATCH: usize = 1024 * 1024;
-
 impl BackgroundHasher {
-    fn new() -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+    fn new(hashed: tokio::sync::mpsc::UnboundedSender<Bytes>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
-            while let Some(batch) = rx.blocking_recv() {
-                for chunk in batch {
-                    hasher.update(&chunk);
-                }
+            while let Some(block) = rx.blocking_recv() {
+                hasher.update(&block);
+                let _ = hashed.send(block);
             }
             hex::encode(hasher.finalize())
         });
-        Self {
-            tx,
-            batch: Vec::new(),
-            batched: 0,
-            task,
-        }
+        Self { tx, task }
     }
 
-    async fn update(&mut self, chunk: &Bytes) -> ApiResult<()> {
-        self.batched += chunk.len();
-        self.batch.push(chunk.clone());
-        if self.batched >= HASH_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
+    async fn update(&self, block: Bytes) -> ApiResult<()> {
+        self.tx.send(block).await.map_err(ApiError::internal)
     }
 
-    async fn flush(&mut self) -> ApiResult<()> {
-        self.batched = 0;
-        let batch = std::mem::take(&mut self.batch);
-        self.tx.send(batch).await.map_err(ApiError::internal)
-    }
-
-    async fn finish(mut self) -> ApiResult<String> {
-        self.flush().await?;
+    async fn finish(self) -> ApiResult<String> {
         drop(self.tx);
         self.task.await.map_err(ApiError::internal)
     }
+}
+
+/// Size of the blocks the upload body is copied into.
+const STAGING_BLOCK: usize = 1024 * 1024;
+/// Blocks waiting for the hasher; hashing outruns every store, so a short queue is enough.
+const HASH_QUEUE: usize = 2;
+/// Blocks per upload: the queue, the one being hashed, the one filling.
+const STAGING_BLOCKS: usize = HASH_QUEUE + 2;
+
+/// Copies the body out of the multipart parser's buffer into a few reused blocks. The
+/// parser's chunks are dropped at once, so its buffer is reused in place: holding them
+/// until hashed made it allocate (and fault in) fresh memory for every megabyte.
+struct Staging {
+    filling: BytesMut,
+    made: usize,
+    hashed: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+}
+
+impl Staging {
+    async fn empty_block(&mut self) -> ApiResult<BytesMut> {
+        loop {
+            if let Ok(block) = self.hashed.try_recv() {
+                if let Ok(mut block) = block.try_into_mut() {
+                    block.clear();
+                    return Ok(block);
+                }
+                continue;
+            }
+            if self.made < STAGING_BLOCKS {
+                self.made += 1;
+                return Ok(BytesMut::with_capacity(STAGING_BLOCK));
+            }
+            match self.hashed.recv().await {
+                Some(block) => {
+                    // A block still shared elsewhere is simply replaced.
+                    if let Ok(mut block) = block.try_into_mut() {
+                        block.clear();
+                        return Ok(block);
+                    }
+                    self.made -= 1;
+                }
+                None => return Err(ApiError::internal("hasher stopped")),
+            }
+        }
+    }
+}
+
+/// Hands a full (or final) block to the hasher and the blob writer.
+async fn pass_on(
+    block: BytesMut,
+    hasher: &BackgroundHasher,
+    writer: &mut dyn BlobWriter,
+) -> ApiResult<()> {
+    let block = block.freeze();
+    hasher.update(block.clone()).await?;
+    writer.write(block).await?;
+    Ok(())
 }
 
 async fn stream_file(
@@ -253,15 +289,34 @@ async fn stream_file(
     writer: &mut dyn BlobWriter,
     limit: u64,
 ) -> ApiResult<(u64, String)> {
-    let mut hasher = BackgroundHasher::new();
+    let (hashed_tx, hashed) = tokio::sync::mpsc::unbounded_channel();
+    let hasher = BackgroundHasher::new(hashed_tx);
+    let mut staging = Staging {
+        filling: BytesMut::new(),
+        made: 0,
+        hashed,
+    };
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
         }
-        hasher.update(&chunk).await?;
-        writer.write(chunk).await?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            if staging.filling.capacity() == 0 {
+                staging.filling = staging.empty_block().await?;
+            }
+            let take = (STAGING_BLOCK - staging.filling.len()).min(rest.len());
+            staging.filling.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if staging.filling.len() == STAGING_BLOCK {
+                pass_on(std::mem::take(&mut staging.filling), &hasher, writer).await?;
+            }
+        }
+    }
+    if !staging.filling.is_empty() {
+        pass_on(std::mem::take(&mut staging.filling), &hasher, writer).await?;
     }
     Ok((size, hasher.finish().await?))
 }

@@ -47,7 +47,11 @@ struct Inner {
 impl Inner {
     /// An empty buffer with room for one part: a spare one when there is one.
     fn take_buffer(&self) -> BytesMut {
-        let spare = self.spare_buffers.lock().ok().and_then(|mut spare| spare.pop());
+        let spare = self
+            .spare_buffers
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop());
         spare.unwrap_or_else(|| BytesMut::with_capacity(self.part_size))
     }
 
