@@ -512,3 +512,51 @@ fn s3_port() -> u16 {
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .expect("port in endpoint")
 }
+
+#[tokio::test]
+#[ignore = "needs MongoDB, Redis and S3 from scripts/services.sh (run by scripts/test.sh)"]
+async fn clients_that_hang_up_mid_request_do_not_stall_the_next_requests() {
+    require_production();
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    app.upload_ok(app.admin(), &product, "1.0.0", b"payload")
+        .await;
+    let url = app.url(&format!("/product/fetch/{product}"));
+    // Like a load test ending: 64 busy clients, all cut off with requests in flight.
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let (client, url, token) = (app.client().clone(), url.clone(), app.admin().to_string());
+        clients.push(tokio::spawn(async move {
+            loop {
+                let _ = client.get(&url).header("X-Api-Token", &token).send().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for client in &clients {
+        client.abort();
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    // Before requests ran to completion, the MongoDB driver lost the abandoned
+    // operations' connections and these waited 50-80 s; a generous bound tells a stall
+    // from a slow machine.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    for path in [
+        "/product/access".to_string(),
+        format!("/product/fetch/{product}"),
+    ] {
+        let resp = patient
+            .get(app.url(&path))
+            .header("X-Api-Token", app.admin())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} after the hang-ups: {e}"));
+        assert_eq!(resp.status(), 200, "GET {path}");
+    }
+    app.assert_no_secrets_logged();
+}
