@@ -1052,6 +1052,8 @@ SecantusDB (MongoDB protocol) and SeaweedFS (S3) with `scripts/services.sh`, and
 of its own, then runs the scenarios of issue 4. A (Depot) and B (the baseline) alternate in
 every round (A first in even rounds, B first in odd ones) on the same files; every figure is
 the median over the rounds and every ratio is computed from the two medians of the same run.
+Where the time goes, the profiles behind each fix and why some targets are still missed on
+this machine: [PERFORMANCE.md](PERFORMANCE.md) (written by hand, not by the harness).
 
 ## Latest run
 

@@ -1,5 +1,6 @@
-//! Cleanup work spawned from `Drop` (aborting a blob, removing a pending record) is
-//! tracked here, so shutdown can wait for it instead of killing it half-way.
+//! Cleanup work spawned from `Drop` (aborting a blob, removing a pending record), and
+//! request handlers that run on after their client left, are tracked here, so shutdown
+//! can wait for them instead of killing them half-way.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -16,6 +17,15 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
     if tokio::runtime::Handle::try_current().is_ok() {
         tracker().spawn(task);
     }
+}
+
+/// Spawns `task` on the current runtime as tracked work and returns its handle.
+pub fn spawn_tracked<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tracker().spawn(task)
 }
 
 /// Waits (bounded) for every cleanup task spawned so far.

@@ -72,9 +72,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
 /// operation dropped mid-flight: it discards that connection, and after a load test's 64
 /// clients hung up at once, the next requests waited 50-80 s for the metadata store while
 /// the server itself sat idle. A response body (a download's stream) is still polled by
-/// the connection, so a gone client still stops a transfer.
+/// the connection, so a gone client still stops a transfer. Shutdown waits for these tasks.
 async fn run_to_completion(request: Request, next: axum::middleware::Next) -> Response {
-    match tokio::spawn(next.run(request)).await {
+    match crate::cleanup::spawn_tracked(next.run(request)).await {
         Ok(response) => response,
         Err(err) => ApiError::internal(err).into_response(),
     }

@@ -8,7 +8,7 @@ use crate::domain::names::validate_product;
 use crate::domain::permissions::{Grant, ProductOp};
 use crate::domain::version::latest_of;
 use crate::error::{ApiError, ApiResult, MetaError};
-use crate::meta::{ProductRecord, now_ms};
+use crate::meta::{ProductRecord, ProductView, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -87,12 +87,15 @@ pub async fn fetch(
 ) -> ApiResult<Json<ProductInfo>> {
     validate_product(&product).map_err(name_error)?;
     caller.authorize(&product, ProductOp::Fetch)?;
-    let (record, grants, versions) = tokio::try_join!(
-        app.meta.product(&product),
-        app.meta.grants_of_product(&product),
-        app.meta.list_versions(&product),
-    )?;
-    let record = record.ok_or_else(|| ApiError::product_not_found(&product))?;
+    let ProductView {
+        record,
+        grants,
+        versions,
+    } = app
+        .meta
+        .product_view(&product)
+        .await?
+        .ok_or_else(|| ApiError::product_not_found(&product))?;
     // Every version is loaded already: pick `latest` among them rather than asking again.
     let latest = latest_of(
         versions.iter().map(|v| (v.kind, v.sort_key.as_str(), v)),

@@ -368,6 +368,41 @@ impl MetaStore for EmbeddedMetaStore {
         })
     }
 
+    async fn product_view(&self, name: &str) -> MetaResult<Option<ProductView>> {
+        // One read transaction for all three on the calling thread; only a product with
+        // many versions has them listed on the blocking pool.
+        let view = self.read_now(|txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let Some(record) = products.get(name).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let record: ProductRecord = decode(record.value())?;
+            let grants = scan_prefix(&txn.open_table(GRANTS).map_err(unavailable)?, name)?;
+            let versions = scan_prefix_upto::<_, VersionRecord>(
+                &txn.open_table(VERSIONS).map_err(unavailable)?,
+                name,
+                INLINE_SCAN_LIMIT,
+            )?;
+            Ok(Some((record, grants, versions)))
+        })?;
+        let Some((record, grants, versions)) = view else {
+            return Ok(None);
+        };
+        let versions = match versions {
+            Some(few) => few
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.state == VersionState::Committed)
+                .collect(),
+            None => self.list_versions(name).await?,
+        };
+        Ok(Some(ProductView {
+            record,
+            grants,
+            versions,
+        }))
+    }
+
     async fn list_products(&self) -> MetaResult<Vec<String>> {
         fn names(txn: &redb::ReadTransaction, limit: usize) -> MetaResult<Option<Vec<String>>> {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;

@@ -75,6 +75,7 @@ metered_methods! {
     create_product(product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
     product(name: &str) -> MetaResult<Option<ProductRecord>>;
     list_products() -> MetaResult<Vec<String>>;
+    product_view(name: &str) -> MetaResult<Option<ProductView>>;
     delete_product(name: &str) -> MetaResult<Option<DeletedProduct>>;
     reserve_version(record: &VersionRecord) -> MetaResult<()>;
     commit_version(product: &str, version: &str, blob_key: &str, size: u64, checksum: &str) -> MetaResult<()>;

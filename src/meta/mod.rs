@@ -72,6 +72,13 @@ pub struct VersionRecord {
     pub kind: VersionKind,
 }
 
+/// A product with its grants and committed versions, as `GET /product/fetch` shows it.
+pub struct ProductView {
+    pub record: ProductRecord,
+    pub grants: Vec<(String, Grant)>,
+    pub versions: Vec<VersionRecord>,
+}
+
 /// What a product deletion removed, so the caller can delete blobs and invalidate caches.
 #[derive(Debug, Default)]
 pub struct DeletedProduct {
@@ -108,6 +115,20 @@ pub trait MetaStore: Send + Sync {
     async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>>;
     async fn list_products(&self) -> MetaResult<Vec<String>>;
+    /// The product, its grants and its committed versions; `None` when it does not exist.
+    /// Stores that can read all three at once override this.
+    async fn product_view(&self, name: &str) -> MetaResult<Option<ProductView>> {
+        let (record, grants, versions) = tokio::try_join!(
+            self.product(name),
+            self.grants_of_product(name),
+            self.list_versions(name),
+        )?;
+        Ok(record.map(|record| ProductView {
+            record,
+            grants,
+            versions,
+        }))
+    }
     /// Removes the product with its grants and version records. `None` when missing.
     async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>>;
 
