@@ -13,16 +13,16 @@
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::blob::{BlobWriter, new_blob_key};
+use crate::blob::{AlignedBuf, BlobWriter, new_blob_key};
 use crate::domain::names::{sanitize_file_name, validate_new_version, validate_product};
 use crate::domain::permissions::ProductOp;
 use crate::domain::version::{kind_of, sort_key};
-use crate::error::{ApiError, ApiResult, MetaError};
+use crate::error::{ApiError, ApiResult, BlobError, MetaError};
 use crate::meta::{VersionRecord, VersionState, now_ms};
 use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::http::HeaderMap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -196,21 +196,19 @@ struct Streamed {
 }
 
 /// SHA-256 on a blocking-pool thread, so hashing runs on one core while parsing and
-/// writing run on another. It reads whole staging blocks and hands each one back once
-/// hashed, for reuse.
+/// writing run on another. It reads whole staging blocks.
 struct BackgroundHasher {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     task: tokio::task::JoinHandle<String>,
 }
 
 impl BackgroundHasher {
-    fn new(hashed: tokio::sync::mpsc::UnboundedSender<Bytes>) -> Self {
+    fn new() -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
             while let Some(block) = rx.blocking_recv() {
                 hasher.update(&block);
-                let _ = hashed.send(block);
             }
             hex::encode(hasher.finalize())
         });
@@ -231,54 +229,112 @@ impl BackgroundHasher {
 const STAGING_BLOCK: usize = 1024 * 1024;
 /// Blocks waiting for the hasher; hashing outruns every store, so a short queue is enough.
 const HASH_QUEUE: usize = 2;
-/// Blocks per upload: the queue, the one being hashed, the one filling.
-const STAGING_BLOCKS: usize = HASH_QUEUE + 2;
+/// Blocks per upload: the one filling, the hasher's queue and the one being hashed; the
+/// filesystem store writes these very blocks to disk, and its queue of them runs
+/// alongside the hasher's (a block is in both at once).
+const STAGING_BLOCKS: usize = 6;
 
-/// Copies the body out of the multipart parser's buffer into a few reused blocks. The
-/// parser's chunks are dropped at once, so its buffer is reused in place: holding them
-/// until hashed made it allocate (and fault in) fresh memory for every megabyte.
+/// A filled staging block shared by the hasher and the blob writer; when the last of
+/// them drops it, its buffer goes back to the upload's pool.
+struct PooledBlock {
+    buf: Option<AlignedBuf>,
+    len: usize,
+    home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
+}
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        self.buf
+            .as_ref()
+            .map_or(&[], |buf| &buf.as_slice()[..self.len])
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            // The upload is over when its pool is gone: the buffer is simply freed.
+            let _ = self.home.send(buf);
+        }
+    }
+}
+
+/// Copies the body out of the multipart parser's buffer into a few reused, aligned
+/// blocks. The parser's chunks are dropped at once, so its buffer is reused in place:
+/// holding them until hashed made it allocate (and fault in) fresh memory for every
+/// megabyte. Aligned blocks let the filesystem store write them without another copy.
 struct Staging {
-    filling: BytesMut,
+    filling: Option<(AlignedBuf, usize)>,
     made: usize,
-    hashed: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    returned: tokio::sync::mpsc::UnboundedReceiver<AlignedBuf>,
+    home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
 }
 
 impl Staging {
-    async fn empty_block(&mut self) -> ApiResult<BytesMut> {
-        loop {
-            if let Ok(block) = self.hashed.try_recv() {
-                if let Ok(mut block) = block.try_into_mut() {
-                    block.clear();
-                    return Ok(block);
-                }
-                continue;
-            }
-            if self.made < STAGING_BLOCKS {
-                self.made += 1;
-                return Ok(BytesMut::with_capacity(STAGING_BLOCK));
-            }
-            match self.hashed.recv().await {
-                Some(block) => {
-                    // A block still shared elsewhere is simply replaced.
-                    if let Ok(mut block) = block.try_into_mut() {
-                        block.clear();
-                        return Ok(block);
-                    }
-                    self.made -= 1;
-                }
-                None => return Err(ApiError::internal("hasher stopped")),
-            }
+    fn new() -> Self {
+        let (home, returned) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            filling: None,
+            made: 0,
+            returned,
+            home,
         }
+    }
+
+    async fn empty_block(&mut self) -> ApiResult<AlignedBuf> {
+        if let Ok(buf) = self.returned.try_recv() {
+            return Ok(buf);
+        }
+        if self.made < STAGING_BLOCKS {
+            self.made += 1;
+            return Ok(AlignedBuf::new(STAGING_BLOCK));
+        }
+        // `self.home` keeps the channel open, so this waits for a block to come back.
+        self.returned
+            .recv()
+            .await
+            .ok_or_else(|| ApiError::internal("staging pool closed"))
+    }
+
+    /// Copies as much of `data` as fits into the block being filled; returns how much,
+    /// and the block once it is full.
+    async fn fill(&mut self, data: &[u8]) -> ApiResult<(usize, Option<Bytes>)> {
+        let (mut buf, mut len) = match self.filling.take() {
+            Some(filling) => filling,
+            None => (self.empty_block().await?, 0),
+        };
+        let take = (buf.capacity() - len).min(data.len());
+        buf.as_mut_slice()[len..len + take].copy_from_slice(&data[..take]);
+        len += take;
+        if len == buf.capacity() {
+            Ok((take, Some(self.share(buf, len))))
+        } else {
+            self.filling = Some((buf, len));
+            Ok((take, None))
+        }
+    }
+
+    /// The partly filled last block, if any.
+    fn rest(&mut self) -> Option<Bytes> {
+        let (buf, len) = self.filling.take().filter(|(_, len)| *len > 0)?;
+        Some(self.share(buf, len))
+    }
+
+    fn share(&self, buf: AlignedBuf, len: usize) -> Bytes {
+        Bytes::from_owner(PooledBlock {
+            buf: Some(buf),
+            len,
+            home: self.home.clone(),
+        })
     }
 }
 
 /// Hands a full (or final) block to the hasher and the blob writer.
 async fn pass_on(
-    block: BytesMut,
+    block: Bytes,
     hasher: &BackgroundHasher,
     writer: &mut dyn BlobWriter,
 ) -> ApiResult<()> {
-    let block = block.freeze();
     hasher.update(block.clone()).await?;
     writer.write(block).await?;
     Ok(())
@@ -289,13 +345,8 @@ async fn stream_file(
     writer: &mut dyn BlobWriter,
     limit: u64,
 ) -> ApiResult<(u64, String)> {
-    let (hashed_tx, hashed) = tokio::sync::mpsc::unbounded_channel();
-    let hasher = BackgroundHasher::new(hashed_tx);
-    let mut staging = Staging {
-        filling: BytesMut::new(),
-        made: 0,
-        hashed,
-    };
+    let hasher = BackgroundHasher::new();
+    let mut staging = Staging::new();
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         size += chunk.len() as u64;
@@ -304,21 +355,28 @@ async fn stream_file(
         }
         let mut rest = &chunk[..];
         while !rest.is_empty() {
-            if staging.filling.capacity() == 0 {
-                staging.filling = staging.empty_block().await?;
-            }
-            let take = (STAGING_BLOCK - staging.filling.len()).min(rest.len());
-            staging.filling.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if staging.filling.len() == STAGING_BLOCK {
-                pass_on(std::mem::take(&mut staging.filling), &hasher, writer).await?;
+            let (taken, full) = staging.fill(rest).await?;
+            rest = &rest[taken..];
+            if let Some(block) = full {
+                pass_on(block, &hasher, writer).await?;
             }
         }
     }
-    if !staging.filling.is_empty() {
-        pass_on(std::mem::take(&mut staging.filling), &hasher, writer).await?;
+    if let Some(block) = staging.rest() {
+        pass_on(block, &hasher, writer).await?;
     }
     Ok((size, hasher.finish().await?))
+}
+
+/// The janitor treats a pending version older than its grace as left by a crash and
+/// removes it; an upload still running by then cannot be committed.
+fn upload_expired() -> ApiError {
+    ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "upload_expired",
+        "the upload took longer than the server keeps a pending version \
+         (DEPOT_JANITOR_GRACE_SECONDS); nothing was stored, upload again",
+    )
 }
 
 pub async fn receive(
@@ -471,7 +529,14 @@ async fn receive_into(
         .writer
         .take()
         .ok_or_else(|| ApiError::internal("upload writer missing"))?;
-    writer.finish(&streamed.digest).await?;
+    writer
+        .finish(&streamed.digest)
+        .await
+        .map_err(|err| match err {
+            // The janitor removed the unfinished write (a partial file).
+            BlobError::NotFound => upload_expired(),
+            other => other.into(),
+        })?;
     guard.blob_finished = true;
     app.meta
         .commit_version(
@@ -481,7 +546,12 @@ async fn receive_into(
             streamed.size,
             &streamed.digest,
         )
-        .await?;
+        .await
+        .map_err(|err| match err {
+            // The janitor removed the reservation.
+            MetaError::NotFound => upload_expired(),
+            other => other.into(),
+        })?;
     guard.committed = true;
     tracing::info!(product = %product, version = %version, size = streamed.size, by = %caller.token.id, "version uploaded");
     Ok(UploadResult {

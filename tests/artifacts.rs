@@ -470,6 +470,51 @@ async fn a_client_disconnecting_mid_upload_leaves_no_version_and_no_blob() {
 }
 
 #[tokio::test]
+async fn an_upload_that_outlasts_the_janitor_grace_is_503_upload_expired_and_stores_nothing() {
+    let app = TestApp::builder()
+        .env("DEPOT_JANITOR_INTERVAL_SECONDS", 1)
+        .env("DEPOT_JANITOR_GRACE_SECONDS", 1)
+        .start()
+        .await;
+    let product = app.product().await;
+    let boundary = "slow-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"product\"\r\n\r\n{product}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n1.0.0\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.bin\"\r\n\r\n"
+    );
+    // The body pauses long enough for a sweep to find the reservation stale.
+    let pieces = vec![
+        (0, head.into_bytes()),
+        (0, vec![1u8; 64 * 1024]),
+        (3500, vec![2u8; 64 * 1024]),
+        (0, format!("\r\n--{boundary}--\r\n").into_bytes()),
+    ];
+    let body = futures::StreamExt::then(
+        futures::stream::iter(pieces),
+        |(pause_ms, chunk)| async move {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            Ok::<_, std::io::Error>(chunk)
+        },
+    );
+    let request = app
+        .request(Method::POST, "/product/upload", Some(app.admin()))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(body));
+    app.send(request).await.assert_error(503, "upload_expired");
+    assert!(app.versions(&product).await.is_empty());
+    if app.blob_count().is_some() {
+        app.wait_blob_count(0).await;
+    }
+    // A prompt upload of the same version then goes through.
+    app.upload_ok(app.admin(), &product, "1.0.0", b"in time")
+        .await;
+}
+
+#[tokio::test]
 async fn path_traversal_in_upload_fields_is_400_and_touches_nothing() {
     let app = TestApp::start().await;
     let product = app.product().await;

@@ -312,9 +312,26 @@ async fn s3_outage_mid_upload_is_5xx_and_the_janitor_leaves_nothing_behind() {
         || async { app.s3_listing().await == (Vec::new(), 0) },
     )
     .await;
-    // The version can be uploaded afterwards.
-    app.upload_ok(app.admin(), &product, "v1.0.0", b"after the outage")
-        .await;
+    // The version can be uploaded afterwards: nothing left behind claims it. The first
+    // write to a restarted SeaweedFS can outlast this test's 2 s janitor grace, which
+    // then expires the attempt (503 upload_expired); a retry must get through.
+    eventually(
+        Duration::from_secs(30),
+        "an upload of the same version after the outage",
+        || async {
+            let reply = app
+                .upload(app.admin(), &product, "v1.0.0", b"after the outage")
+                .await;
+            assert_ne!(
+                reply.code().as_deref(),
+                Some("version_exists"),
+                "{}",
+                reply.text()
+            );
+            reply.status.as_u16() == 201
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -18,10 +18,6 @@ const READ_CHUNK: usize = 256 * 1024;
 const WRITE_BLOCK: usize = 2 * 1024 * 1024;
 /// Buffers per upload: one filling while the others wait for or go through `write`.
 const BLOCKS_PER_UPLOAD: usize = 3;
-/// `O_DIRECT` wants buffer addresses, lengths and file offsets aligned to the device's
-/// logical block size; 4096 covers the devices in use.
-const DIRECT_ALIGN: usize = 4096;
-
 pub struct FsBlobStore {
     root: PathBuf,
 }
@@ -55,22 +51,16 @@ impl FsBlobStore {
 
 /// A write buffer whose filled part starts at a `DIRECT_ALIGN`ed address.
 struct Block {
-    raw: Vec<u8>,
-    start: usize,
+    buf: AlignedBuf,
     len: usize,
 }
 
 impl Block {
     fn new() -> Self {
-        // Zeroed allocation: the pages are only touched (faulted in) once, on first fill.
-        let raw = vec![0u8; WRITE_BLOCK + DIRECT_ALIGN];
-        // If the address cannot be aligned, direct writes fail with EINVAL and the
-        // writer falls back to buffered ones; the data is right either way.
-        let start = match raw.as_ptr().align_offset(DIRECT_ALIGN) {
-            offset if offset < DIRECT_ALIGN => offset,
-            _ => 0,
-        };
-        Self { raw, start, len: 0 }
+        Self {
+            buf: AlignedBuf::new(WRITE_BLOCK),
+            len: 0,
+        }
     }
 
     fn room(&self) -> usize {
@@ -78,13 +68,12 @@ impl Block {
     }
 
     fn push(&mut self, data: &[u8]) {
-        let at = self.start + self.len;
-        self.raw[at..at + data.len()].copy_from_slice(data);
+        self.buf.as_mut_slice()[self.len..self.len + data.len()].copy_from_slice(data);
         self.len += data.len();
     }
 
     fn filled(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
+        &self.buf.as_slice()[..self.len]
     }
 }
 
@@ -141,6 +130,8 @@ impl DiskFile {
 
 enum DiskCommand {
     Write(Block),
+    /// An aligned chunk written as it is (no copy); dropped once written.
+    WriteShared(Bytes),
     /// Make the file durable and move it to `target`.
     Finish {
         target: PathBuf,
@@ -161,6 +152,7 @@ fn write_to_disk(
                 block.len = 0;
                 let _ = emptied.send(block);
             }
+            DiskCommand::WriteShared(chunk) => file.write(&chunk)?,
             DiskCommand::Finish { target } => {
                 file.plain.sync_all()?;
                 drop(file);
@@ -176,8 +168,9 @@ fn write_to_disk(
     Ok(())
 }
 
-/// Copies incoming chunks into aligned blocks and hands full ones to the disk thread,
-/// so the async side never blocks and never holds more than `BLOCKS_PER_UPLOAD` blocks.
+/// Hands aligned chunks, or copies of unaligned ones gathered into aligned blocks, to the
+/// disk thread, so the async side never blocks and never holds more than
+/// `BLOCKS_PER_UPLOAD` blocks of its own.
 struct FsWriter {
     filling: Option<Block>,
     blocks_made: usize,
@@ -250,6 +243,11 @@ impl FsWriter {
 #[async_trait]
 impl BlobWriter for FsWriter {
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
+        // The upload's staging blocks arrive aligned and whole: they go to disk as they
+        // are. Anything else (the tail, other callers) is copied into aligned blocks.
+        if self.filling.is_none() && is_direct_aligned(&chunk) {
+            return self.send(DiskCommand::WriteShared(chunk)).await;
+        }
         let mut rest = &chunk[..];
         while !rest.is_empty() {
             let mut block = match self.filling.take() {
@@ -475,6 +473,59 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             assert_eq!(round_trip(dir.path(), len).await, pattern(len), "len {len}");
         }
+    }
+
+    /// An aligned buffer holding `data`, as the upload's staging blocks arrive.
+    fn aligned_chunk(data: &[u8]) -> Bytes {
+        struct Owned(AlignedBuf, usize);
+        impl AsRef<[u8]> for Owned {
+            fn as_ref(&self) -> &[u8] {
+                &self.0.as_slice()[..self.1]
+            }
+        }
+        let mut buf = AlignedBuf::new(data.len());
+        buf.as_mut_slice().copy_from_slice(data);
+        Bytes::from_owner(Owned(buf, data.len()))
+    }
+
+    #[tokio::test]
+    async fn aligned_chunks_written_as_they_are_and_copied_chunks_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let data = pattern(6 * 1024 * 1024 + 5000);
+        let mb = 1024 * 1024;
+        let mut writer = store.writer("p/v/blob").await.unwrap();
+        // aligned, aligned, an odd piece (copied), then aligned chunks that must wait
+        // behind the copied block, and an unaligned tail.
+        let pieces = [
+            0..mb,
+            mb..2 * mb,
+            2 * mb..2 * mb + 100,
+            2 * mb + 100..3 * mb + 100,
+        ];
+        for piece in pieces {
+            let chunk = &data[piece];
+            if is_direct_aligned(chunk) {
+                writer.write(aligned_chunk(chunk)).await.unwrap();
+            } else {
+                writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+        }
+        writer
+            .write(aligned_chunk(&data[3 * mb + 100..5 * mb + 100]))
+            .await
+            .unwrap();
+        writer
+            .write(Bytes::copy_from_slice(&data[5 * mb + 100..]))
+            .await
+            .unwrap();
+        writer.finish("unused").await.unwrap();
+        let written = std::fs::read(dir.path().join("blobs/p/v/blob")).unwrap();
+        assert_eq!(written.len(), data.len());
+        assert!(
+            written == data,
+            "file content differs from what was written"
+        );
     }
 
     /// tmpfs before Linux 6.6 refuses O_DIRECT; the writer must then fall back to ordinary

@@ -67,6 +67,55 @@ pub trait BlobStore: Send + Sync {
     async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize>;
 }
 
+/// `O_DIRECT` wants buffer addresses, lengths and file offsets aligned to the device's
+/// logical block size; 4096 covers the devices in use.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A fixed-size buffer whose usable part starts at a `DIRECT_ALIGN`ed address, so the
+/// filesystem store can hand it to an `O_DIRECT` write as it is.
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    capacity: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(capacity: usize) -> Self {
+        // Zeroed allocation: the pages are only touched (faulted in) once, on first fill.
+        let raw = vec![0u8; capacity + DIRECT_ALIGN];
+        // If the address cannot be aligned, direct writes fail with EINVAL and the
+        // writer falls back to buffered ones; the data is right either way.
+        let start = match raw.as_ptr().align_offset(DIRECT_ALIGN) {
+            offset if offset < DIRECT_ALIGN => offset,
+            _ => 0,
+        };
+        Self {
+            raw,
+            start,
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.capacity]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.capacity]
+    }
+}
+
+/// Whether `bytes` can go to an `O_DIRECT` write without being copied first.
+pub fn is_direct_aligned(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && bytes.len().is_multiple_of(DIRECT_ALIGN)
+}
+
 /// The key of a new upload attempt: unique, and readable in a bucket listing when the
 /// product and version are known before the file arrives.
 pub fn new_blob_key(product: Option<&str>, version: Option<&str>) -> String {
