@@ -146,18 +146,32 @@ impl UploadGuard {
             sort_key: sort_key(version, now),
             kind: kind_of(version),
         };
-        self.app.meta.reserve_version(&record).await.map_err(|e| match e {
-            MetaError::Conflict => ApiError::conflict(
-                "version_exists",
-                format!("product '{product}' already has a version '{version}'; versions are immutable"),
-            ),
-            MetaError::NotFound => ApiError::product_not_found(product),
-            other => other.into(),
-        })?;
+        // Recorded first: if the client hangs up while the insert runs, the guard still
+        // removes it (by our blob key, so never another upload's record).
         self.reservation = Some(Reservation {
             product: product.into(),
             version: version.into(),
         });
+        // The insert runs to completion even if the client hangs up meanwhile: a MongoDB
+        // operation dropped mid-flight costs its connection (see `api::run_to_completion`).
+        let meta = self.app.meta.clone();
+        let reserved =
+            crate::cleanup::spawn_tracked(async move { meta.reserve_version(&record).await })
+                .await
+                .map_err(ApiError::internal)?;
+        if let Err(err) = reserved {
+            self.reservation = None;
+            return Err(match err {
+                MetaError::Conflict => ApiError::conflict(
+                    "version_exists",
+                    format!(
+                        "product '{product}' already has a version '{version}'; versions are immutable"
+                    ),
+                ),
+                MetaError::NotFound => ApiError::product_not_found(product),
+                other => other.into(),
+            });
+        }
         Ok(())
     }
 }
@@ -538,15 +552,33 @@ async fn receive_into(
             other => other.into(),
         })?;
     guard.blob_finished = true;
-    app.meta
-        .commit_version(
-            &product,
-            &version,
-            &guard.blob_key,
+    // The commit, too, runs to completion if the client hangs up; it takes the guard's
+    // cleanup along for the case where it fails (a cleanup racing a commit that went
+    // through would delete a committed version's blob).
+    let cleanup = guard.take_cleanup();
+    let commit = {
+        let (app, product, version) = (app.clone(), product.clone(), version.clone());
+        let (key, size, digest) = (
+            guard.blob_key.clone(),
             streamed.size,
-            &streamed.digest,
-        )
+            streamed.digest.clone(),
+        );
+        crate::cleanup::spawn_tracked(async move {
+            let committed = app
+                .meta
+                .commit_version(&product, &version, &key, size, &digest)
+                .await;
+            if committed.is_err()
+                && let Some(cleanup) = cleanup
+            {
+                cleanup.await;
+            }
+            committed
+        })
+    };
+    commit
         .await
+        .map_err(ApiError::internal)?
         .map_err(|err| match err {
             // The janitor removed the reservation.
             MetaError::NotFound => upload_expired(),

@@ -577,3 +577,79 @@ async fn clients_that_hang_up_mid_request_do_not_stall_the_next_requests() {
     }
     app.assert_no_secrets_logged();
 }
+
+#[tokio::test]
+#[ignore = "needs MongoDB, Redis and S3 from scripts/services.sh (run by scripts/test.sh)"]
+async fn uploaders_that_hang_up_leave_no_stall_and_no_committed_version_without_its_bytes() {
+    require_production();
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    // Small uploads of fresh versions, all cut off with requests in flight: some at the
+    // reservation, some at the commit, most in between.
+    let mut clients = Vec::new();
+    for client_no in 0..16 {
+        let (client, url, token) = (
+            app.client().clone(),
+            app.url("/product/upload"),
+            app.admin().to_string(),
+        );
+        let product = product.clone();
+        clients.push(tokio::spawn(async move {
+            for n in 0.. {
+                let version = format!("1.{client_no}.{n}");
+                let (content_type, body) =
+                    Form::upload(&product, &version, "a.bin", version.as_bytes()).finish();
+                let _ = client
+                    .post(&url)
+                    .header("X-Api-Token", &token)
+                    .header("Content-Type", content_type)
+                    .body(body)
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for client in &clients {
+        client.abort();
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    // A generous bound tells a stalled metadata store from a slow machine.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (content_type, body) = Form::upload(&product, "2.0.0", "a.bin", b"after").finish();
+    let resp = patient
+        .post(app.url("/product/upload"))
+        .header("X-Api-Token", app.admin())
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("an upload after the hang-ups");
+    assert_eq!(resp.status(), 201);
+    // Every version that was committed kept its bytes: no cleanup raced a commit.
+    let versions = app.versions(&product).await;
+    assert!(
+        versions.len() > 1,
+        "some uploads went through: {versions:?}"
+    );
+    for version in versions {
+        let reply = app.download(app.admin(), &product, &version).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {version}; server log:\n{}",
+            app.log()
+        );
+        let expected: &[u8] = if version == "2.0.0" {
+            b"after"
+        } else {
+            version.as_bytes()
+        };
+        assert_eq!(reply.body, expected, "bytes of {version}");
+    }
+}

@@ -375,7 +375,20 @@ impl MetaStore for MongoMetaStore {
             .await
             .map_err(unavailable)?;
         if r.matched_count == 0 {
-            return Err(MetaError::NotFound);
+            // A retried write (the driver retries once after a network error) finds the
+            // record already committed by its first attempt: that is success, not a lost
+            // reservation, or the caller's cleanup would delete a committed version's blob.
+            let mut mine = version_filter(product, version);
+            mine.insert("blob_key", blob_key);
+            mine.insert("state", "committed");
+            let already = self
+                .versions
+                .count_documents(mine)
+                .await
+                .map_err(unavailable)?;
+            if already == 0 {
+                return Err(MetaError::NotFound);
+            }
         }
         Ok(())
     }
