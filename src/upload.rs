@@ -59,6 +59,9 @@ pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {
 struct Reservation {
     product: String,
     version: String,
+    /// The insert of the pending record while it runs: a cleanup waits for it, so its
+    /// removal cannot come first and leave the record behind.
+    insert: Option<tokio::task::JoinHandle<crate::meta::MetaResult<()>>>,
 }
 
 /// Owns everything an unfinished upload has created and removes it unless disarmed.
@@ -103,13 +106,18 @@ impl UploadGuard {
                 tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
             }
             // The record goes last, so the janitor can still see a blob that failed to delete.
-            if let Some(r) = reservation
-                && let Err(err) = app
+            if let Some(r) = reservation {
+                // A still-running insert finishes first, or the removal could precede it.
+                if let Some(insert) = r.insert {
+                    let _ = insert.await;
+                }
+                if let Err(err) = app
                     .meta
                     .remove_pending_version(&r.product, &r.version, &key)
                     .await
-            {
-                tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
+                {
+                    tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
+                }
             }
         })
     }
@@ -146,20 +154,25 @@ impl UploadGuard {
             sort_key: sort_key(version, now),
             kind: kind_of(version),
         };
-        // Recorded first: if the client hangs up while the insert runs, the guard still
-        // removes it (by our blob key, so never another upload's record).
-        self.reservation = Some(Reservation {
+        // The insert runs to completion even if the client hangs up meanwhile (a MongoDB
+        // operation dropped mid-flight costs its connection, see `api::run_to_completion`);
+        // the guard holds it, so a cleanup waits for it and then removes the record (by our
+        // blob key, so never another upload's).
+        let meta = self.app.meta.clone();
+        let insert =
+            crate::cleanup::spawn_tracked(async move { meta.reserve_version(&record).await });
+        let reservation = self.reservation.insert(Reservation {
             product: product.into(),
             version: version.into(),
+            insert: Some(insert),
         });
-        // The insert runs to completion even if the client hangs up meanwhile: a MongoDB
-        // operation dropped mid-flight costs its connection (see `api::run_to_completion`).
-        let meta = self.app.meta.clone();
-        let reserved =
-            crate::cleanup::spawn_tracked(async move { meta.reserve_version(&record).await })
-                .await
-                .map_err(ApiError::internal)?;
-        if let Err(err) = reserved {
+        let inserted = match reservation.insert.as_mut() {
+            Some(insert) => insert.await,
+            None => Ok(Ok(())),
+        };
+        reservation.insert = None;
+        let inserted = inserted.map_err(ApiError::internal)?;
+        if let Err(err) = inserted {
             self.reservation = None;
             return Err(match err {
                 MetaError::Conflict => ApiError::conflict(
