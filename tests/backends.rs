@@ -549,20 +549,11 @@ async fn clients_that_hang_up_mid_request_do_not_stall_the_next_requests() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for client in &clients {
-        client.abort();
-    }
-    for client in clients {
-        let _ = client.await;
-    }
+    cut_off_after(clients, Duration::from_secs(3)).await;
     // Before requests ran to completion, the MongoDB driver lost the abandoned
     // operations' connections and these waited 50-80 s; a generous bound tells a stall
     // from a slow machine.
-    let patient = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let patient = patient_client();
     for path in [
         "/product/access".to_string(),
         format!("/product/fetch/{product}"),
@@ -609,18 +600,8 @@ async fn uploaders_that_hang_up_leave_no_stall_and_no_committed_version_without_
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for client in &clients {
-        client.abort();
-    }
-    for client in clients {
-        let _ = client.await;
-    }
-    // A generous bound tells a stalled metadata store from a slow machine.
-    let patient = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    cut_off_after(clients, Duration::from_secs(3)).await;
+    let patient = patient_client();
     let (content_type, body) = Form::upload(&product, "2.0.0", "a.bin", b"after").finish();
     let resp = patient
         .post(app.url("/product/upload"))
@@ -652,4 +633,24 @@ async fn uploaders_that_hang_up_leave_no_stall_and_no_committed_version_without_
         };
         assert_eq!(reply.body, expected, "bytes of {version}");
     }
+}
+
+/// Lets busy clients run for `after`, then cuts them all off with requests in flight,
+/// as a load test ends.
+async fn cut_off_after(clients: Vec<tokio::task::JoinHandle<()>>, after: Duration) {
+    tokio::time::sleep(after).await;
+    for client in &clients {
+        client.abort();
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+}
+
+/// A client whose generous timeout tells a stalled metadata store from a slow machine.
+fn patient_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
