@@ -64,6 +64,18 @@ struct Reservation {
     insert: Option<tokio::task::JoinHandle<crate::meta::MetaResult<()>>>,
 }
 
+impl Reservation {
+    /// The insert's outcome, waiting for it if it still runs (the first call only).
+    async fn wait_insert(&mut self) -> Result<crate::meta::MetaResult<()>, tokio::task::JoinError> {
+        let Some(insert) = self.insert.as_mut() else {
+            return Ok(Ok(()));
+        };
+        let outcome = insert.await;
+        self.insert = None;
+        outcome
+    }
+}
+
 /// Owns everything an unfinished upload has created and removes it unless disarmed.
 struct UploadGuard {
     app: AppState,
@@ -71,7 +83,6 @@ struct UploadGuard {
     writer: Option<Box<dyn BlobWriter>>,
     blob_finished: bool,
     reservation: Option<Reservation>,
-    committed: bool,
 }
 
 impl Drop for UploadGuard {
@@ -85,11 +96,8 @@ impl Drop for UploadGuard {
 
 impl UploadGuard {
     /// The work that removes what this upload created, or `None` when there is nothing
-    /// to remove (committed, or nothing created yet). Disarms the guard.
+    /// to remove (nothing created yet, or handed over to the commit). Disarms the guard.
     fn take_cleanup(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
-        if self.committed {
-            return None;
-        }
         let writer = self.writer.take();
         let reservation = self.reservation.take();
         let finished = std::mem::take(&mut self.blob_finished);
@@ -106,11 +114,9 @@ impl UploadGuard {
                 tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
             }
             // The record goes last, so the janitor can still see a blob that failed to delete.
-            if let Some(r) = reservation {
+            if let Some(mut r) = reservation {
                 // A still-running insert finishes first, or the removal could precede it.
-                if let Some(insert) = r.insert {
-                    let _ = insert.await;
-                }
+                let _ = r.wait_insert().await;
                 if let Err(err) = app
                     .meta
                     .remove_pending_version(&r.product, &r.version, &key)
@@ -166,13 +172,11 @@ impl UploadGuard {
             version: version.into(),
             insert: Some(insert),
         });
-        let inserted = match reservation.insert.as_mut() {
-            Some(insert) => insert.await,
-            None => Ok(Ok(())),
-        };
-        reservation.insert = None;
-        let inserted = inserted.map_err(ApiError::internal)?;
-        if let Err(err) = inserted {
+        if let Err(err) = reservation
+            .wait_insert()
+            .await
+            .map_err(ApiError::internal)?
+        {
             self.reservation = None;
             return Err(match err {
                 MetaError::Conflict => ApiError::conflict(
@@ -265,21 +269,19 @@ const STAGING_BLOCKS: usize = 6;
 /// them drops it, its buffer goes back to the upload's pool.
 struct PooledBlock {
     buf: Option<AlignedBuf>,
-    len: usize,
     home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
 }
 
 impl AsRef<[u8]> for PooledBlock {
     fn as_ref(&self) -> &[u8] {
-        self.buf
-            .as_ref()
-            .map_or(&[], |buf| &buf.as_slice()[..self.len])
+        self.buf.as_ref().map_or(&[], |buf| buf.as_ref())
     }
 }
 
 impl Drop for PooledBlock {
     fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
+        if let Some(mut buf) = self.buf.take() {
+            buf.clear();
             // The upload is over when its pool is gone: the buffer is simply freed.
             let _ = self.home.send(buf);
         }
@@ -291,7 +293,7 @@ impl Drop for PooledBlock {
 /// holding them until hashed made it allocate (and fault in) fresh memory for every
 /// megabyte. Aligned blocks let the filesystem store write them without another copy.
 struct Staging {
-    filling: Option<(AlignedBuf, usize)>,
+    filling: Option<AlignedBuf>,
     made: usize,
     returned: tokio::sync::mpsc::UnboundedReceiver<AlignedBuf>,
     home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
@@ -326,31 +328,28 @@ impl Staging {
     /// Copies as much of `data` as fits into the block being filled; returns how much,
     /// and the block once it is full.
     async fn fill(&mut self, data: &[u8]) -> ApiResult<(usize, Option<Bytes>)> {
-        let (mut buf, mut len) = match self.filling.take() {
-            Some(filling) => filling,
-            None => (self.empty_block().await?, 0),
+        let mut buf = match self.filling.take() {
+            Some(buf) => buf,
+            None => self.empty_block().await?,
         };
-        let take = (buf.capacity() - len).min(data.len());
-        buf.as_mut_slice()[len..len + take].copy_from_slice(&data[..take]);
-        len += take;
-        if len == buf.capacity() {
-            Ok((take, Some(self.share(buf, len))))
+        let taken = buf.push(data);
+        if buf.is_full() {
+            Ok((taken, Some(self.share(buf))))
         } else {
-            self.filling = Some((buf, len));
-            Ok((take, None))
+            self.filling = Some(buf);
+            Ok((taken, None))
         }
     }
 
     /// The partly filled last block, if any.
     fn rest(&mut self) -> Option<Bytes> {
-        let (buf, len) = self.filling.take().filter(|(_, len)| *len > 0)?;
-        Some(self.share(buf, len))
+        let buf = self.filling.take().filter(|buf| !buf.is_empty())?;
+        Some(self.share(buf))
     }
 
-    fn share(&self, buf: AlignedBuf, len: usize) -> Bytes {
+    fn share(&self, buf: AlignedBuf) -> Bytes {
         Bytes::from_owner(PooledBlock {
             buf: Some(buf),
-            len,
             home: self.home.clone(),
         })
     }
@@ -512,7 +511,6 @@ async fn receive_into(
                     writer: None,
                     blob_finished: false,
                     reservation: None,
-                    committed: false,
                 });
                 // Fail fast (permission, duplicate) before reading the body when we can.
                 if let (Some(p), Some(v)) = (&product, &version) {
@@ -597,7 +595,6 @@ async fn receive_into(
             MetaError::NotFound => upload_expired(),
             other => other.into(),
         })?;
-    guard.committed = true;
     tracing::info!(product = %product, version = %version, size = streamed.size, by = %caller.token.id, "version uploaded");
     Ok(UploadResult {
         product,

@@ -49,34 +49,6 @@ impl FsBlobStore {
     }
 }
 
-/// A write buffer whose filled part starts at a `DIRECT_ALIGN`ed address.
-struct Block {
-    buf: AlignedBuf,
-    len: usize,
-}
-
-impl Block {
-    fn new() -> Self {
-        Self {
-            buf: AlignedBuf::new(WRITE_BLOCK),
-            len: 0,
-        }
-    }
-
-    fn room(&self) -> usize {
-        WRITE_BLOCK - self.len
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        self.buf.as_mut_slice()[self.len..self.len + data.len()].copy_from_slice(data);
-        self.len += data.len();
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.buf.as_slice()[..self.len]
-    }
-}
-
 /// The file being written, from a blocking thread. Whole blocks go through an `O_DIRECT`
 /// handle when the filesystem allows one: no page-cache copy of a large artifact (that
 /// copy cost more CPU than hashing it), and little left for the final `fsync`. The tail
@@ -129,7 +101,7 @@ impl DiskFile {
 }
 
 enum DiskCommand {
-    Write(Block),
+    Write(AlignedBuf),
     /// An aligned chunk written as it is (no copy); dropped once written.
     WriteShared(Bytes),
     /// Make the file durable and move it to `target`.
@@ -143,13 +115,13 @@ fn write_to_disk(
     mut file: DiskFile,
     partial: PathBuf,
     mut commands: mpsc::Receiver<DiskCommand>,
-    emptied: mpsc::UnboundedSender<Block>,
+    emptied: mpsc::UnboundedSender<AlignedBuf>,
 ) -> std::io::Result<()> {
     while let Some(command) = commands.blocking_recv() {
         match command {
             DiskCommand::Write(mut block) => {
-                file.write(block.filled())?;
-                block.len = 0;
+                file.write(block.as_ref())?;
+                block.clear();
                 let _ = emptied.send(block);
             }
             DiskCommand::WriteShared(chunk) => file.write(&chunk)?,
@@ -172,10 +144,10 @@ fn write_to_disk(
 /// disk thread, so the async side never blocks and never holds more than
 /// `BLOCKS_PER_UPLOAD` blocks of its own.
 struct FsWriter {
-    filling: Option<Block>,
+    filling: Option<AlignedBuf>,
     blocks_made: usize,
     to_disk: Option<mpsc::Sender<DiskCommand>>,
-    emptied: mpsc::UnboundedReceiver<Block>,
+    emptied: mpsc::UnboundedReceiver<AlignedBuf>,
     disk: Option<JoinHandle<std::io::Result<()>>>,
     partial: PathBuf,
     target: PathBuf,
@@ -228,10 +200,10 @@ impl FsWriter {
         }
     }
 
-    async fn empty_block(&mut self) -> BlobResult<Block> {
+    async fn empty_block(&mut self) -> BlobResult<AlignedBuf> {
         if self.blocks_made < BLOCKS_PER_UPLOAD {
             self.blocks_made += 1;
-            return Ok(Block::new());
+            return Ok(AlignedBuf::new(WRITE_BLOCK));
         }
         match self.emptied.recv().await {
             Some(block) => Ok(block),
@@ -254,10 +226,9 @@ impl BlobWriter for FsWriter {
                 Some(block) => block,
                 None => self.empty_block().await?,
             };
-            let take = block.room().min(rest.len());
-            block.push(&rest[..take]);
-            rest = &rest[take..];
-            if block.room() == 0 {
+            let taken = block.push(rest);
+            rest = &rest[taken..];
+            if block.is_full() {
                 self.send(DiskCommand::Write(block)).await?;
             } else {
                 self.filling = Some(block);
@@ -268,7 +239,7 @@ impl BlobWriter for FsWriter {
 
     async fn finish(mut self: Box<Self>, _sha256_hex: &str) -> BlobResult<()> {
         let result = async {
-            if let Some(block) = self.filling.take().filter(|b| b.len > 0) {
+            if let Some(block) = self.filling.take().filter(|b| !b.is_empty()) {
                 self.send(DiskCommand::Write(block)).await?;
             }
             let target = self.target.clone();
@@ -477,15 +448,9 @@ mod tests {
 
     /// An aligned buffer holding `data`, as the upload's staging blocks arrive.
     fn aligned_chunk(data: &[u8]) -> Bytes {
-        struct Owned(AlignedBuf, usize);
-        impl AsRef<[u8]> for Owned {
-            fn as_ref(&self) -> &[u8] {
-                &self.0.as_slice()[..self.1]
-            }
-        }
         let mut buf = AlignedBuf::new(data.len());
-        buf.as_mut_slice().copy_from_slice(data);
-        Bytes::from_owner(Owned(buf, data.len()))
+        buf.push(data);
+        Bytes::from_owner(buf)
     }
 
     #[tokio::test]

@@ -71,12 +71,13 @@ pub trait BlobStore: Send + Sync {
 /// logical block size; 4096 covers the devices in use.
 pub const DIRECT_ALIGN: usize = 4096;
 
-/// A fixed-size buffer whose usable part starts at a `DIRECT_ALIGN`ed address, so the
-/// filesystem store can hand it to an `O_DIRECT` write as it is.
+/// A fixed-size buffer, filled from the front, whose start is `DIRECT_ALIGN`ed, so the
+/// filesystem store can hand its filled part to an `O_DIRECT` write as it is.
 pub struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     capacity: usize,
+    len: usize,
 }
 
 impl AlignedBuf {
@@ -93,19 +94,36 @@ impl AlignedBuf {
             raw,
             start,
             capacity,
+            len: 0,
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    /// Copies as much of `data` as fits; returns how much.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let take = (self.capacity - self.len).min(data.len());
+        let at = self.start + self.len;
+        self.raw[at..at + take].copy_from_slice(&data[..take]);
+        self.len += take;
+        take
     }
 
-    pub fn as_slice(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.capacity]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.capacity]
+    pub fn is_full(&self) -> bool {
+        self.len == self.capacity
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// The filled part.
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
     }
 }
 
