@@ -93,7 +93,7 @@ pub struct RawSettings {
     /// Seconds between janitor sweeps [default: 300]
     #[arg(long, env = "DEPOT_JANITOR_INTERVAL_SECONDS")]
     pub janitor_interval_seconds: Option<u64>,
-    /// Age after which pending uploads, orphan objects and incomplete multipart uploads are removed, in seconds [default: 86400]
+    /// Age after which pending uploads, orphan objects and incomplete multipart uploads are removed, in seconds; an upload still running by then fails with 503 upload_expired [default: 86400]
     #[arg(long, env = "DEPOT_JANITOR_GRACE_SECONDS")]
     pub janitor_grace_seconds: Option<u64>,
     /// Log format: pretty or json [default: pretty]
