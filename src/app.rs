@@ -30,6 +30,7 @@ pub struct AppState {
     pub tokens: TokenService,
     pub signer: UrlSigner,
     pub shutdown: Shutdown,
+    pub uploads: crate::upload::UploadLimits,
 }
 
 impl AppState {
@@ -40,7 +41,12 @@ impl AppState {
         cache: Arc<dyn TokenCache>,
         signer: UrlSigner,
     ) -> Self {
+        let uploads = crate::upload::UploadLimits::new(
+            settings.max_concurrent_uploads,
+            settings.max_early_file_uploads_per_token,
+        );
         Self {
+            uploads,
             settings: Arc::new(settings),
             tokens: TokenService {
                 meta: meta.clone(),

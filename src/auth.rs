@@ -119,6 +119,16 @@ impl Caller {
         self.grants.get(product)
     }
 
+    /// Whether any product takes this caller's uploads: a file that arrives before its
+    /// product is named is stored only for such a caller.
+    pub fn may_upload_somewhere(&self) -> bool {
+        self.is_admin()
+            || self
+                .grants
+                .values()
+                .any(|grant| ProductOp::Upload.allowed_by(grant))
+    }
+
     pub fn require_admin(&self) -> ApiResult<()> {
         if self.is_admin() {
             Ok(())

@@ -102,6 +102,18 @@ pub struct RawSettings {
     /// On SIGTERM, seconds running transfers may take to finish [default: 30]
     #[arg(long, env = "DEPOT_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Seconds an upload may go without receiving a byte before it is aborted with 408 upload_timeout [default: 60, range 1..=3600]
+    #[arg(long, env = "DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS")]
+    pub upload_idle_timeout_seconds: Option<u64>,
+    /// Uploads running at once; more are refused with 503 too_busy and Retry-After [default: 64, range 1..=10000]
+    #[arg(long, env = "DEPOT_MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<usize>,
+    /// Uploads per token at once whose file comes before its product/version fields (429 too_many_uploads beyond) [default: 2, range 1..=64]
+    #[arg(long, env = "DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN")]
+    pub max_early_file_uploads_per_token: Option<usize>,
+    /// Seconds an S3 upload waits for one of the shared part buffers before it fails with 503 too_busy [default: 30, range 1..=600]
+    #[arg(long, env = "DEPOT_S3_BUFFER_WAIT_SECONDS")]
+    pub s3_buffer_wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +127,7 @@ pub struct S3Settings {
     pub create_bucket: bool,
     pub part_size: u64,
     pub parts_in_flight: usize,
+    pub buffer_wait_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +149,9 @@ pub struct Settings {
     pub janitor_grace_seconds: u64,
     pub log_format: LogFormat,
     pub shutdown_grace_seconds: u64,
+    pub upload_idle_timeout_seconds: u64,
+    pub max_concurrent_uploads: usize,
+    pub max_early_file_uploads_per_token: usize,
 }
 
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -178,7 +194,11 @@ impl RawSettings {
             janitor_interval_seconds,
             janitor_grace_seconds,
             log_format,
-            shutdown_grace_seconds
+            shutdown_grace_seconds,
+            upload_idle_timeout_seconds,
+            max_concurrent_uploads,
+            max_early_file_uploads_per_token,
+            s3_buffer_wait_seconds
         )
     }
 }
@@ -220,6 +240,11 @@ impl Settings {
                     (1..=64).contains(&parts_in_flight),
                     "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64"
                 );
+                let buffer_wait_seconds = raw.s3_buffer_wait_seconds.unwrap_or(30);
+                anyhow::ensure!(
+                    (1..=600).contains(&buffer_wait_seconds),
+                    "DEPOT_S3_BUFFER_WAIT_SECONDS must be between 1 and 600"
+                );
                 let prefix = raw.s3_prefix.unwrap_or_default();
                 let prefix = prefix.trim_matches('/');
                 Some(S3Settings {
@@ -236,6 +261,7 @@ impl Settings {
                     create_bucket: raw.s3_create_bucket.unwrap_or(false),
                     part_size,
                     parts_in_flight,
+                    buffer_wait_seconds,
                 })
             }
             _ => None,
@@ -251,7 +277,25 @@ impl Settings {
                 "DEPOT_ADMIN_TOKEN must be at least 16 characters long"
             );
         }
+        let upload_idle_timeout_seconds = raw.upload_idle_timeout_seconds.unwrap_or(60);
+        anyhow::ensure!(
+            (1..=3600).contains(&upload_idle_timeout_seconds),
+            "DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS must be between 1 and 3600"
+        );
+        let max_concurrent_uploads = raw.max_concurrent_uploads.unwrap_or(64);
+        anyhow::ensure!(
+            (1..=10_000).contains(&max_concurrent_uploads),
+            "DEPOT_MAX_CONCURRENT_UPLOADS must be between 1 and 10000"
+        );
+        let max_early_file_uploads_per_token = raw.max_early_file_uploads_per_token.unwrap_or(2);
+        anyhow::ensure!(
+            (1..=64).contains(&max_early_file_uploads_per_token),
+            "DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN must be between 1 and 64"
+        );
         Ok(Settings {
+            upload_idle_timeout_seconds,
+            max_concurrent_uploads,
+            max_early_file_uploads_per_token,
             listen: raw.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             data_dir: raw
                 .data_dir

@@ -12,9 +12,14 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (busy and rate-limited answers).
+    pub retry_after: Option<u32>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What a client refused for lack of capacity is told to wait before it retries.
+pub const BUSY_RETRY_AFTER_SECONDS: u32 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -22,7 +27,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+    /// 503 `too_busy`: a limit on concurrent work is reached; retry after `seconds`.
+    pub fn too_busy(message: impl Into<String>, seconds: u32) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "too_busy", message).with_retry_after(seconds)
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -77,7 +91,13 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.message, "code": self.code }));
-        (self.status, body).into_response()
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -97,6 +117,9 @@ pub enum MetaError {
 pub enum BlobError {
     #[error("blob not found")]
     NotFound,
+    /// A bounded resource (the S3 part buffers) stayed taken for too long.
+    #[error("storage busy")]
+    Busy,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -129,6 +152,10 @@ impl From<BlobError> for ApiError {
                     "the artifact could not be read from storage",
                 )
             }
+            BlobError::Busy => ApiError::too_busy(
+                "every upload buffer is taken; retry later",
+                BUSY_RETRY_AFTER_SECONDS,
+            ),
             BlobError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "blob store error");
                 ApiError::new(

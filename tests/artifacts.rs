@@ -615,7 +615,7 @@ async fn malformed_upload_bodies_are_400_json_errors() {
     let form = Form::upload(&product, "1.0.0", "a.bin", b"abc").file("file", Some("b.bin"), b"def");
     app.upload_form(Some(app.admin()), form)
         .await
-        .assert_error(400, "invalid_body");
+        .assert_error(400, "duplicate_field");
     app.wait_blob_count(0).await;
     assert!(app.versions(&product).await.is_empty());
 }

@@ -14,8 +14,7 @@ use crate::meta::{VersionRecord, now_ms};
 use crate::upload::{UploadResult, receive};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
@@ -51,22 +50,13 @@ pub async fn upload(
     State(app): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
-    let multipart = multipart.map_err(|rejection| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!(
-                "expected a multipart/form-data body: {}",
-                rejection.body_text()
-            ),
-        )
-    })?;
     // Counted as a running transfer; after the shutdown grace period it is aborted,
     // which drops `receive` and so runs its cleanup before the process exits.
     let _transfer = app.shutdown.transfers.token();
     let outcome = tokio::select! {
-        outcome = receive(&app, &caller, &headers, multipart) => outcome,
+        outcome = receive(&app, &caller, &headers, body) => outcome,
         _ = app.shutdown.abort.cancelled() => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

@@ -41,6 +41,8 @@ struct Inner {
     part_size: usize,
     parts_in_flight: usize,
     buffers: Arc<Semaphore>,
+    /// How long an upload waits for a part buffer before it gets 503 too_busy.
+    buffer_wait: std::time::Duration,
     spare_buffers: std::sync::Mutex<Vec<BytesMut>>,
 }
 
@@ -133,6 +135,7 @@ impl S3BlobStore {
                 part_size,
                 parts_in_flight: settings.parts_in_flight,
                 buffers: Arc::new(Semaphore::new(budget as usize)),
+                buffer_wait: std::time::Duration::from_secs(settings.buffer_wait_seconds),
                 spare_buffers: std::sync::Mutex::new(Vec::new()),
             }),
         };
@@ -392,13 +395,14 @@ impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
         while !chunk.is_empty() {
             if self.buffer_permit.is_none() {
-                let permit = self
-                    .inner
-                    .buffers
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+                // Bounded wait: stalled uploads holding every buffer must not freeze the rest.
+                let permit = tokio::time::timeout(
+                    self.inner.buffer_wait,
+                    self.inner.buffers.clone().acquire_owned(),
+                )
+                .await
+                .map_err(|_| BlobError::Busy)?
+                .map_err(|e| BlobError::Unavailable(e.to_string()))?;
                 self.buffer_permit = Some(permit);
                 self.buffer = self.inner.take_buffer();
             }

@@ -65,13 +65,33 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = base
         .chars()
-        .filter(|c| !c.is_control() && *c != '"')
+        .filter(|c| !c.is_control() && !is_format_character(*c) && *c != '"')
         .collect();
     let cleaned = cleaned.trim();
     if cleaned.is_empty() || cleaned == "." || cleaned == ".." || cleaned.len() > 255 {
         return None;
     }
     Some(cleaned.to_string())
+}
+
+/// Invisible format characters (Unicode category Cf) that change how a name displays:
+/// bidi overrides and isolates (U+202E shows `exe.txt` as `txt.exe`), zero-width
+/// characters, the BOM, soft hyphens.
+fn is_format_character(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// `raw` with `%XX` escapes decoded, a few rounds deep so double encoding hides nothing.
@@ -181,5 +201,22 @@ mod tests {
             Some("my%20file.tgz")
         );
         assert_eq!(sanitize_file_name("100%.bin").as_deref(), Some("100%.bin"));
+    }
+
+    #[test]
+    fn bidi_and_other_format_characters_are_stripped_from_file_names() {
+        assert_eq!(
+            sanitize_file_name("invoice\u{202E}fdp.exe").as_deref(),
+            Some("invoicefdp.exe")
+        );
+        assert_eq!(
+            sanitize_file_name("\u{FEFF}a\u{200B}b\u{2066}c\u{2069}.bin").as_deref(),
+            Some("abc.bin")
+        );
+        assert_eq!(sanitize_file_name("\u{202E}\u{200F}"), None);
+        assert_eq!(
+            sanitize_file_name("naïve €.tgz").as_deref(),
+            Some("naïve €.tgz")
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! each run in its own database and key prefix.
 #![allow(dead_code)]
 
+pub mod streaming;
+
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -492,6 +494,25 @@ impl TestApp {
         &self.client
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("the server is running")
+    }
+
+    /// The server's peak resident memory so far (`VmHWM` in /proc), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -928,7 +949,7 @@ impl TestApp {
     }
 }
 
-fn parse_raw_response(bytes: &[u8]) -> RawReply {
+pub fn parse_raw_response(bytes: &[u8]) -> RawReply {
     let split = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -1,34 +1,110 @@
 //! The upload commit protocol, the same for every backend:
 //!
+//! 0. admission: a slot among `DEPOT_MAX_CONCURRENT_UPLOADS` (else 503 `too_busy`);
 //! 1. authorize, then reserve (product, version) as *pending*: the unique record decides
 //!    races, so exactly one concurrent upload of a version proceeds;
 //! 2. stream the multipart `file` field into a blob writer under a fresh key, counting
 //!    bytes against the limit and hashing with SHA-256 on the way;
 //! 3. verify the client's expected digest, finish the blob, flip the record to committed.
 //!
-//! Fields may come in any order: when `file` arrives before `product`/`version`, it is
-//! streamed first and step 1 happens afterwards. Any error, or the request future being
-//! dropped (client gone), runs `UploadGuard::drop`, which aborts the blob and removes
-//! the pending record; the janitor handles what a crash leaves.
+//! The form is read by [`multipart::FormReader`], which bounds everything outside the
+//! file (64 KiB, 16 fields, each of `product`/`version`/`checksum` once) and times out a
+//! body that stops sending. Fields may come in any order: when `file` arrives before
+//! `product`/`version`, it is streamed first (only for a token that may upload somewhere,
+//! and only a few such streams per token at once) and step 1 happens afterwards. Any
+//! error, or the request future being dropped (client gone), runs `UploadGuard::drop`,
+//! which aborts the blob and removes the pending record; the janitor handles what a
+//! crash leaves.
+
+mod multipart;
+mod staging;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::blob::{AlignedBuf, BlobWriter, new_blob_key};
+use crate::blob::{BlobWriter, new_blob_key};
 use crate::domain::names::{sanitize_file_name, validate_new_version, validate_product};
 use crate::domain::permissions::ProductOp;
 use crate::domain::version::{kind_of, sort_key};
-use crate::error::{ApiError, ApiResult, BlobError, MetaError};
+use crate::error::{ApiError, ApiResult, BUSY_RETRY_AFTER_SECONDS, BlobError, MetaError};
 use crate::meta::{VersionRecord, VersionState, now_ms};
-use axum::extract::Multipart;
-use axum::extract::multipart::{Field, MultipartError};
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
+use multipart::{ENVELOPE_LIMIT, FormError, FormReader};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use staging::{BackgroundHasher, Staging, pass_on};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Multipart framing and the small text fields on top of the artifact itself.
-const ENVELOPE_ALLOWANCE: u64 = 64 * 1024;
+/// One text field's longest value.
 const MAX_TEXT_FIELD: usize = 1024;
+
+/// How many uploads run at once, and how many per token stream a file before their
+/// product is known (such a stream cannot be authorized until the form names it).
+#[derive(Clone)]
+pub struct UploadLimits {
+    slots: Arc<Semaphore>,
+    early_per_token: usize,
+    early: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl UploadLimits {
+    pub fn new(max_uploads: usize, early_per_token: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_uploads)),
+            early_per_token,
+            early: Arc::default(),
+        }
+    }
+
+    fn admit(&self) -> ApiResult<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::too_busy(
+                "the server is running as many uploads as it allows (DEPOT_MAX_CONCURRENT_UPLOADS); retry later",
+                BUSY_RETRY_AFTER_SECONDS,
+            )
+        })
+    }
+
+    fn early_file(&self, token_id: &str) -> ApiResult<EarlyFileSlot> {
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+        let running = early.entry(token_id.to_string()).or_default();
+        if *running >= self.early_per_token {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                "this token already streams as many files before naming their product as allowed \
+                 (DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN); send product and version before the file, or retry later",
+            )
+            .with_retry_after(BUSY_RETRY_AFTER_SECONDS));
+        }
+        *running += 1;
+        Ok(EarlyFileSlot {
+            limits: self.clone(),
+            token_id: token_id.to_string(),
+        })
+    }
+}
+
+/// One of a token's early-file streams; released on drop.
+struct EarlyFileSlot {
+    limits: UploadLimits,
+    token_id: String,
+}
+
+impl Drop for EarlyFileSlot {
+    fn drop(&mut self) {
+        let mut early = self.limits.early.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = early.get_mut(&self.token_id) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                early.remove(&self.token_id);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct UploadResult {
@@ -193,20 +269,41 @@ impl UploadGuard {
     }
 }
 
-fn multipart_error(err: MultipartError) -> ApiError {
-    let status = err.status();
-    if status == http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(status, "payload_too_large", err.body_text());
+/// The form's failures as API errors.
+fn form_error(err: FormError, limit: u64) -> ApiError {
+    match err {
+        FormError::BodyTooLarge => ApiError::payload_too_large(limit),
+        FormError::EnvelopeTooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "form_too_large",
+            err.to_string(),
+        ),
+        FormError::TooManyParts => ApiError::bad_request("too_many_fields", err.to_string()),
+        FormError::Idle => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_timeout",
+            "no data arrived for too long (DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS); nothing was stored",
+        ),
+        FormError::NotMultipart(_) | FormError::Malformed(_) | FormError::Read(_) => {
+            ApiError::bad_request("invalid_body", err.to_string())
+        }
     }
+}
+
+fn duplicate(field: &str) -> ApiError {
     ApiError::bad_request(
-        "invalid_body",
-        format!("malformed multipart body: {}", err.body_text()),
+        "duplicate_field",
+        format!("the multipart form has more than one '{field}' field"),
     )
 }
 
-async fn read_text_field(mut field: Field<'_>, name: &str) -> ApiResult<String> {
+async fn read_text<S, E>(form: &mut FormReader<S>, name: &str, limit: u64) -> ApiResult<String>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = form.chunk().await.map_err(|e| form_error(e, limit))? {
         if buf.len() + chunk.len() > MAX_TEXT_FIELD {
             return Err(ApiError::bad_request(
                 "invalid_body",
@@ -226,155 +323,19 @@ struct Streamed {
     file_name: String,
 }
 
-/// SHA-256 on a blocking-pool thread, so hashing runs on one core while parsing and
-/// writing run on another. It reads whole staging blocks.
-struct BackgroundHasher {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    task: tokio::task::JoinHandle<String>,
-}
-
-impl BackgroundHasher {
-    fn new() -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
-            while let Some(block) = rx.blocking_recv() {
-                hasher.update(&block);
-            }
-            hex::encode(hasher.finalize())
-        });
-        Self { tx, task }
-    }
-
-    async fn update(&self, block: Bytes) -> ApiResult<()> {
-        self.tx.send(block).await.map_err(ApiError::internal)
-    }
-
-    async fn finish(self) -> ApiResult<String> {
-        drop(self.tx);
-        self.task.await.map_err(ApiError::internal)
-    }
-}
-
-/// Size of the blocks the upload body is copied into.
-const STAGING_BLOCK: usize = 1024 * 1024;
-/// Blocks waiting for the hasher; hashing outruns every store, so a short queue is enough.
-const HASH_QUEUE: usize = 2;
-/// Blocks per upload: the one filling, the hasher's queue and the one being hashed; the
-/// filesystem store writes these very blocks to disk, and its queue of them runs
-/// alongside the hasher's (a block is in both at once).
-const STAGING_BLOCKS: usize = 6;
-
-/// A filled staging block shared by the hasher and the blob writer; when the last of
-/// them drops it, its buffer goes back to the upload's pool.
-struct PooledBlock {
-    buf: Option<AlignedBuf>,
-    home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
-}
-
-impl AsRef<[u8]> for PooledBlock {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.as_ref().map_or(&[], |buf| buf.as_ref())
-    }
-}
-
-impl Drop for PooledBlock {
-    fn drop(&mut self) {
-        if let Some(mut buf) = self.buf.take() {
-            buf.clear();
-            // The upload is over when its pool is gone: the buffer is simply freed.
-            let _ = self.home.send(buf);
-        }
-    }
-}
-
-/// Copies the body out of the multipart parser's buffer into a few reused, aligned
-/// blocks. The parser's chunks are dropped at once, so its buffer is reused in place:
-/// holding them until hashed made it allocate (and fault in) fresh memory for every
-/// megabyte. Aligned blocks let the filesystem store write them without another copy.
-struct Staging {
-    filling: Option<AlignedBuf>,
-    made: usize,
-    returned: tokio::sync::mpsc::UnboundedReceiver<AlignedBuf>,
-    home: tokio::sync::mpsc::UnboundedSender<AlignedBuf>,
-}
-
-impl Staging {
-    fn new() -> Self {
-        let (home, returned) = tokio::sync::mpsc::unbounded_channel();
-        Self {
-            filling: None,
-            made: 0,
-            returned,
-            home,
-        }
-    }
-
-    async fn empty_block(&mut self) -> ApiResult<AlignedBuf> {
-        if let Ok(buf) = self.returned.try_recv() {
-            return Ok(buf);
-        }
-        if self.made < STAGING_BLOCKS {
-            self.made += 1;
-            return Ok(AlignedBuf::new(STAGING_BLOCK));
-        }
-        // `self.home` keeps the channel open, so this waits for a block to come back.
-        self.returned
-            .recv()
-            .await
-            .ok_or_else(|| ApiError::internal("staging pool closed"))
-    }
-
-    /// Copies as much of `data` as fits into the block being filled; returns how much,
-    /// and the block once it is full.
-    async fn fill(&mut self, data: &[u8]) -> ApiResult<(usize, Option<Bytes>)> {
-        let mut buf = match self.filling.take() {
-            Some(buf) => buf,
-            None => self.empty_block().await?,
-        };
-        let taken = buf.push(data);
-        if buf.is_full() {
-            Ok((taken, Some(self.share(buf))))
-        } else {
-            self.filling = Some(buf);
-            Ok((taken, None))
-        }
-    }
-
-    /// The partly filled last block, if any.
-    fn rest(&mut self) -> Option<Bytes> {
-        let buf = self.filling.take().filter(|buf| !buf.is_empty())?;
-        Some(self.share(buf))
-    }
-
-    fn share(&self, buf: AlignedBuf) -> Bytes {
-        Bytes::from_owner(PooledBlock {
-            buf: Some(buf),
-            home: self.home.clone(),
-        })
-    }
-}
-
-/// Hands a full (or final) block to the hasher and the blob writer.
-async fn pass_on(
-    block: Bytes,
-    hasher: &BackgroundHasher,
-    writer: &mut dyn BlobWriter,
-) -> ApiResult<()> {
-    hasher.update(block.clone()).await?;
-    writer.write(block).await?;
-    Ok(())
-}
-
-async fn stream_file(
-    field: &mut Field<'_>,
+async fn stream_file<S, E>(
+    form: &mut FormReader<S>,
     writer: &mut dyn BlobWriter,
     limit: u64,
-) -> ApiResult<(u64, String)> {
+) -> ApiResult<(u64, String)>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let hasher = BackgroundHasher::new();
     let mut staging = Staging::new();
     let mut size: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = form.chunk().await.map_err(|e| form_error(e, limit))? {
         size += chunk.len() as u64;
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
@@ -398,102 +359,108 @@ async fn stream_file(
 /// removes it; an upload still running by then cannot be committed.
 fn upload_expired() -> ApiError {
     ApiError::new(
-        http::StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::SERVICE_UNAVAILABLE,
         "upload_expired",
         "the upload took longer than the server keeps a pending version \
          (DEPOT_JANITOR_GRACE_SECONDS); nothing was stored, upload again",
     )
 }
 
+/// `POST /product/upload`: admission, then the form, then the commit protocol above.
 pub async fn receive(
     app: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    multipart: Multipart,
+    body: Body,
 ) -> ApiResult<UploadResult> {
-    let mut multipart = multipart;
-    let mut guard = None;
-    let result = receive_into(app, caller, headers, &mut multipart, &mut guard).await;
-    if result.is_err() {
-        if let Some(guard) = guard.take() {
-            guard.cleanup().await;
-        }
-        drain_small_rest(&mut multipart).await;
-    }
-    result
-}
-
-/// Reads what is left of a refused upload's body, up to a small cap and time, so a client
-/// still sending a small form sees the error response instead of a reset connection.
-async fn drain_small_rest(multipart: &mut Multipart) {
-    const CAP: usize = 1024 * 1024;
-    let drain = async {
-        let mut seen = 0usize;
-        while let Ok(Some(mut field)) = multipart.next_field().await {
-            while let Ok(Some(chunk)) = field.chunk().await {
-                seen += chunk.len();
-                if seen > CAP {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
-}
-
-async fn receive_into(
-    app: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    multipart: &mut Multipart,
-    guard: &mut Option<UploadGuard>,
-) -> ApiResult<UploadResult> {
+    let _slot = app.uploads.admit()?;
     let limit = app.settings.max_upload_bytes;
+    let body_limit = limit.saturating_add(ENVELOPE_LIMIT as u64);
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit.saturating_add(ENVELOPE_ALLOWANCE)) {
+    if declared.is_some_and(|len| len > body_limit) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let mut expected: Vec<String> = Vec::new();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let boundary = multipart::boundary(content_type).map_err(|e| form_error(e, limit))?;
+    let idle = Duration::from_secs(app.settings.upload_idle_timeout_seconds);
+    let mut form = FormReader::new(body.into_data_stream(), &boundary, "file", body_limit, idle);
+    let mut guard = None;
+    let result = receive_into(app, caller, headers, &mut form, &mut guard).await;
+    if let Err(err) = &result {
+        if let Some(guard) = guard.take() {
+            guard.cleanup().await;
+        }
+        if err.status != StatusCode::REQUEST_TIMEOUT {
+            form.drain_small_rest().await;
+        }
+    }
+    result
+}
+
+async fn receive_into<S, E>(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    form: &mut FormReader<S>,
+    guard: &mut Option<UploadGuard>,
+) -> ApiResult<UploadResult>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let limit = app.settings.max_upload_bytes;
+    let mut expected: Option<String> = None;
     if let Some(v) = headers.get("x-checksum-sha256") {
         let raw = v.to_str().map_err(|_| {
             ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII")
         })?;
-        expected.push(parse_expected_digest(raw)?);
+        expected = Some(parse_expected_digest(raw)?);
     }
-
+    let mut field_checksum: Option<String> = None;
     let mut product: Option<String> = None;
     let mut version: Option<String> = None;
     let mut streamed: Option<Streamed> = None;
+    // Held while a file that came before the name fields streams without a reservation.
+    let mut early_slot: Option<EarlyFileSlot> = None;
 
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
+    while let Some(part) = form.next_part().await.map_err(|e| form_error(e, limit))? {
+        match part.name.as_str() {
             "product" => {
-                let value = read_text_field(field, "product").await?;
+                if product.is_some() {
+                    return Err(duplicate("product"));
+                }
+                let value = read_text(form, "product", limit).await?;
                 validate_product(&value).map_err(crate::api::name_error)?;
                 product = Some(value);
             }
             "version" => {
-                let value = read_text_field(field, "version").await?;
+                if version.is_some() {
+                    return Err(duplicate("version"));
+                }
+                let value = read_text(form, "version", limit).await?;
                 validate_new_version(&value).map_err(crate::api::name_error)?;
                 version = Some(value);
             }
             "checksum" => {
-                let value = read_text_field(field, "checksum").await?;
-                expected.push(parse_expected_digest(&value)?);
+                if field_checksum.is_some() {
+                    return Err(duplicate("checksum"));
+                }
+                let value = read_text(form, "checksum", limit).await?;
+                field_checksum = Some(parse_expected_digest(&value)?);
             }
             "file" => {
                 if streamed.is_some() {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        "only one 'file' field is allowed",
-                    ));
+                    return Err(duplicate("file"));
                 }
-                let file_name = field
-                    .file_name()
+                let file_name = part
+                    .file_name
+                    .as_deref()
                     .map(|raw| {
                         sanitize_file_name(raw).ok_or_else(|| {
                             ApiError::bad_request(
@@ -512,22 +479,29 @@ async fn receive_into(
                     blob_finished: false,
                     reservation: None,
                 });
-                // Fail fast (permission, duplicate) before reading the body when we can.
                 if let (Some(p), Some(v)) = (&product, &version) {
+                    // Fail fast (permission, duplicate) before reading the body.
                     g.reserve(caller, p, v, &file_name).await?;
+                } else {
+                    // Not a byte stored for a token that can upload nowhere; the streams
+                    // whose product is not known yet are few per token.
+                    if !caller.may_upload_somewhere() {
+                        return Err(ApiError::forbidden(
+                            "your token may not upload to any product",
+                        ));
+                    }
+                    early_slot = Some(app.uploads.early_file(&caller.token.id)?);
                 }
                 let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
-                let (size, digest) = stream_file(&mut field, writer.as_mut(), limit).await?;
+                let (size, digest) = stream_file(form, writer.as_mut(), limit).await?;
                 streamed = Some(Streamed {
                     size,
                     digest,
                     file_name,
                 });
             }
-            _ => {
-                // Unknown fields are drained and ignored, as form handlers usually do.
-                let _ = read_text_field(field, &name).await;
-            }
+            // Unknown fields are skipped (within the form's budget), as form handlers do.
+            _ => {}
         }
     }
 
@@ -541,7 +515,12 @@ async fn receive_into(
             .reserve(caller, &product, &version, &streamed.file_name)
             .await?;
     }
-    if let Some(bad) = expected.iter().find(|e| **e != streamed.digest) {
+    drop(early_slot);
+    if let Some(bad) = [expected, field_checksum]
+        .iter()
+        .flatten()
+        .find(|e| **e != streamed.digest)
+    {
         return Err(ApiError::bad_request(
             "checksum_mismatch",
             format!(
