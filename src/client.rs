@@ -5,6 +5,12 @@
 //! server verifies what it received. Pull writes to `<file>.part`, resumes it with a
 //! `Range` + `If-Range` request, verifies the SHA-256 against the server's
 //! `X-Checksum-Sha256`, and renames only when it matches.
+//!
+//! The client is careful with what a server (or another local user) could make it do:
+//! the token goes in `Authorization: Bearer` and only to the origin of `--url` (a
+//! redirect elsewhere is refused), a server-chosen file name is used only when it is a
+//! plain visible base name, the `.part` file is never opened through a symlink, and no
+//! existing file is replaced without `--force`.
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -14,6 +20,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,18 +88,28 @@ pub enum ClientCommand {
         checksum: Option<String>,
     },
     /// Download a version (or `latest`), verify its SHA-256, resume interrupted downloads
+    ///
+    /// Writes `<output>.part` (never through a symlink; a `.part` that is not a regular
+    /// file of yours is refused) and renames it to the output only once the digest matches,
+    /// never over an existing file unless --force.
     Pull {
         #[command(flatten)]
         connection: Connection,
         product: String,
         /// A version name or `latest`
         version: String,
-        /// Output path [default: the uploaded file name, in the current directory]
+        /// Output path [default: the uploaded file name, in the current directory; a
+        /// server-chosen name is used only if it is a plain visible base name (no `/` or
+        /// `\`, no leading dot, no control or format characters), else pull refuses:
+        /// pass -o]
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// With `latest`: consider pre-releases too
         #[arg(long)]
         prerelease: bool,
+        /// Replace the output file if it exists (without it, pull refuses with exit code 5)
+        #[arg(long)]
+        force: bool,
     },
     /// List your products, or the versions of one product
     Ls {
@@ -200,7 +217,9 @@ impl Client {
     pub fn new(conn: &Connection) -> ClientResult<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
+            // A Referer would carry the previous path, which may hold a raw token.
+            .referer(false)
             .build()
             .map_err(|e| fail(Failure::Other, format!("cannot build HTTP client: {e}")))?;
         Ok(Client {
@@ -216,10 +235,11 @@ impl Client {
             .token
             .as_deref()
             .ok_or_else(|| fail(Failure::Auth, "no token: set DEPOT_TOKEN or pass --token"))?;
+        // `bearer_auth` marks the header sensitive (kept out of reqwest's debug output).
         Ok(self
             .http
             .request(method, format!("{}{path}", self.base))
-            .header("X-Api-Token", token))
+            .bearer_auth(token))
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> ClientResult<reqwest::Response> {
@@ -327,9 +347,10 @@ impl Client {
         version: &str,
         output: Option<&Path>,
         prerelease: bool,
+        force: bool,
     ) -> ClientResult<PathBuf> {
-        // Always through Depot (never a redirect): the token must not follow a 302 to
-        // another host, and HEAD, Range and If-Range need Depot's own headers.
+        // Always through Depot (never a redirect): HEAD, Range and If-Range need Depot's
+        // own headers (and the token never goes to another origin anyway).
         let path =
             format!("/product/download/{product}/{version}?redirect=false&prerelease={prerelease}");
         // HEAD first: the final name, size and digest, before touching the disk.
@@ -358,24 +379,29 @@ impl Client {
             .unwrap_or(0);
         let target = match output {
             Some(p) => p.to_path_buf(),
-            None => PathBuf::from(
-                header(&head, "content-disposition")
+            None => {
+                let name = header(&head, "content-disposition")
                     .and_then(|cd| file_name_from_disposition(&cd))
-                    .unwrap_or_else(|| format!("{product}-{version}")),
-            ),
+                    .unwrap_or_else(|| format!("{product}-{version}"));
+                PathBuf::from(plain_file_name(&name)?)
+            }
         };
+        if !force && tokio::fs::symlink_metadata(&target).await.is_ok() {
+            return Err(exists_error(&target));
+        }
         let part = PathBuf::from(format!("{}.part", target.display()));
         let tag_file = PathBuf::from(format!("{}.part.etag", target.display()));
         let mut hasher = Sha256::new();
         let mut have: u64 = 0;
+        // A `.part` left by an earlier pull: opened without following a symlink, and used
+        // only if it is a regular file of ours (see `open_existing_part`).
+        let mut existing = open_existing_part(&part).await?;
         // Resume only a partial download of the very same artifact.
-        let same_artifact = tokio::fs::read_to_string(&tag_file)
-            .await
-            .is_ok_and(|t| t == etag);
-        if same_artifact && let Ok(mut existing) = tokio::fs::File::open(&part).await {
+        let same_artifact = read_tag(&tag_file).await.is_some_and(|t| t == etag);
+        if same_artifact && let Some(file) = existing.as_mut() {
             let mut buf = vec![0u8; 1024 * 1024];
             loop {
-                let n = existing.read(&mut buf).await.map_err(io_fail)?;
+                let n = file.read(&mut buf).await.map_err(io_fail)?;
                 if n == 0 {
                     break;
                 }
@@ -387,7 +413,7 @@ impl Client {
             have = 0;
             hasher = Sha256::new();
         }
-        tokio::fs::write(&tag_file, &etag).await.map_err(io_fail)?;
+        write_tag(&tag_file, &etag).await?;
         let mut req = self.request(Method::GET, &path)?;
         if have > 0 {
             req = req
@@ -399,22 +425,24 @@ impl Client {
         } else {
             Some(self.send(req).await?)
         };
-        let mut out = match &resp {
-            Some(r) if r.status() == StatusCode::PARTIAL_CONTENT => tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&part)
-                .await
-                .map_err(io_fail)?,
-            Some(_) => {
+        let resumed = have > 0
+            && resp
+                .as_ref()
+                .is_none_or(|r| r.status() == StatusCode::PARTIAL_CONTENT);
+        let mut out = match existing {
+            // Opened for append: what comes next goes after the bytes already hashed.
+            Some(file) if resumed => file,
+            Some(file) => {
                 have = 0;
                 hasher = Sha256::new();
-                tokio::fs::File::create(&part).await.map_err(io_fail)?
+                file.set_len(0).await.map_err(io_fail)?;
+                file
             }
-            None => tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&part)
-                .await
-                .map_err(io_fail)?,
+            None => {
+                have = 0;
+                hasher = Sha256::new();
+                create_part(&part).await?
+            }
         };
         if let Some(resp) = resp {
             let bar = self.progress(size, &format!("pull {product} {version}"));
@@ -442,7 +470,7 @@ impl Client {
                 ),
             ));
         }
-        tokio::fs::rename(&part, &target).await.map_err(io_fail)?;
+        finish_part(&part, &target, force).await?;
         let _ = tokio::fs::remove_file(&tag_file).await;
         Ok(target)
     }
@@ -470,10 +498,11 @@ impl Client {
                 version,
                 output,
                 prerelease,
+                force,
                 ..
             } => {
                 let path = self
-                    .pull(&product, &version, output.as_deref(), prerelease)
+                    .pull(&product, &version, output.as_deref(), prerelease, force)
                     .await?;
                 println!(
                     "pulled {product} {version} to {} (sha256 verified)",
@@ -682,17 +711,266 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The quoted `filename` of a Content-Disposition, as the server sent it: `pull` uses it
+/// only if `plain_file_name` accepts it.
 fn file_name_from_disposition(cd: &str) -> Option<String> {
     let start = cd.find("filename=\"")? + "filename=\"".len();
     let name = &cd[start..];
-    let name = &name[..name.find('"')?];
-    // Never let a server pick a path: keep the base name only.
-    crate::domain::names::sanitize_file_name(name)
+    Some(name[..name.find('"')?].to_string())
+}
+
+/// At most this many redirects, all on the origin of `--url`.
+const MAX_REDIRECTS: usize = 5;
+
+/// Redirects within the origin of the first request (same scheme, host and port) are
+/// followed, with the token, up to `MAX_REDIRECTS`; a redirect to any other origin is
+/// refused before it is followed, so no credential (nor anything else) reaches it.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let next = attempt.url().origin();
+        let first = match attempt.previous().first() {
+            Some(url) => url.origin(),
+            None => return attempt.error(RedirectRefused("a redirect without origin".into())),
+        };
+        if next != first {
+            let message = format!(
+                "the server at {} redirected to another origin, {}",
+                first.ascii_serialization(),
+                next.ascii_serialization()
+            );
+            return attempt.error(RedirectRefused(message));
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RedirectRefused(format!(
+                "more than {MAX_REDIRECTS} redirects"
+            )));
+        }
+        attempt.follow()
+    })
+}
+
+/// Why a redirect was not followed (origins only: a path may hold a raw token).
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// `name` if it is a plain, visible base name to create in the current directory: no
+/// path separator, no leading dot (no `.bashrc`, `.`, `..`), no control or format
+/// character, not blank, at most 255 bytes. A server-chosen name that is not is refused
+/// (not rewritten): the user picks one with `-o`.
+fn plain_file_name(name: &str) -> ClientResult<String> {
+    let plain = !name.trim().is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_control() || is_format_char(c));
+    if plain {
+        return Ok(name.to_string());
+    }
+    let shown: String = name
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
+    Err(fail(
+        Failure::Other,
+        format!(
+            "the server suggested the file name \"{shown}\", which is not a plain visible file name (a dot-file, a path, or control characters); nothing was written\nhint: choose the output path with -o"
+        ),
+    ))
+}
+
+/// Unicode format characters (category Cf: bidi overrides, zero-width characters), which
+/// make a name display as something it is not.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
+fn exists_error(target: &Path) -> ClientError {
+    fail(
+        Failure::Conflict,
+        format!(
+            "{} already exists; nothing was written\nhint: pass --force to replace it, or choose another path with -o",
+            target.display()
+        ),
+    )
+}
+
+/// Flags for every open of a `.part` or `.part.etag` file: never through a symlink, and
+/// never blocking on a FIFO planted in its place.
+const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+
+/// The `.part` of an earlier pull, opened for reading and appending without following a
+/// symlink; `None` if there is none. Anything but a regular file with one link, owned by
+/// this user, is refused: writing through it would change some other file, or leave the
+/// download writable by whoever planted it.
+async fn open_existing_part(part: &Path) -> ClientResult<Option<tokio::fs::File>> {
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(NO_FOLLOW)
+        .open(part)
+        .await;
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_ours(part, "a symlink")),
+        Err(e) => return Err(io_fail(e)),
+    };
+    let meta = file.metadata().await.map_err(io_fail)?;
+    if !meta.is_file() {
+        return Err(not_ours(part, "not a regular file"));
+    }
+    if meta.nlink() != 1 {
+        return Err(not_ours(part, "a file with other hard links"));
+    }
+    if meta.uid() != effective_uid() {
+        return Err(not_ours(part, "owned by another user"));
+    }
+    Ok(Some(file))
+}
+
+fn not_ours(part: &Path, what: &str) -> ClientError {
+    fail(
+        Failure::Other,
+        format!(
+            "{} is {what}: not written to, nothing was downloaded\nhint: remove it and pull again",
+            part.display()
+        ),
+    )
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A fresh `.part`: created exclusively (O_EXCL: an existing file or symlink in its
+/// place, even one planted since `open_existing_part`, is an error).
+async fn create_part(part: &Path) -> ClientResult<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .append(true)
+        .create_new(true)
+        .custom_flags(NO_FOLLOW)
+        .open(part)
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                not_ours(part, "in the way (it appeared during the pull)")
+            } else {
+                io_fail(e)
+            }
+        })
+}
+
+/// The ETag an interrupted pull recorded, if its file is a regular file (not a symlink).
+async fn read_tag(tag_file: &Path) -> Option<String> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NO_FOLLOW)
+        .open(tag_file)
+        .await
+        .ok()?;
+    if !file.metadata().await.ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(4096)
+        .read_to_string(&mut text)
+        .await
+        .ok()?;
+    Some(text)
+}
+
+/// Records the ETag next to the `.part`: whatever is at that path is unlinked (a symlink
+/// itself, never its target) and the file created afresh, exclusively.
+async fn write_tag(tag_file: &Path, etag: &str) -> ClientResult<()> {
+    match tokio::fs::remove_file(tag_file).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_fail(e)),
+        _ => {}
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(NO_FOLLOW)
+        .open(tag_file)
+        .await
+        .map_err(io_fail)?;
+    file.write_all(etag.as_bytes()).await.map_err(io_fail)?;
+    file.flush().await.map_err(io_fail)
+}
+
+/// Moves the verified `.part` to `target`. With `force`, a plain rename (it replaces a
+/// file or a symlink at `target`, never writing through it). Without, a hard link that
+/// fails if anything exists at `target` (even a file that appeared during the download),
+/// then the `.part` is unlinked; on a file system without hard links, a checked rename.
+async fn finish_part(part: &Path, target: &Path, force: bool) -> ClientResult<()> {
+    if force {
+        return tokio::fs::rename(part, target).await.map_err(io_fail);
+    }
+    match tokio::fs::hard_link(part, target).await {
+        Ok(()) => tokio::fs::remove_file(part).await.map_err(io_fail),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(fail(
+            Failure::Conflict,
+            format!(
+                "{} appeared during the download and was not replaced; the verified download is in {}\nhint: pass --force to replace it",
+                target.display(),
+                part.display()
+            ),
+        )),
+        Err(_) => {
+            if tokio::fs::symlink_metadata(target).await.is_ok() {
+                return Err(exists_error(target));
+            }
+            tokio::fs::rename(part, target).await.map_err(io_fail)
+        }
+    }
 }
 
 fn network(err: reqwest::Error) -> ClientError {
     // Never the URL: `token fetch|prune` carry a raw token in the path.
     let err = err.without_url();
+    if err.is_redirect() {
+        let reason = std::error::Error::source(&err)
+            .map(|cause| cause.to_string())
+            .unwrap_or_else(|| err.to_string());
+        return fail(
+            Failure::Network,
+            format!(
+                "redirect not followed: {reason}; depot sends its token only to the origin of --url / DEPOT_URL\nhint: if that is the server's real address, set DEPOT_URL to it"
+            ),
+        );
+    }
     let mut detail = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
@@ -771,7 +1049,7 @@ mod tests {
     }
 
     #[test]
-    fn file_names_from_content_disposition_are_sanitised() {
+    fn file_names_come_from_the_quoted_filename_of_content_disposition() {
         assert_eq!(
             file_name_from_disposition(
                 "attachment; filename=\"app.tgz\"; filename*=UTF-8''app.tgz"
@@ -779,10 +1057,44 @@ mod tests {
             .as_deref(),
             Some("app.tgz")
         );
-        assert_eq!(
-            file_name_from_disposition("attachment; filename=\"../../x\""),
-            None
-        );
         assert_eq!(file_name_from_disposition("inline"), None);
+        assert_eq!(file_name_from_disposition("attachment; filename=\"x"), None);
+    }
+
+    #[test]
+    fn only_plain_visible_base_names_are_accepted_from_a_server() {
+        for ok in [
+            "app.tgz",
+            "tool-2.1.0.tgz",
+            "app v1.tar.gz",
+            "é.bin",
+            "a..b",
+        ] {
+            assert_eq!(plain_file_name(ok).ok().as_deref(), Some(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            " ",
+            ".",
+            "..",
+            ".bashrc",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "sub/x",
+            "..\\x",
+            "a\\b",
+            "a\tb",
+            "a\nb",
+            "a\u{1b}[2Jb",
+            "evil\u{202E}gpj.exe",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+        ] {
+            assert!(plain_file_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(plain_file_name(&"a".repeat(256)).is_err());
+        let err = plain_file_name("\u{1b}]0;pwned\u{7}").unwrap_err();
+        assert!(!err.message.contains('\u{1b}'), "{}", err.message);
     }
 }

@@ -14,7 +14,12 @@ use std::process::ExitCode;
 /// straight into the configured store.
 ///
 /// Client exit codes: 0 ok, 1 other error, 2 usage, 3 auth (401/403), 4 not found,
-/// 5 conflict (version exists), 6 checksum mismatch, 7 network, 8 server error.
+/// 5 conflict (version exists; for pull: the output file exists, see --force),
+/// 6 checksum mismatch, 7 network (also: a redirect to another origin, which is never
+/// followed), 8 server error.
+///
+/// The client sends its token as `Authorization: Bearer`, only to the origin of --url /
+/// DEPOT_URL (same scheme, host and port); redirects within it are followed (at most 5).
 #[derive(Parser)]
 #[command(name = "depot", version, about, long_about)]
 struct Cli {
