@@ -11,6 +11,10 @@ use std::time::Duration;
 /// How far above its idle peak the server's memory may go under any single hostile body.
 const MEMORY_BOUND_KIB: u64 = 64 * 1024;
 const HOSTILE_BYTES: u64 = 256 * 1024 * 1024;
+/// An upload held open half-way: past one S3 part (8 MiB), so it shows in the bucket as a
+/// multipart upload, as it shows on disk as a partial file.
+const HELD_FILE: usize = 12 * 1024 * 1024;
+const HELD_PART: usize = 9 * 1024 * 1024;
 
 /// A server warmed up by one ordinary upload, so its idle peak includes the upload path.
 async fn warmed_app(builder: TestAppBuilder) -> (TestApp, String) {
@@ -199,7 +203,7 @@ async fn file_first_streams_per_token_are_limited_with_429_and_retry_after() {
         .await;
     let product = app.product().await;
     let uploader = app.token_with(&product, Perms::UPLOAD).await;
-    let file = payload(4, 2 * 1024 * 1024);
+    let file = payload(4, HELD_FILE);
     let form = || {
         Form::new()
             .file("file", Some("a.bin"), &file)
@@ -210,7 +214,7 @@ async fn file_first_streams_per_token_are_limited_with_429_and_retry_after() {
     let (content_type, body) = form();
     let mut first =
         StreamingRequest::upload(&app, &uploader, &content_type, body.len() as u64).await;
-    first.send(&body[..1024 * 1024]).await;
+    first.send(&body[..HELD_PART]).await;
     eventually(
         Duration::from_secs(10),
         "the first stream is stored",
@@ -226,7 +230,7 @@ async fn file_first_streams_per_token_are_limited_with_429_and_retry_after() {
     reply.assert_error(429, "too_many_uploads");
     assert!(reply.header("retry-after").is_some());
     // The held stream finishes normally once the rest arrives.
-    first.send(&body[1024 * 1024..]).await;
+    first.send(&body[HELD_PART..]).await;
     let done = first
         .response(Duration::from_secs(30))
         .await
@@ -265,10 +269,10 @@ async fn uploads_past_the_concurrency_limit_get_503_too_busy_with_retry_after() 
         .await;
     let product = app.product().await;
     let (content_type, body) =
-        Form::upload(&product, "1.0.0", "a.bin", &payload(6, 2 * 1024 * 1024)).finish();
+        Form::upload(&product, "1.0.0", "a.bin", &payload(6, HELD_FILE)).finish();
     let mut running =
         StreamingRequest::upload(&app, app.admin(), &content_type, body.len() as u64).await;
-    running.send(&body[..1024 * 1024]).await;
+    running.send(&body[..HELD_PART]).await;
     eventually(
         Duration::from_secs(10),
         "the first upload is stored",
@@ -283,7 +287,7 @@ async fn uploads_past_the_concurrency_limit_get_503_too_busy_with_retry_after() 
         .parse()
         .expect("seconds");
     assert!(retry >= 1);
-    running.send(&body[1024 * 1024..]).await;
+    running.send(&body[HELD_PART..]).await;
     let done = running
         .response(Duration::from_secs(30))
         .await

@@ -654,3 +654,47 @@ fn patient_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+#[tokio::test]
+#[ignore = "needs MongoDB, Redis and S3 from scripts/services.sh (run by scripts/test.sh)"]
+async fn stalled_uploads_holding_every_s3_part_buffer_make_others_503_instead_of_freezing_them() {
+    require_production();
+    // 64 MiB parts: the 128 MiB buffer budget is 3 buffers (parts in flight + 1).
+    let app = TestApp::builder()
+        .env("DEPOT_S3_PART_SIZE", 64 * 1024 * 1024)
+        .env("DEPOT_S3_PARTS_IN_FLIGHT", 2)
+        .env("DEPOT_S3_BUFFER_WAIT_SECONDS", 2)
+        .start()
+        .await;
+    let product = app.product().await;
+    let file = common::payload(11, 4 * 1024 * 1024);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (content_type, body) =
+            Form::upload(&product, &format!("1.0.{i}"), "a.bin", &file).finish();
+        let mut request = common::streaming::StreamingRequest::upload(
+            &app,
+            app.admin(),
+            &content_type,
+            body.len() as u64,
+        )
+        .await;
+        // Past the first staging block, so the upload holds a part buffer; then it stalls.
+        request.send(&body[..2 * 1024 * 1024]).await;
+        held.push((request, body));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reply = app.upload(app.admin(), &product, "2.0.0", &file).await;
+    reply.assert_error(503, "too_busy");
+    assert!(reply.header("retry-after").is_some());
+    // The stalled ones still complete, and then the buffers serve the next upload.
+    for (mut request, body) in held {
+        request.send(&body[2 * 1024 * 1024..]).await;
+        let done = request
+            .response(Duration::from_secs(60))
+            .await
+            .expect("an answer");
+        assert_eq!(done.status, 201, "{}", String::from_utf8_lossy(&done.body));
+    }
+    app.upload_ok(app.admin(), &product, "2.0.0", &file).await;
+}
