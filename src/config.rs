@@ -102,6 +102,9 @@ pub struct RawSettings {
     /// On SIGTERM, seconds running transfers may take to finish [default: 30]
     #[arg(long, env = "DEPOT_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Lease of an upload's pending reservation, in seconds, renewed while bytes arrive; once an upload stops (its process died, or no byte came for this long) its version is free again for a new upload and the janitor removes what it left [default: 60, range: 5..=3600]
+    #[arg(long, env = "DEPOT_UPLOAD_LEASE_SECONDS")]
+    pub upload_lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,11 +139,14 @@ pub struct Settings {
     pub janitor_grace_seconds: u64,
     pub log_format: LogFormat,
     pub shutdown_grace_seconds: u64,
+    pub upload_lease_seconds: u64,
 }
 
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 const DEFAULT_MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
+const DEFAULT_UPLOAD_LEASE: u64 = 60;
+const UPLOAD_LEASE_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
 
 macro_rules! merge_fields {
     ($strong:expr, $weak:expr, $($field:ident),*) => {
@@ -178,7 +184,8 @@ impl RawSettings {
             janitor_interval_seconds,
             janitor_grace_seconds,
             log_format,
-            shutdown_grace_seconds
+            shutdown_grace_seconds,
+            upload_lease_seconds
         )
     }
 }
@@ -251,6 +258,13 @@ impl Settings {
                 "DEPOT_ADMIN_TOKEN must be at least 16 characters long"
             );
         }
+        let upload_lease_seconds = raw.upload_lease_seconds.unwrap_or(DEFAULT_UPLOAD_LEASE);
+        anyhow::ensure!(
+            UPLOAD_LEASE_RANGE.contains(&upload_lease_seconds),
+            "DEPOT_UPLOAD_LEASE_SECONDS must be between {} and {} (seconds), got {upload_lease_seconds}",
+            UPLOAD_LEASE_RANGE.start(),
+            UPLOAD_LEASE_RANGE.end()
+        );
         Ok(Settings {
             listen: raw.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             data_dir: raw
@@ -274,6 +288,7 @@ impl Settings {
             janitor_grace_seconds: raw.janitor_grace_seconds.unwrap_or(86_400),
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             shutdown_grace_seconds: raw.shutdown_grace_seconds.unwrap_or(30),
+            upload_lease_seconds,
         })
     }
 }
@@ -305,6 +320,23 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::resolve(raw).is_err());
+    }
+
+    #[test]
+    fn upload_lease_defaults_to_a_minute_and_is_range_checked() {
+        assert_eq!(
+            Settings::resolve(RawSettings::default())
+                .unwrap()
+                .upload_lease_seconds,
+            60
+        );
+        for (value, ok) in [(4, false), (5, true), (3600, true), (3601, false)] {
+            let raw = RawSettings {
+                upload_lease_seconds: Some(value),
+                ..Default::default()
+            };
+            assert_eq!(Settings::resolve(raw).is_ok(), ok, "{value}");
+        }
     }
 
     #[test]

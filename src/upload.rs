@@ -83,6 +83,8 @@ struct UploadGuard {
     writer: Option<Box<dyn BlobWriter>>,
     blob_finished: bool,
     reservation: Option<Reservation>,
+    progress: crate::upload_lease::Progress,
+    lease: Option<crate::upload_lease::LeaseKeeper>,
 }
 
 impl Drop for UploadGuard {
@@ -159,14 +161,16 @@ impl UploadGuard {
             uploaded_by: caller.token.id.clone(),
             sort_key: sort_key(version, now),
             kind: kind_of(version),
+            lease_until: Some(crate::upload_lease::lease_until(&self.app)),
         };
         // The insert runs to completion even if the client hangs up meanwhile (a MongoDB
         // operation dropped mid-flight costs its connection, see `api::run_to_completion`);
         // the guard holds it, so a cleanup waits for it and then removes the record (by our
         // blob key, so never another upload's).
-        let meta = self.app.meta.clone();
-        let insert =
-            crate::cleanup::spawn_tracked(async move { meta.reserve_version(&record).await });
+        let app = self.app.clone();
+        let insert = crate::cleanup::spawn_tracked(async move {
+            crate::upload_lease::reserve(&app, &record).await
+        });
         let reservation = self.reservation.insert(Reservation {
             product: product.into(),
             version: version.into(),
@@ -186,9 +190,17 @@ impl UploadGuard {
                     ),
                 ),
                 MetaError::NotFound => ApiError::product_not_found(product),
+                MetaError::Pending => ApiError::conflict(
+                    "version_pending",
+                    "another upload of this version is in progress; retry when it has finished",
+                ),
                 other => other.into(),
             });
         }
+        let (key, progress) = (&self.blob_key, self.progress.clone());
+        let keeper =
+            crate::upload_lease::LeaseKeeper::start(&self.app, product, version, key, progress);
+        self.lease = Some(keeper);
         Ok(())
     }
 }
@@ -370,12 +382,14 @@ async fn stream_file(
     field: &mut Field<'_>,
     writer: &mut dyn BlobWriter,
     limit: u64,
+    progress: &crate::upload_lease::Progress,
 ) -> ApiResult<(u64, String)> {
     let hasher = BackgroundHasher::new();
     let mut staging = Staging::new();
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         size += chunk.len() as u64;
+        progress.bump(chunk.len());
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -388,6 +402,7 @@ async fn stream_file(
             }
         }
     }
+    progress.done();
     if let Some(block) = staging.rest() {
         pass_on(block, &hasher, writer).await?;
     }
@@ -511,13 +526,17 @@ async fn receive_into(
                     writer: None,
                     blob_finished: false,
                     reservation: None,
+                    progress: Default::default(),
+                    lease: None,
                 });
                 // Fail fast (permission, duplicate) before reading the body when we can.
                 if let (Some(p), Some(v)) = (&product, &version) {
                     g.reserve(caller, p, v, &file_name).await?;
                 }
                 let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
-                let (size, digest) = stream_file(&mut field, writer.as_mut(), limit).await?;
+                let progress = &g.progress;
+                let (size, digest) =
+                    stream_file(&mut field, writer.as_mut(), limit, progress).await?;
                 streamed = Some(Streamed {
                     size,
                     digest,

@@ -7,6 +7,8 @@
 //! each run in its own database and key prefix.
 #![allow(dead_code)]
 
+pub mod kill;
+
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
