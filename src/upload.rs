@@ -646,4 +646,41 @@ mod tests {
         assert!(parse_expected_digest("sha256:xyz").is_err());
         assert!(parse_expected_digest(&"a".repeat(63)).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_digest_text_parses_without_panic_to_lowercase_hex_or_an_error(raw in any::<String>()) {
+                if let Ok(hex) = parse_expected_digest(&raw) {
+                    prop_assert_eq!(hex.len(), 64);
+                    prop_assert!(hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                }
+            }
+
+            #[test]
+            fn digest_like_text_parses_without_panic(
+                raw in "[ \t]?(sha256[:=]|SHA256:|sha-256:)?[0-9a-fA-Fg ]{60,68}[ \t]?",
+            ) {
+                if let Ok(hex) = parse_expected_digest(&raw) {
+                    prop_assert_eq!(hex.len(), 64);
+                }
+            }
+
+            #[test]
+            fn a_digest_in_any_accepted_form_round_trips_to_its_lowercase_hex(
+                digest in any::<[u8; 32]>(),
+                upper in any::<bool>(),
+                prefix in prop_oneof![Just(""), Just("sha256:"), Just("sha256=")],
+                pad in prop_oneof![Just(""), Just(" "), Just("\t")],
+            ) {
+                let hex = hex::encode(digest);
+                let shown = if upper { hex.to_ascii_uppercase() } else { hex.clone() };
+                let raw = format!("{pad}{prefix}{shown}{pad}");
+                prop_assert_eq!(parse_expected_digest(&raw).ok(), Some(hex));
+            }
+        }
+    }
 }
