@@ -114,6 +114,9 @@ pub struct RawSettings {
     /// Seconds an S3 upload waits for one of the shared part buffers before it fails with 503 too_busy [default: 30, range 1..=600]
     #[arg(long, env = "DEPOT_S3_BUFFER_WAIT_SECONDS")]
     pub s3_buffer_wait_seconds: Option<u64>,
+    /// Lease of an upload's pending reservation, in seconds, renewed while bytes arrive; once an upload stops (its process died, or no byte came for this long) its version is free again for a new upload and the janitor removes what it left [default: 60, range: 5..=3600]
+    #[arg(long, env = "DEPOT_UPLOAD_LEASE_SECONDS")]
+    pub upload_lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,11 +155,14 @@ pub struct Settings {
     pub upload_idle_timeout_seconds: u64,
     pub max_concurrent_uploads: usize,
     pub max_early_file_uploads_per_token: usize,
+    pub upload_lease_seconds: u64,
 }
 
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 const DEFAULT_MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
+const DEFAULT_UPLOAD_LEASE: u64 = 60;
+const UPLOAD_LEASE_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
 
 macro_rules! merge_fields {
     ($strong:expr, $weak:expr, $($field:ident),*) => {
@@ -198,7 +204,8 @@ impl RawSettings {
             upload_idle_timeout_seconds,
             max_concurrent_uploads,
             max_early_file_uploads_per_token,
-            s3_buffer_wait_seconds
+            s3_buffer_wait_seconds,
+            upload_lease_seconds
         )
     }
 }
@@ -292,6 +299,13 @@ impl Settings {
             (1..=64).contains(&max_early_file_uploads_per_token),
             "DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN must be between 1 and 64"
         );
+        let upload_lease_seconds = raw.upload_lease_seconds.unwrap_or(DEFAULT_UPLOAD_LEASE);
+        anyhow::ensure!(
+            UPLOAD_LEASE_RANGE.contains(&upload_lease_seconds),
+            "DEPOT_UPLOAD_LEASE_SECONDS must be between {} and {} (seconds), got {upload_lease_seconds}",
+            UPLOAD_LEASE_RANGE.start(),
+            UPLOAD_LEASE_RANGE.end()
+        );
         Ok(Settings {
             upload_idle_timeout_seconds,
             max_concurrent_uploads,
@@ -318,6 +332,7 @@ impl Settings {
             janitor_grace_seconds: raw.janitor_grace_seconds.unwrap_or(86_400),
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             shutdown_grace_seconds: raw.shutdown_grace_seconds.unwrap_or(30),
+            upload_lease_seconds,
         })
     }
 }
@@ -349,6 +364,23 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::resolve(raw).is_err());
+    }
+
+    #[test]
+    fn upload_lease_defaults_to_a_minute_and_is_range_checked() {
+        assert_eq!(
+            Settings::resolve(RawSettings::default())
+                .unwrap()
+                .upload_lease_seconds,
+            60
+        );
+        for (value, ok) in [(4, false), (5, true), (3600, true), (3601, false)] {
+            let raw = RawSettings {
+                upload_lease_seconds: Some(value),
+                ..Default::default()
+            };
+            assert_eq!(Settings::resolve(raw).is_ok(), ok, "{value}");
+        }
     }
 
     #[test]

@@ -257,4 +257,65 @@ mod tests {
         );
         assert!(content_disposition("é.bin").starts_with("attachment; filename=\"_.bin\""));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn partial_within(parsed: &RangeRequest, size: u64) -> bool {
+            match parsed {
+                RangeRequest::Partial(r) => r.start <= r.end && r.end < size,
+                _ => true,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_header_parses_without_panic_to_a_range_inside_the_body(
+                header in any::<String>(),
+                size in any::<u64>(),
+            ) {
+                let parsed = parse_range(Some(&header), size);
+                prop_assert!(partial_within(&parsed, size), "{parsed:?}");
+            }
+
+            #[test]
+            fn range_like_headers_parse_without_panic_to_a_range_inside_the_body(
+                header in "bytes=[ ]?[0-9]{0,21}[ ]?-?[ ]?[0-9]{0,21}(,[0-9]{0,3}-[0-9]{0,3})?",
+                size in prop_oneof![0..3u64, any::<u64>()],
+            ) {
+                let parsed = parse_range(Some(&header), size);
+                prop_assert!(partial_within(&parsed, size), "{parsed:?}");
+            }
+
+            #[test]
+            fn a_satisfiable_first_last_range_round_trips(
+                size in 1..u64::MAX,
+                a in any::<u64>(),
+                b in any::<u64>(),
+            ) {
+                let start = a % size;
+                let end = start.saturating_add(b % (size - start).max(1));
+                let parsed = parse_range(Some(&format!("bytes={start}-{end}")), size);
+                let expected = ByteRange { start, end: end.min(size - 1) };
+                prop_assert_eq!(parsed, RangeRequest::Partial(expected));
+                let open = parse_range(Some(&format!("bytes={start}-")), size);
+                prop_assert_eq!(open, RangeRequest::Partial(ByteRange { start, end: size - 1 }));
+            }
+
+            #[test]
+            fn a_suffix_range_is_the_last_n_bytes(size in 1..u64::MAX, n in 1..u64::MAX) {
+                let parsed = parse_range(Some(&format!("bytes=-{n}")), size);
+                let expected = ByteRange { start: size.saturating_sub(n), end: size - 1 };
+                prop_assert_eq!(parsed, RangeRequest::Partial(expected));
+            }
+
+            #[test]
+            fn a_start_at_or_past_the_end_is_unsatisfiable(size in 0..u64::MAX, past in 0..1000u64) {
+                let start = size.saturating_add(past);
+                let parsed = parse_range(Some(&format!("bytes={start}-")), size);
+                prop_assert_eq!(parsed, RangeRequest::Unsatisfiable);
+            }
+        }
+    }
 }

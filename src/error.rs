@@ -110,6 +110,9 @@ pub enum MetaError {
     NotFound,
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),
+    /// A pending record whose upload still runs (its lease is live) holds the key.
+    #[error("held by an upload in progress")]
+    Pending,
 }
 
 /// Errors of the blob store.
@@ -129,6 +132,10 @@ impl From<MetaError> for ApiError {
         match err {
             MetaError::Conflict => ApiError::conflict("conflict", "the resource already exists"),
             MetaError::NotFound => ApiError::not_found("not_found", "not found"),
+            MetaError::Pending => ApiError::conflict(
+                "version_pending",
+                "another upload of this version is in progress",
+            ),
             MetaError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "metadata store error");
                 ApiError::new(

@@ -1,8 +1,19 @@
 //! Cleans what failed or crashed uploads leave behind: pending version records, blob
 //! objects no record points at, and unfinished writes (partial files, multipart uploads).
+//!
+//! Two loops: a short one for pending records whose lease lapsed (their upload died or
+//! stalled, see `upload_lease`), so their version is free again within a minute or two,
+//! and the full sweep every `DEPOT_JANITOR_INTERVAL_SECONDS` for everything older than
+//! the grace. Only keys of Depot's own shape (`blob::is_depot_key`) under its prefix are
+//! ever listed or removed: a bucket or data directory shared with other tools keeps
+//! their objects, files and multipart uploads.
 
 use crate::app::AppState;
+use crate::blob::is_depot_key;
 use std::time::{Duration, SystemTime};
+
+/// The lease sweep runs at least this often (more often with a shorter janitor interval).
+const LEASE_SWEEP_MAX_INTERVAL: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -11,22 +22,25 @@ pub struct SweepReport {
     pub partials_removed: usize,
 }
 
-/// One sweep over everything older than `grace`.
+/// One sweep over everything older than `grace`, and over lapsed leases.
 pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepReport> {
-    let mut report = SweepReport::default();
+    let mut report = SweepReport {
+        pending_removed: sweep_leases(app).await?,
+        ..SweepReport::default()
+    };
     let cutoff = SystemTime::now() - grace;
     let cutoff_ms = crate::meta::now_ms() - grace.as_millis() as i64;
 
     for record in app.meta.stale_pending_versions(cutoff_ms).await? {
         // Blob first, record last: a record without its blob is harmless, the reverse is not.
-        app.blobs.delete(&record.blob_key).await?;
+        app.blobs.discard(&record.blob_key).await?;
         app.meta
             .remove_pending_version(&record.product, &record.version, &record.blob_key)
             .await?;
         report.pending_removed += 1;
     }
     for key in app.blobs.list_keys_before(cutoff).await? {
-        if !app.meta.blob_key_in_use(&key).await? {
+        if is_depot_key(&key) && !app.meta.blob_key_in_use(&key).await? {
             app.blobs.delete(&key).await?;
             report.orphans_removed += 1;
         }
@@ -35,10 +49,50 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
     Ok(report)
 }
 
-/// Runs `sweep` every `interval` until the process ends.
+/// Removes pending records whose lease lapsed, with what their upload left (partial file,
+/// multipart upload, unfinished object); returns how many.
+///
+/// Record first, conditionally on the lease still being lapsed: that one write decides
+/// against an upload renewing at the same moment. A blob whose discard then fails is an
+/// orphan, which the full sweep removes after the grace.
+pub async fn sweep_leases(app: &AppState) -> anyhow::Result<usize> {
+    let now = crate::meta::now_ms();
+    let mut removed = 0;
+    for record in app.meta.lapsed_pending_versions(now).await? {
+        let (product, version, key) = (&record.product, &record.version, &record.blob_key);
+        if !app
+            .meta
+            .remove_lapsed_version(product, version, key, now)
+            .await?
+        {
+            continue;
+        }
+        removed += 1;
+        tracing::info!(product = %product, version = %version, "removed a pending version whose upload stopped renewing its lease");
+        if let Err(err) = app.blobs.discard(key).await {
+            tracing::warn!(key = %key, error = %err, "could not discard what a lapsed upload left; left for the full sweep");
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs `sweep` every `interval`, and `sweep_leases` in between, until the process ends.
 pub fn spawn(app: AppState) {
     let interval = Duration::from_secs(app.settings.janitor_interval_seconds);
     let grace = Duration::from_secs(app.settings.janitor_grace_seconds);
+    let lease_interval = interval.min(LEASE_SWEEP_MAX_INTERVAL);
+    let leases = app.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(lease_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(err) = sweep_leases(&leases).await {
+                tracing::warn!(error = %err, "janitor lease sweep failed");
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;

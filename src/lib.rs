@@ -17,3 +17,4 @@ pub mod observability;
 pub mod server;
 pub mod signing;
 pub mod upload;
+pub mod upload_lease;

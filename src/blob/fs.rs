@@ -280,16 +280,24 @@ impl BlobStore for FsBlobStore {
 
     async fn writer(&self, key: &str) -> BlobResult<Box<dyn BlobWriter>> {
         let target = self.path(key)?;
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).await.map_err(io_err)?;
-        }
         let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", target.display()));
-        let file = {
+        // A `delete` tidying the same (then empty) version directory may remove it between
+        // our create_dir_all and create: once more then.
+        let mut attempts = 0;
+        let file = loop {
+            attempts += 1;
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).await.map_err(io_err)?;
+            }
             let partial = partial.clone();
-            tokio::task::spawn_blocking(move || DiskFile::create(&partial))
+            match tokio::task::spawn_blocking(move || DiskFile::create(&partial))
                 .await
                 .map_err(|e| BlobError::Unavailable(e.to_string()))?
-                .map_err(io_err)?
+            {
+                Ok(file) => break file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+                Err(e) => return Err(io_err(e)),
+            }
         };
         let (to_disk, commands) = mpsc::channel(BLOCKS_PER_UPLOAD);
         let (emptied_tx, emptied) = mpsc::unbounded_channel();
@@ -370,13 +378,26 @@ impl BlobStore for FsBlobStore {
         }
         Ok(partials.len())
     }
+
+    async fn discard(&self, key: &str) -> BlobResult<()> {
+        let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", self.path(key)?.display()));
+        match fs::remove_file(&partial).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        self.delete(key).await
+    }
 }
 
-/// Relative paths of files (finished ones, or `.partial` ones) modified before `before`.
+/// Relative paths of files (finished ones, or `.partial` ones) modified before `before`
+/// whose key has Depot's shape (`is_depot_key`). Only directories that can hold such keys
+/// are entered (valid names, at most two levels), and only regular files count, so
+/// whatever else lives in the directory is never listed, let alone removed.
 fn walk(root: &Path, before: SystemTime, partials: bool) -> BlobResult<Vec<String>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -384,19 +405,37 @@ fn walk(root: &Path, before: SystemTime, partials: bool) -> BlobResult<Vec<Strin
         };
         for entry in entries {
             let entry = entry.map_err(io_err)?;
-            let meta = entry.metadata().map_err(io_err)?;
+            // Not followed: a symlink is neither a directory to enter nor a blob.
+            let kind = entry.file_type().map_err(io_err)?;
             let path = entry.path();
-            if meta.is_dir() {
-                stack.push(path);
+            if kind.is_dir() {
+                let name = entry.file_name();
+                if depth < 2
+                    && name
+                        .to_str()
+                        .is_some_and(crate::domain::names::is_valid_name)
+                {
+                    stack.push((path, depth + 1));
+                }
                 continue;
             }
-            let is_partial = path.to_string_lossy().ends_with(PARTIAL_SUFFIX);
-            let old = meta.modified().map(|m| m < before).unwrap_or(false);
-            if is_partial == partials
-                && old
-                && let Ok(rel) = path.strip_prefix(root)
-            {
-                out.push(rel.to_string_lossy().into_owned());
+            if !kind.is_file() {
+                continue;
+            }
+            let Some(rel) = path.strip_prefix(root).ok().and_then(Path::to_str) else {
+                continue;
+            };
+            let key = match (partials, rel.strip_suffix(PARTIAL_SUFFIX)) {
+                (true, Some(key)) => key,
+                (false, None) => rel,
+                _ => continue,
+            };
+            if !is_depot_key(key) {
+                continue;
+            }
+            let meta = entry.metadata().map_err(io_err)?;
+            if meta.modified().map(|m| m < before).unwrap_or(false) {
+                out.push(rel.to_string());
             }
         }
     }

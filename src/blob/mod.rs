@@ -65,6 +65,29 @@ pub trait BlobStore: Send + Sync {
     /// Removes unfinished writes (partial files, incomplete multipart uploads) started
     /// before `before`; returns how many it removed.
     async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize>;
+    /// Removes everything stored under `key`: the object and any unfinished write of it
+    /// (partial file, multipart upload). What a dead upload left; missing is not an error.
+    async fn discard(&self, key: &str) -> BlobResult<()>;
+}
+
+/// Whether `key` (relative to the store's root or prefix) has the shape of a key
+/// `new_blob_key` makes: `<product>/<version>/<uuid>` or `unsorted/<uuid>`, where the
+/// names pass `domain::names` validation and `<uuid>` is 32 lowercase hex digits.
+/// The janitor lists and removes only such keys, so another tool's objects, files or
+/// multipart uploads sharing the bucket, prefix or directory are never touched.
+pub fn is_depot_key(key: &str) -> bool {
+    let is_id =
+        |s: &str| s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["unsorted", id] => is_id(id),
+        [product, version, id] => {
+            crate::domain::names::is_valid_name(product)
+                && crate::domain::names::is_valid_name(version)
+                && is_id(id)
+        }
+        _ => false,
+    }
 }
 
 /// `O_DIRECT` wants buffer addresses, lengths and file offsets aligned to the device's
@@ -141,5 +164,33 @@ pub fn new_blob_key(product: Option<&str>, version: Option<&str>) -> String {
     match (product, version) {
         (Some(p), Some(v)) => format!("{p}/{v}/{id}"),
         _ => format!("unsorted/{id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_blob_keys_have_the_depot_shape_and_foreign_keys_do_not() {
+        assert!(is_depot_key(&new_blob_key(Some("my-lib"), Some("v1.0.0"))));
+        assert!(is_depot_key(&new_blob_key(None, None)));
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        for foreign in [
+            "backup.tar".to_string(),
+            "other-tool/data.bin".to_string(),
+            format!("unsorted/{id}.bak"),
+            format!("unsorted/{}", id.to_uppercase()),
+            format!("unsorted/{}", &id[..31]),
+            format!("p/v/{id}/x"),
+            format!("team/p/v/{id}"),
+            format!(".hidden/v/{id}"),
+            format!("p/../{id}"),
+            format!("p/v/{id}.partial"),
+            format!("/p/v/{id}"),
+            String::new(),
+        ] {
+            assert!(!is_depot_key(&foreign), "{foreign:?}");
+        }
     }
 }

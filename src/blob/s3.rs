@@ -552,8 +552,11 @@ impl BlobStore for S3BlobStore {
                     .last_modified()
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .is_some_and(|t| t < before);
+                // Only keys of Depot's own shape: the bucket (and an empty prefix) may
+                // hold other tools' objects.
                 if let (true, Some(key)) = (old, object.key())
                     && let Some(rel) = key.strip_prefix(inner.prefix.as_str())
+                    && is_depot_key(rel)
                 {
                     keys.push(rel.to_string());
                 }
@@ -582,7 +585,13 @@ impl BlobStore for S3BlobStore {
                     .initiated()
                     .and_then(|t| SystemTime::try_from(*t).ok())
                     .is_some_and(|t| t < before);
-                if let (true, Some(key), Some(id)) = (old, upload.key(), upload.upload_id()) {
+                let ours = upload
+                    .key()
+                    .and_then(|key| key.strip_prefix(inner.prefix.as_str()))
+                    .is_some_and(is_depot_key);
+                if let (true, true, Some(key), Some(id)) =
+                    (old, ours, upload.key(), upload.upload_id())
+                {
                     abort_upload(inner, key, id).await;
                     removed += 1;
                 }
@@ -597,5 +606,27 @@ impl BlobStore for S3BlobStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn discard(&self, key: &str) -> BlobResult<()> {
+        let inner = &self.inner;
+        let full = self.full_key(key);
+        // The key is unique per upload attempt, so its multipart uploads are few: one page.
+        let page = inner
+            .client
+            .list_multipart_uploads()
+            .bucket(&inner.bucket)
+            .prefix(&full)
+            .send()
+            .await
+            .map_err(|e| BlobError::Unavailable(describe_sdk_error(&e)))?;
+        for upload in page.uploads() {
+            if let (Some(k), Some(id)) = (upload.key(), upload.upload_id())
+                && k == full
+            {
+                abort_upload(inner, k, id).await;
+            }
+        }
+        self.delete(key).await
     }
 }

@@ -68,7 +68,12 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
         .filter(|c| !c.is_control() && !is_format_character(*c) && *c != '"')
         .collect();
     let cleaned = cleaned.trim();
-    if cleaned.is_empty() || cleaned == "." || cleaned == ".." || cleaned.len() > 255 {
+    // The base name itself, raw or decoded, must not be a dot name either (`%2e\%2e`).
+    if cleaned.is_empty()
+        || cleaned.len() > 255
+        || climbs(cleaned)
+        || climbs(&percent_decoded(cleaned))
+    {
         return None;
     }
     Some(cleaned.to_string())
@@ -193,6 +198,7 @@ mod tests {
             "%252e%252e%252fetc",
             "..%5Cx",
             "a/%2e%2e/b",
+            "%2e\\%2e",
         ] {
             assert_eq!(sanitize_file_name(encoded), None, "{encoded}");
         }
@@ -218,5 +224,73 @@ mod tests {
             sanitize_file_name("naïve €.tgz").as_deref(),
             Some("naïve €.tgz")
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What `is_valid_name` promises, spelled out independently.
+        fn matches_the_name_pattern(name: &str) -> bool {
+            let mut chars = name.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && name.len() <= 128
+                && chars.all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c))
+        }
+
+        /// A safe base name: no separator, no control character or quote, not a dot
+        /// name, trimmed, and nothing that climbs once percent-decoded.
+        fn is_safe_base_name(name: &str) -> bool {
+            let decoded = percent_decoded(name);
+            !name.is_empty()
+                && name.len() <= 255
+                && name == name.trim()
+                && name != "."
+                && name != ".."
+                && !name.contains(['/', '\\', '"'])
+                && !name
+                    .chars()
+                    .any(|c| c.is_control() || is_format_character(c))
+                && !decoded
+                    .split(['/', '\\'])
+                    .any(|part| part.trim() == ".." || part.trim() == ".")
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_judged_as_a_name_without_panic_and_by_the_pattern(raw in any::<String>()) {
+                prop_assert_eq!(is_valid_name(&raw), matches_the_name_pattern(&raw));
+                prop_assert_eq!(validate_product(&raw).is_ok(), is_valid_name(&raw));
+                prop_assert_eq!(validate_version(&raw).is_ok(), is_valid_name(&raw));
+                if validate_new_version(&raw).is_ok() {
+                    prop_assert!(is_valid_name(&raw) && raw != "latest");
+                }
+            }
+
+            #[test]
+            fn every_name_of_the_pattern_is_accepted(name in "[A-Za-z0-9][A-Za-z0-9._+-]{0,127}") {
+                prop_assert!(is_valid_name(&name));
+                prop_assert!(validate_product(&name).is_ok());
+                prop_assert_eq!(validate_new_version(&name).is_ok(), name != "latest");
+            }
+
+            #[test]
+            fn sanitized_file_names_are_safe_base_names_and_stay_as_they_are(raw in any::<String>()) {
+                if let Some(name) = sanitize_file_name(&raw) {
+                    prop_assert!(is_safe_base_name(&name), "{raw:?} -> {name:?}");
+                    prop_assert_eq!(sanitize_file_name(&name), Some(name.clone()));
+                }
+            }
+
+            #[test]
+            fn path_like_file_names_sanitize_without_panic_to_safe_base_names(
+                raw in "([a-z.%25 ]{0,4}|\\.\\.|%2[eEfF]|%5[cC]|\\x00|\\n)([/\\\\]([a-z.%25 ]{0,4}|\\.\\.|%2[eEfF]|%252[eE]|\\x01)){0,5}",
+            ) {
+                if let Some(name) = sanitize_file_name(&raw) {
+                    prop_assert!(is_safe_base_name(&name), "{raw:?} -> {name:?}");
+                    prop_assert_eq!(sanitize_file_name(&name), Some(name.clone()));
+                }
+            }
+        }
     }
 }

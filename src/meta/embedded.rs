@@ -461,8 +461,9 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
-    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()> {
+    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<Option<VersionRecord>> {
         let record = record.clone();
+        let now = now_ms();
         self.write(move |txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
             if products
@@ -473,18 +474,31 @@ impl MetaStore for EmbeddedMetaStore {
                 return Err(MetaError::NotFound);
             }
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
             let key = key2(&record.product, &record.version);
-            if versions.get(key.as_str()).map_err(unavailable)?.is_some() {
-                return Err(MetaError::Conflict);
-            }
+            let existing: Option<VersionRecord> =
+                match versions.get(key.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(decode(v.value())?),
+                    None => None,
+                };
+            let displaced = match existing {
+                None => None,
+                Some(old) if old.lease_lapsed(now) => {
+                    blob_keys
+                        .remove(old.blob_key.as_str())
+                        .map_err(unavailable)?;
+                    Some(old)
+                }
+                Some(old) if old.state == VersionState::Pending => return Err(MetaError::Pending),
+                Some(_) => return Err(MetaError::Conflict),
+            };
             versions
                 .insert(key.as_str(), encode(&record)?.as_slice())
                 .map_err(unavailable)?;
-            txn.open_table(BLOB_KEYS)
-                .map_err(unavailable)?
+            blob_keys
                 .insert(record.blob_key.as_str(), key.as_str())
                 .map_err(unavailable)?;
-            Ok(())
+            Ok(displaced)
         })
         .await
     }
@@ -658,5 +672,78 @@ impl MetaStore for EmbeddedMetaStore {
             let keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
             Ok(keys.get(key).map_err(unavailable)?.is_some())
         })
+    }
+
+    async fn renew_lease(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        lease_until: i64,
+    ) -> MetaResult<bool> {
+        let key = key2(product, version);
+        let blob_key = blob_key.to_string();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if record.state != VersionState::Pending || record.blob_key != blob_key {
+                return Ok(false);
+            }
+            record.lease_until = Some(lease_until);
+            versions
+                .insert(key.as_str(), encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn lapsed_pending_versions(&self, now_ms: i64) -> MetaResult<Vec<VersionRecord>> {
+        self.read(move |txn| {
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in versions.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                let record: VersionRecord = decode(v.value())?;
+                if record.lease_lapsed(now_ms) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove_lapsed_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        now_ms: i64,
+    ) -> MetaResult<bool> {
+        let key = key2(product, version);
+        let blob_key = blob_key.to_string();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let lapsed = match versions.get(key.as_str()).map_err(unavailable)? {
+                Some(v) => {
+                    let record: VersionRecord = decode(v.value())?;
+                    record.lease_lapsed(now_ms) && record.blob_key == blob_key
+                }
+                None => false,
+            };
+            if lapsed {
+                versions.remove(key.as_str()).map_err(unavailable)?;
+                txn.open_table(BLOB_KEYS)
+                    .map_err(unavailable)?
+                    .remove(blob_key.as_str())
+                    .map_err(unavailable)?;
+            }
+            Ok(lapsed)
+        })
+        .await
     }
 }

@@ -77,7 +77,7 @@ metered_methods! {
     list_products() -> MetaResult<Vec<String>>;
     product_view(name: &str) -> MetaResult<Option<ProductView>>;
     delete_product(name: &str) -> MetaResult<Option<DeletedProduct>>;
-    reserve_version(record: &VersionRecord) -> MetaResult<()>;
+    reserve_version(record: &VersionRecord) -> MetaResult<Option<VersionRecord>>;
     commit_version(product: &str, version: &str, blob_key: &str, size: u64, checksum: &str) -> MetaResult<()>;
     remove_pending_version(product: &str, version: &str, blob_key: &str) -> MetaResult<()>;
     version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
@@ -87,4 +87,7 @@ metered_methods! {
     delete_version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
     stale_pending_versions(before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     blob_key_in_use(key: &str) -> MetaResult<bool>;
+    renew_lease(product: &str, version: &str, blob_key: &str, lease_until: i64) -> MetaResult<bool>;
+    lapsed_pending_versions(now_ms: i64) -> MetaResult<Vec<VersionRecord>>;
+    remove_lapsed_version(product: &str, version: &str, blob_key: &str, now_ms: i64) -> MetaResult<bool>;
 }

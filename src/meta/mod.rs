@@ -70,6 +70,20 @@ pub struct VersionRecord {
     pub sort_key: String,
     #[serde(default)]
     pub kind: VersionKind,
+    /// While pending: Unix milliseconds until which the uploading process holds the
+    /// reservation; it renews the lease while bytes arrive. Once it has passed, the
+    /// upload counts as dead (on any replica): a new upload may take the version over and
+    /// the janitor removes what it left. `None` (records written before leases, and
+    /// committed ones) leaves a pending record to the janitor's grace.
+    #[serde(default)]
+    pub lease_until: Option<i64>,
+}
+
+impl VersionRecord {
+    /// A pending record whose uploader stopped renewing its lease before `now_ms`.
+    pub fn lease_lapsed(&self, now_ms: i64) -> bool {
+        self.state == VersionState::Pending && self.lease_until.is_some_and(|until| until < now_ms)
+    }
 }
 
 /// A product with its grants and committed versions, as `GET /product/fetch` shows it.
@@ -133,9 +147,11 @@ pub trait MetaStore: Send + Sync {
     async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>>;
 
     // Versions.
-    /// Reserves (product, version) as pending. `Conflict` when any record exists,
-    /// `NotFound` when the product does not.
-    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()>;
+    /// Reserves (product, version) as pending. A pending record whose lease has lapsed
+    /// is replaced atomically and returned, so the caller can discard what its dead
+    /// upload left. `Conflict` when the version is committed, `Pending` when another
+    /// upload of it holds a live reservation, `NotFound` when the product does not exist.
+    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<Option<VersionRecord>>;
     /// Flips a pending reservation (matched by blob key) to committed with its final size and digest.
     async fn commit_version(
         &self,
@@ -180,6 +196,26 @@ pub trait MetaStore: Send + Sync {
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Whether any version record (pending or committed) points at this blob key.
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool>;
+    /// Extends the lease of the pending record (matched by blob key) to `lease_until`.
+    /// False when that reservation is gone (committed, removed or taken over).
+    async fn renew_lease(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        lease_until: i64,
+    ) -> MetaResult<bool>;
+    /// Pending records whose lease lapsed before `now_ms`.
+    async fn lapsed_pending_versions(&self, now_ms: i64) -> MetaResult<Vec<VersionRecord>>;
+    /// Removes the pending record (matched by blob key) if its lease still lapsed before
+    /// `now_ms` (not renewed meanwhile). True when it removed it.
+    async fn remove_lapsed_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        now_ms: i64,
+    ) -> MetaResult<bool>;
 }
 
 pub fn now_ms() -> i64 {

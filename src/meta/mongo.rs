@@ -337,20 +337,52 @@ impl MetaStore for MongoMetaStore {
         }))
     }
 
-    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<()> {
-        self.versions.insert_one(record).await.map_err(|e| {
-            if is_duplicate_key(&e) {
-                MetaError::Conflict
-            } else {
-                unavailable(e)
+    async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<Option<VersionRecord>> {
+        // Insert; on a duplicate, take over a pending record whose lease lapsed (one
+        // conditional replace, so two takers cannot both win); else say who holds it.
+        // A record removed between two steps sends us round again.
+        for _ in 0..3 {
+            let displaced = match self.versions.insert_one(record).await {
+                Ok(_) => None,
+                Err(e) if is_duplicate_key(&e) => {
+                    let mut lapsed = version_filter(&record.product, &record.version);
+                    lapsed.insert("state", "pending");
+                    lapsed.insert("lease_until", doc! { "$lt": now_ms() });
+                    match self
+                        .versions
+                        .find_one_and_replace(lapsed, record)
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        Some(old) => Some(old),
+                        None => {
+                            match self
+                                .versions
+                                .find_one(version_filter(&record.product, &record.version))
+                                .await
+                                .map_err(unavailable)?
+                            {
+                                // Our own insert, retried by the driver after a network error.
+                                Some(r) if r.blob_key == record.blob_key => None,
+                                Some(r) if r.state == VersionState::Committed => {
+                                    return Err(MetaError::Conflict);
+                                }
+                                Some(_) => return Err(MetaError::Pending),
+                                None => continue,
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            if !self.product_exists(&record.product).await? {
+                self.remove_pending_version(&record.product, &record.version, &record.blob_key)
+                    .await?;
+                return Err(MetaError::NotFound);
             }
-        })?;
-        if !self.product_exists(&record.product).await? {
-            self.remove_pending_version(&record.product, &record.version, &record.blob_key)
-                .await?;
-            return Err(MetaError::NotFound);
+            return Ok(displaced);
         }
-        Ok(())
+        Err(MetaError::Pending)
     }
 
     async fn commit_version(
@@ -480,6 +512,52 @@ impl MetaStore for MongoMetaStore {
             .await
             .map_err(unavailable)?;
         cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn renew_lease(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        lease_until: i64,
+    ) -> MetaResult<bool> {
+        let mut filter = version_filter(product, version);
+        filter.insert("blob_key", blob_key);
+        filter.insert("state", "pending");
+        let r = self
+            .versions
+            .update_one(filter, doc! { "$set": { "lease_until": lease_until } })
+            .await
+            .map_err(unavailable)?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn lapsed_pending_versions(&self, now_ms: i64) -> MetaResult<Vec<VersionRecord>> {
+        let cursor = self
+            .versions
+            .find(doc! { "state": "pending", "lease_until": { "$lt": now_ms } })
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn remove_lapsed_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        now_ms: i64,
+    ) -> MetaResult<bool> {
+        let mut filter = version_filter(product, version);
+        filter.insert("blob_key", blob_key);
+        filter.insert("state", "pending");
+        filter.insert("lease_until", doc! { "$lt": now_ms });
+        let r = self
+            .versions
+            .delete_one(filter)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count > 0)
     }
 
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {

@@ -159,6 +159,8 @@ struct UploadGuard {
     writer: Option<Box<dyn BlobWriter>>,
     blob_finished: bool,
     reservation: Option<Reservation>,
+    progress: crate::upload_lease::Progress,
+    lease: Option<crate::upload_lease::LeaseKeeper>,
 }
 
 impl Drop for UploadGuard {
@@ -235,14 +237,16 @@ impl UploadGuard {
             uploaded_by: caller.token.id.clone(),
             sort_key: sort_key(version, now),
             kind: kind_of(version),
+            lease_until: Some(crate::upload_lease::lease_until(&self.app)),
         };
         // The insert runs to completion even if the client hangs up meanwhile (a MongoDB
         // operation dropped mid-flight costs its connection, see `api::run_to_completion`);
         // the guard holds it, so a cleanup waits for it and then removes the record (by our
         // blob key, so never another upload's).
-        let meta = self.app.meta.clone();
-        let insert =
-            crate::cleanup::spawn_tracked(async move { meta.reserve_version(&record).await });
+        let app = self.app.clone();
+        let insert = crate::cleanup::spawn_tracked(async move {
+            crate::upload_lease::reserve(&app, &record).await
+        });
         let reservation = self.reservation.insert(Reservation {
             product: product.into(),
             version: version.into(),
@@ -262,9 +266,17 @@ impl UploadGuard {
                     ),
                 ),
                 MetaError::NotFound => ApiError::product_not_found(product),
+                MetaError::Pending => ApiError::conflict(
+                    "version_pending",
+                    "another upload of this version is in progress; retry when it has finished",
+                ),
                 other => other.into(),
             });
         }
+        let (key, progress) = (&self.blob_key, self.progress.clone());
+        let keeper =
+            crate::upload_lease::LeaseKeeper::start(&self.app, product, version, key, progress);
+        self.lease = Some(keeper);
         Ok(())
     }
 }
@@ -327,6 +339,7 @@ async fn stream_file<S, E>(
     form: &mut FormReader<S>,
     writer: &mut dyn BlobWriter,
     limit: u64,
+    progress: &crate::upload_lease::Progress,
 ) -> ApiResult<(u64, String)>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
@@ -337,6 +350,7 @@ where
     let mut size: u64 = 0;
     while let Some(chunk) = form.chunk().await.map_err(|e| form_error(e, limit))? {
         size += chunk.len() as u64;
+        progress.bump(chunk.len());
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -349,6 +363,7 @@ where
             }
         }
     }
+    progress.done();
     if let Some(block) = staging.rest() {
         pass_on(block, &hasher, writer).await?;
     }
@@ -478,6 +493,8 @@ where
                     writer: None,
                     blob_finished: false,
                     reservation: None,
+                    progress: Default::default(),
+                    lease: None,
                 });
                 if let (Some(p), Some(v)) = (&product, &version) {
                     // Fail fast (permission, duplicate) before reading the body.
@@ -493,7 +510,8 @@ where
                     early_slot = Some(app.uploads.early_file(&caller.token.id)?);
                 }
                 let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
-                let (size, digest) = stream_file(form, writer.as_mut(), limit).await?;
+                let progress = &g.progress;
+                let (size, digest) = stream_file(form, writer.as_mut(), limit, progress).await?;
                 streamed = Some(Streamed {
                     size,
                     digest,
@@ -605,5 +623,42 @@ mod tests {
         );
         assert!(parse_expected_digest("sha256:xyz").is_err());
         assert!(parse_expected_digest(&"a".repeat(63)).is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_digest_text_parses_without_panic_to_lowercase_hex_or_an_error(raw in any::<String>()) {
+                if let Ok(hex) = parse_expected_digest(&raw) {
+                    prop_assert_eq!(hex.len(), 64);
+                    prop_assert!(hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                }
+            }
+
+            #[test]
+            fn digest_like_text_parses_without_panic(
+                raw in "[ \t]?(sha256[:=]|SHA256:|sha-256:)?[0-9a-fA-Fg ]{60,68}[ \t]?",
+            ) {
+                if let Ok(hex) = parse_expected_digest(&raw) {
+                    prop_assert_eq!(hex.len(), 64);
+                }
+            }
+
+            #[test]
+            fn a_digest_in_any_accepted_form_round_trips_to_its_lowercase_hex(
+                digest in any::<[u8; 32]>(),
+                upper in any::<bool>(),
+                prefix in prop_oneof![Just(""), Just("sha256:"), Just("sha256=")],
+                pad in prop_oneof![Just(""), Just(" "), Just("\t")],
+            ) {
+                let hex = hex::encode(digest);
+                let shown = if upper { hex.to_ascii_uppercase() } else { hex.clone() };
+                let raw = format!("{pad}{prefix}{shown}{pad}");
+                prop_assert_eq!(parse_expected_digest(&raw).ok(), Some(hex));
+            }
+        }
     }
 }

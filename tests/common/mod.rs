@@ -7,6 +7,7 @@
 //! each run in its own database and key prefix.
 #![allow(dead_code)]
 
+pub mod kill;
 pub mod streaming;
 
 use rand::Rng;
