@@ -221,7 +221,12 @@ async fn file_first_streams_per_token_are_limited_with_429_and_retry_after() {
         || async { app.blob_count().is_some_and(|n| n > 0) },
     )
     .await;
-    let (content_type, second) = form();
+    // A second, small one (the server answers before reading a big body to its end).
+    let (content_type, second) = Form::new()
+        .file("file", Some("b.bin"), b"small")
+        .text("product", &product)
+        .text("version", "2.0.0")
+        .finish();
     let req = app
         .request(reqwest::Method::POST, "/product/upload", Some(&uploader))
         .header("Content-Type", content_type)
