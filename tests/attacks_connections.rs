@@ -301,3 +301,111 @@ async fn a_janitor_grace_that_overflows_stops_the_binary_with_a_message_naming_i
         "the message does not name the variable: {stderr}"
     );
 }
+
+/// Starts the binary with a hard open-file limit of `nofile` (below what the connection
+/// flood needs), outside the harness, on the embedded backend.
+async fn start_with_fd_limit(
+    dir: &std::path::Path,
+    port: u16,
+    nofile: u64,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let log = std::fs::File::create(dir.join("depot.log")).expect("log file");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_depot"));
+    cmd.arg("serve").kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DEPOT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("DEPOT_DATA_DIR", dir.join("data"))
+        .env("DEPOT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DEPOT_ADMIN_TOKEN", random_string(40))
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn depot");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s
+                .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+            if out.starts_with(b"HTTP/1.1 200") {
+                return child;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "depot did not start: {}",
+            std::fs::read_to_string(dir.join("depot.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_flood_beyond_the_fd_limit_never_makes_accept_fail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    // 512 descriptors: the default connection limit shrinks to (512 - 256) / 2 = 128.
+    let _child = start_with_fd_limit(
+        dir.path(),
+        port,
+        512,
+        &[
+            ("DEPOT_HEADER_TIMEOUT_SECONDS", "2"),
+            ("DEPOT_KEEPALIVE_TIMEOUT_SECONDS", "2"),
+        ],
+    )
+    .await;
+    // More idle connections than the server has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => held.push(stream),
+            Err(err) => panic!("connect failed after {} connections: {err}", held.len()),
+        }
+    }
+    let live = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map(|_| out)
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("depot.log")).unwrap_or_default();
+    let live = live
+        .unwrap_or_else(|_| panic!("/livez unanswered within 90 s of the flood\n{log}"))
+        .expect("read /livez");
+    assert!(
+        live.starts_with(b"HTTP/1.1 200"),
+        "/livez: {}",
+        String::from_utf8_lossy(&live)
+    );
+    assert!(
+        !log.contains("accept failed"),
+        "accept failed during the flood:\n{log}"
+    );
+    drop(held);
+}
