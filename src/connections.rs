@@ -42,6 +42,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     pub keepalive: Duration,
     pub max_connections: usize,
+    /// The soft open-file limit in effect after raising it.
+    pub open_files: u64,
 }
 
 impl ConnectionLimits {
@@ -76,6 +78,7 @@ impl ConnectionLimits {
             header_timeout: Duration::from_secs(settings.header_timeout_seconds),
             keepalive: Duration::from_secs(settings.keepalive_timeout_seconds),
             max_connections,
+            open_files: nofile,
         })
     }
 }

@@ -173,6 +173,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         max_connections = limits.max_connections,
+        open_files = limits.open_files,
         "depot listening"
     );
     let shutdown = state.shutdown.clone();
