@@ -20,6 +20,7 @@ import os
 import re
 import resource
 import secrets
+import selectors
 import shlex
 import shutil
 import signal
@@ -28,6 +29,7 @@ import statistics
 import string
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -169,6 +171,8 @@ FULL = Sizes(GiB, 2 * GiB, 256 * MiB, [MiB, 64 * MiB, GiB], 10, 20)
 QUICK = Sizes(128 * MiB, 256 * MiB, 32 * MiB, [MiB, 16 * MiB, 128 * MiB], 3, 10)
 CONCURRENT_UPLOADS = 16
 WRK_CONNECTIONS = 64
+SLOW_CONNECTIONS = 1000
+SLOW_BYTE_INTERVAL = 3.0  # seconds between two header bytes on each slow connection
 
 
 @dataclass
@@ -814,7 +818,143 @@ def scenario_6(ctx: Ctx) -> None:
                             (f"6 worst size step, {bname}", worst, 0.90)))
 
 
-SCENARIOS = {"1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5, "6": scenario_6}
+class SlowClients:
+    """Holds SLOW_CONNECTIONS connections that send a request's headers one byte every
+    SLOW_BYTE_INTERVAL seconds and never finish them (slowloris). A connection the server
+    closes (its header timeout) is replaced at once, as an attacker would, so the count
+    stays up for the whole measurement."""
+
+    HEADER = b"GET /product/access HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    DRIP = b"X-Slow: 1\r\n"  # header lines forever, never the empty line that ends them
+
+    def __init__(self, port: int, n: int = SLOW_CONNECTIONS, interval: float = SLOW_BYTE_INTERVAL):
+        self.port, self.n, self.interval = port, n, interval
+        self.sel = selectors.DefaultSelector()
+        self.next_send: dict = {}  # socket -> (time of its next byte, position in DRIP)
+        self.reopened = 0
+        self.failed_connects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def open(self) -> int:
+        return len(self.next_send)
+
+    def start(self, wait: float = 60.0) -> "SlowClients":
+        self._thread.start()
+        deadline = time.monotonic() + wait
+        while self.open < self.n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.open < self.n:
+            self.stop()
+            raise BenchError(f"only {self.open} of {self.n} slow connections opened")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _connect(self) -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            s.sendall(self.HEADER)
+            s.setblocking(False)
+        except OSError:
+            self.failed_connects += 1
+            time.sleep(0.05)
+            return
+        self.sel.register(s, selectors.EVENT_READ)
+        self.next_send[s] = (time.monotonic() + self.interval * secrets.randbelow(1000) / 1000, 0)
+
+    def _drop(self, s) -> None:
+        self.sel.unregister(s)
+        self.next_send.pop(s, None)
+        s.close()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                while self.open < self.n and not self._stop.is_set():
+                    self._connect()
+                for key, _ in self.sel.select(timeout=0.05):
+                    try:
+                        data = key.fileobj.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:  # closed by the server: replace it
+                        self._drop(key.fileobj)
+                        self.reopened += 1
+                now = time.monotonic()
+                for s, (due, pos) in list(self.next_send.items()):
+                    if due <= now:
+                        try:
+                            s.send(self.DRIP[pos:pos + 1])
+                            self.next_send[s] = (now + self.interval, (pos + 1) % len(self.DRIP))
+                        except OSError:
+                            self._drop(s)
+                            self.reopened += 1
+        finally:
+            for s in list(self.next_send):
+                self._drop(s)
+
+
+def scenario_7(ctx: Ctx) -> None:
+    """p99 of a cheap authenticated request while 1,000 slow-header connections are held."""
+    secs = ctx.sizes.wrk_seconds
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < SLOW_CONNECTIONS + 256 and hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    d = Depot(ctx, "s7-slowloris", "embedded").start()
+    try:
+        token = d.register()
+        d.create_product("bench", token=token)
+        hdr = [f"X-Api-Token: {token}"]
+        u = d.url + "/product/fetch/bench"
+        curl(["-H", hdr[0], u])
+        wrk(u, 1, hdr)
+        watch = {"depot": d.pid}
+        held = {}
+
+        def run(label: str, slow: bool):
+            clients = SlowClients(d.port).start() if slow else None
+            res = {}
+            try:
+                def go():
+                    res.update(wrk(u, secs, hdr))
+                    return res["p99"]
+                measure(ctx, label, go, watch)
+            finally:
+                if clients:
+                    held.setdefault("open", []).append(clients.open)
+                    held.setdefault("reopened", []).append(clients.reopened)
+                    held.setdefault("failed", []).append(clients.failed_connects)
+                    clients.stop()
+            ctx.samples.setdefault(label + " req/s", []).append(res.get("rps", 0.0))
+            if res.get("socket_errors"):
+                ctx.notes.append(f"wrk {label}: {res['socket_errors']}")
+
+        interleave(ctx.args.rounds,
+                   lambda r: run("7.A p99 with slow connections", True),
+                   lambda r: run("7.B p99 without", False))
+    finally:
+        d.stop()
+    a = median(ctx.samples["7.A p99 with slow connections"])
+    b = median(ctx.samples["7.B p99 without"])
+    ratio = a / b if b > 0 else float("inf")
+    adesc = (f"p99 {fmt_ms(a)}, {median(ctx.samples['7.A p99 with slow connections req/s']):,.0f} req/s; "
+             f"{SLOW_CONNECTIONS:,} slow connections held (a header byte every {SLOW_BYTE_INTERVAL:g} s; "
+             f"{sum(held.get('reopened', [0])):,} cut off by the header timeout and reopened)")
+    bdesc = f"p99 {fmt_ms(b)}, {median(ctx.samples['7.B p99 without req/s']):,.0f} req/s"
+    if sum(held.get("failed", [0])):
+        ctx.notes.append(f"scenario 7: {sum(held['failed'])} slow-connection attempts failed to connect")
+    ctx.rows.append(Row("7", f"wrk -c{WRK_CONNECTIONS} {secs}s: p99 of GET /product/fetch/{{product}} with "
+                             f"{SLOW_CONNECTIONS:,} slow connections held vs without, embedded",
+                        adesc, bdesc, f"{ratio:.2f}x", "<= 2.00x", pass_fail(ratio <= 2.0),
+                        ("7 p99 without / with 1,000 slow conns", b / a if a > 0 else 0.0, 0.5)))
+
+
+SCENARIOS = {"1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5, "6": scenario_6,
+             "7": scenario_7}
 
 # --------------------------------------------------------------------------- setup
 
@@ -895,6 +1035,9 @@ def make_files(ctx: Ctx, sizes: set) -> None:
 def build(ctx: Ctx) -> Path:
     target = Path(os.environ.get("CARGO_TARGET_DIR") or "/var/tmp/depot-target")
     binary = target / "release" / "depot"
+    if ctx.args.binary:
+        log(f"--binary: using {ctx.args.binary}")
+        return Path(ctx.args.binary)
     if ctx.args.no_build:
         if not binary.exists():
             raise BenchError(f"--no-build but {binary} does not exist")
@@ -1100,6 +1243,10 @@ $ free -h
 6. Upload time per size, sizes in ascending then descending order in alternate rounds;
    {fmt_size(MiB)} uploads are repeated 5 times per round (median). PASS when each size's
    throughput is at least 0.90x the previous size's.
+7. `wrk -t2 -c{WRK_CONNECTIONS} -d{s.wrk_seconds}s --latency` of `GET /product/fetch/{{product}}` (plain token) on the
+   embedded backend, while {SLOW_CONNECTIONS:,} other connections send a request's headers one byte every
+   {SLOW_BYTE_INTERVAL:g} s and never finish them (each one the header timeout cuts off is reopened at once), vs the
+   same wrk run without them, alternating; PASS when the p99 with them is at most 2x the p99 without.
 
 The client (curl, wrk), Depot and the S3 server share the same {machine['nproc']} cores, so the
 baselines get the client's share of the CPU too; the CPU table below shows who used it.
@@ -1139,8 +1286,9 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 5, or 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="small files, 3 rounds: a fast smoke run")
     p.add_argument("--with-4g", action="store_true", help="add the 4 GiB point to the scaling scenario")
-    p.add_argument("--only", help="comma-separated scenarios to run (1-6); docs are not rewritten")
+    p.add_argument("--only", help="comma-separated scenarios to run (1-7); docs are not rewritten")
     p.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    p.add_argument("--binary", help="use this depot binary (e.g. a debug build for a smoke run); implies --no-build")
     p.add_argument("--own-services", action="store_true",
                    help=f"run a private Redis/SecantusDB/SeaweedFS instance in {OWN_SERVICES_DIR} on free "
                         "ports (stopped and deleted at the end) instead of the shared one")
@@ -1155,7 +1303,7 @@ def parse_args(argv):
     a.only = [s.strip() for s in a.only.split(",")] if a.only else list(SCENARIOS)
     for s in a.only:
         if s not in SCENARIOS:
-            p.error(f"unknown scenario {s!r} (1-6)")
+            p.error(f"unknown scenario {s!r} (1-7)")
     return a
 
 
@@ -1198,9 +1346,10 @@ def main(argv) -> int:
         needed = {sizes.big, sizes.mem_single, sizes.mem_conc, *sizes.scale}
         if args.with_4g:
             needed.add(4 * GiB if not args.quick else 512 * MiB)
-        make_files(ctx, needed)
-        ctx.nginx = Nginx(ctx).start()
-        log(f"nginx on {ctx.nginx.url} serving {ctx.files_dir}")
+        if set(args.only) - {"7"}:  # scenario 7 needs neither test files nor nginx
+            make_files(ctx, needed)
+            ctx.nginx = Nginx(ctx).start()
+            log(f"nginx on {ctx.nginx.url} serving {ctx.files_dir}")
         for s in args.only:
             log(f"scenario {s}: {SCENARIOS[s].__doc__}")
             t0 = time.perf_counter()

@@ -117,6 +117,18 @@ pub struct RawSettings {
     /// Lease of an upload's pending reservation, in seconds, renewed while bytes arrive; once an upload stops (its process died, or no byte came for this long) its version is free again for a new upload and the janitor removes what it left [default: 60, range: 5..=3600]
     #[arg(long, env = "DEPOT_UPLOAD_LEASE_SECONDS")]
     pub upload_lease_seconds: Option<u64>,
+    /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
+    #[arg(long, env = "DEPOT_HEADER_TIMEOUT_SECONDS")]
+    pub header_timeout_seconds: Option<u64>,
+    /// Seconds an idle kept-alive connection stays open between requests (at most the header timeout takes effect) [default: 10, range 1-3600]
+    #[arg(long, env = "DEPOT_KEEPALIVE_TIMEOUT_SECONDS")]
+    pub keepalive_timeout_seconds: Option<u64>,
+    /// Most client connections served at once; more wait in the listen queue. Must stay below the open-file limit with headroom [default: 4096, lowered to fit the open-file limit; range 1-1000000]
+    #[arg(long, env = "DEPOT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds every request but uploads and downloads may take before it is answered 503 timeout [default: 30, range 1-3600]
+    #[arg(long, env = "DEPOT_REQUEST_TIMEOUT_SECONDS")]
+    pub request_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +168,11 @@ pub struct Settings {
     pub max_concurrent_uploads: usize,
     pub max_early_file_uploads_per_token: usize,
     pub upload_lease_seconds: u64,
+    pub header_timeout_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+    /// `None`: the default, fitted to the open-file limit at start-up.
+    pub max_connections: Option<usize>,
+    pub request_timeout_seconds: u64,
 }
 
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -163,6 +180,26 @@ const MAX_PARTS: u64 = 10_000;
 const DEFAULT_MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
 const DEFAULT_UPLOAD_LEASE: u64 = 60;
 const UPLOAD_LEASE_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
+/// S3's largest object and largest part.
+const MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+const DAY: u64 = 24 * 3600;
+/// Ten years: the longest duration any setting takes (longer ones overflow time arithmetic).
+const TEN_YEARS: u64 = 3653 * DAY;
+/// S3 presigned URLs live at most 7 days.
+const MAX_PRESIGN_TTL: u64 = 7 * DAY;
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+/// `value` (or `default` when unset) if it lies in `min..=max`; otherwise an error naming
+/// the variable, the range and the value given.
+fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> anyhow::Result<u64> {
+    let value = value.unwrap_or(default);
+    anyhow::ensure!(
+        (min..=max).contains(&value),
+        "{name} must be between {min} and {max} (got {value})"
+    );
+    Ok(value)
+}
 
 macro_rules! merge_fields {
     ($strong:expr, $weak:expr, $($field:ident),*) => {
@@ -205,7 +242,11 @@ impl RawSettings {
             max_concurrent_uploads,
             max_early_file_uploads_per_token,
             s3_buffer_wait_seconds,
-            upload_lease_seconds
+            upload_lease_seconds,
+            header_timeout_seconds,
+            keepalive_timeout_seconds,
+            max_connections,
+            request_timeout_seconds
         )
     }
 }
@@ -237,6 +278,10 @@ impl Settings {
                     part_size >= MIN_PART_SIZE,
                     "DEPOT_S3_PART_SIZE must be at least {MIN_PART_SIZE} bytes (S3's minimum part size)"
                 );
+                anyhow::ensure!(
+                    part_size <= MAX_PART_SIZE,
+                    "DEPOT_S3_PART_SIZE must be at most {MAX_PART_SIZE} bytes (S3's maximum part size, got {part_size})"
+                );
                 let max_upload = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD);
                 anyhow::ensure!(
                     max_upload.div_ceil(part_size) <= MAX_PARTS,
@@ -245,7 +290,7 @@ impl Settings {
                 let parts_in_flight = raw.s3_parts_in_flight.unwrap_or(2);
                 anyhow::ensure!(
                     (1..=64).contains(&parts_in_flight),
-                    "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64"
+                    "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64 (got {parts_in_flight})"
                 );
                 let buffer_wait_seconds = raw.s3_buffer_wait_seconds.unwrap_or(30);
                 anyhow::ensure!(
@@ -275,9 +320,66 @@ impl Settings {
         };
         let max_upload_bytes = raw.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD);
         anyhow::ensure!(
-            max_upload_bytes > 0,
-            "DEPOT_MAX_UPLOAD_BYTES must be positive"
+            (1..=MAX_UPLOAD).contains(&max_upload_bytes),
+            "DEPOT_MAX_UPLOAD_BYTES must be between 1 and {MAX_UPLOAD} (5 TiB, got {max_upload_bytes})"
         );
+        let cache_ttl_seconds =
+            ranged("DEPOT_CACHE_TTL_SECONDS", raw.cache_ttl_seconds, 60, 1, DAY)?;
+        let presign_ttl_seconds = ranged(
+            "DEPOT_PRESIGN_TTL_SECONDS",
+            raw.presign_ttl_seconds,
+            300,
+            1,
+            MAX_PRESIGN_TTL,
+        )?;
+        let janitor_interval_seconds = ranged(
+            "DEPOT_JANITOR_INTERVAL_SECONDS",
+            raw.janitor_interval_seconds,
+            300,
+            1,
+            TEN_YEARS,
+        )?;
+        let janitor_grace_seconds = ranged(
+            "DEPOT_JANITOR_GRACE_SECONDS",
+            raw.janitor_grace_seconds,
+            86_400,
+            1,
+            TEN_YEARS,
+        )?;
+        let shutdown_grace_seconds = ranged(
+            "DEPOT_SHUTDOWN_GRACE_SECONDS",
+            raw.shutdown_grace_seconds,
+            30,
+            0,
+            DAY,
+        )?;
+        let header_timeout_seconds = ranged(
+            "DEPOT_HEADER_TIMEOUT_SECONDS",
+            raw.header_timeout_seconds,
+            15,
+            1,
+            3600,
+        )?;
+        let keepalive_timeout_seconds = ranged(
+            "DEPOT_KEEPALIVE_TIMEOUT_SECONDS",
+            raw.keepalive_timeout_seconds,
+            10,
+            1,
+            3600,
+        )?;
+        let request_timeout_seconds = ranged(
+            "DEPOT_REQUEST_TIMEOUT_SECONDS",
+            raw.request_timeout_seconds,
+            30,
+            1,
+            3600,
+        )?;
+        if let Some(n) = raw.max_connections {
+            anyhow::ensure!(
+                (1..=MAX_CONNECTIONS_LIMIT).contains(&n),
+                "DEPOT_MAX_CONNECTIONS must be between 1 and {MAX_CONNECTIONS_LIMIT} (got {n})"
+            );
+        }
         if let Some(token) = &raw.admin_token {
             anyhow::ensure!(
                 token.len() >= 16,
@@ -319,20 +421,21 @@ impl Settings {
             mongo_url: raw.mongo_url.filter(|u| !u.is_empty()),
             mongo_db: raw.mongo_db.unwrap_or_else(|| "depot".to_string()),
             redis_url: raw.redis_url.filter(|u| !u.is_empty()),
-            cache_ttl_seconds: raw.cache_ttl_seconds.unwrap_or(60).max(1),
+            cache_ttl_seconds,
             s3,
             download_mode: raw.download_mode.unwrap_or(DownloadMode::Proxy),
-            presign_ttl_seconds: raw
-                .presign_ttl_seconds
-                .unwrap_or(300)
-                .clamp(1, 7 * 24 * 3600),
+            presign_ttl_seconds,
             signing_key: raw.signing_key,
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
-            janitor_interval_seconds: raw.janitor_interval_seconds.unwrap_or(300).max(1),
-            janitor_grace_seconds: raw.janitor_grace_seconds.unwrap_or(86_400),
+            janitor_interval_seconds,
+            janitor_grace_seconds,
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
-            shutdown_grace_seconds: raw.shutdown_grace_seconds.unwrap_or(30),
             upload_lease_seconds,
+            shutdown_grace_seconds,
+            header_timeout_seconds,
+            keepalive_timeout_seconds,
+            max_connections: raw.max_connections,
+            request_timeout_seconds,
         })
     }
 }
@@ -386,5 +489,179 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_errors() {
         assert!(toml::from_str::<RawSettings>("listn = \"x\"").is_err());
+    }
+
+    fn refused(raw: RawSettings, variable: &str) {
+        let err = Settings::resolve(raw).expect_err("out of range value accepted");
+        assert!(
+            err.to_string().contains(variable),
+            "message does not name {variable}: {err}"
+        );
+    }
+
+    #[test]
+    fn the_janitor_grace_is_refused_above_ten_years() {
+        refused(
+            RawSettings {
+                janitor_grace_seconds: Some(u64::MAX),
+                ..Default::default()
+            },
+            "DEPOT_JANITOR_GRACE_SECONDS",
+        );
+        refused(
+            RawSettings {
+                janitor_grace_seconds: Some(0),
+                ..Default::default()
+            },
+            "DEPOT_JANITOR_GRACE_SECONDS",
+        );
+        let ok = RawSettings {
+            janitor_grace_seconds: Some(TEN_YEARS),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(ok).unwrap().janitor_grace_seconds,
+            TEN_YEARS
+        );
+    }
+
+    #[test]
+    fn the_janitor_interval_must_be_at_least_a_second_and_at_most_ten_years() {
+        for bad in [0, TEN_YEARS + 1, u64::MAX] {
+            refused(
+                RawSettings {
+                    janitor_interval_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_JANITOR_INTERVAL_SECONDS",
+            );
+        }
+    }
+
+    #[test]
+    fn the_cache_ttl_is_refused_at_zero_and_above_a_day() {
+        for bad in [0, DAY + 1] {
+            refused(
+                RawSettings {
+                    cache_ttl_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_CACHE_TTL_SECONDS",
+            );
+        }
+    }
+
+    #[test]
+    fn the_presign_ttl_is_refused_outside_one_second_to_seven_days_instead_of_clamped() {
+        for bad in [0, MAX_PRESIGN_TTL + 1] {
+            refused(
+                RawSettings {
+                    presign_ttl_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_PRESIGN_TTL_SECONDS",
+            );
+        }
+        let ok = RawSettings {
+            presign_ttl_seconds: Some(MAX_PRESIGN_TTL),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(ok).unwrap().presign_ttl_seconds,
+            MAX_PRESIGN_TTL
+        );
+    }
+
+    #[test]
+    fn the_shutdown_grace_may_be_zero_but_not_above_a_day() {
+        let zero = RawSettings {
+            shutdown_grace_seconds: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(Settings::resolve(zero).unwrap().shutdown_grace_seconds, 0);
+        refused(
+            RawSettings {
+                shutdown_grace_seconds: Some(DAY + 1),
+                ..Default::default()
+            },
+            "DEPOT_SHUTDOWN_GRACE_SECONDS",
+        );
+    }
+
+    #[test]
+    fn connection_timeouts_are_refused_at_zero_and_above_an_hour() {
+        for bad in [0, 3601] {
+            refused(
+                RawSettings {
+                    header_timeout_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_HEADER_TIMEOUT_SECONDS",
+            );
+            refused(
+                RawSettings {
+                    keepalive_timeout_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_KEEPALIVE_TIMEOUT_SECONDS",
+            );
+            refused(
+                RawSettings {
+                    request_timeout_seconds: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_REQUEST_TIMEOUT_SECONDS",
+            );
+        }
+        let defaults = Settings::resolve(RawSettings::default()).unwrap();
+        assert!(defaults.header_timeout_seconds <= 30);
+        assert_eq!(defaults.request_timeout_seconds, 30);
+    }
+
+    #[test]
+    fn the_connection_limit_is_refused_at_zero_and_above_a_million() {
+        for bad in [0, MAX_CONNECTIONS_LIMIT + 1] {
+            refused(
+                RawSettings {
+                    max_connections: Some(bad),
+                    ..Default::default()
+                },
+                "DEPOT_MAX_CONNECTIONS",
+            );
+        }
+    }
+
+    #[test]
+    fn upload_and_part_sizes_are_refused_beyond_what_s3_takes() {
+        refused(
+            RawSettings {
+                max_upload_bytes: Some(0),
+                ..Default::default()
+            },
+            "DEPOT_MAX_UPLOAD_BYTES",
+        );
+        refused(
+            RawSettings {
+                max_upload_bytes: Some(MAX_UPLOAD + 1),
+                ..Default::default()
+            },
+            "DEPOT_MAX_UPLOAD_BYTES",
+        );
+        refused(
+            RawSettings {
+                s3_bucket: Some("b".into()),
+                s3_part_size: Some(MAX_PART_SIZE + 1),
+                ..Default::default()
+            },
+            "DEPOT_S3_PART_SIZE",
+        );
+        refused(
+            RawSettings {
+                s3_bucket: Some("b".into()),
+                s3_parts_in_flight: Some(0),
+                ..Default::default()
+            },
+            "DEPOT_S3_PARTS_IN_FLIGHT",
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod download;
 pub mod error;

@@ -5,7 +5,7 @@
 //! log line or a label.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -34,6 +34,48 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The `method` label and log field: one of a fixed set, so a client sending random
+/// methods cannot grow the metrics without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// An incoming `X-Request-Id` is kept only when it is 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Gives every request a safe `X-Request-Id` before anything logs it: the client's when
+/// [`valid_request_id`] accepts it, else a generated UUID; the response carries the same.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(REQUEST_ID) {
+        Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let generated = uuid::Uuid::new_v4().to_string();
+            match HeaderValue::from_str(&generated) {
+                Ok(v) => v,
+                Err(_) => HeaderValue::from_static("-"),
+            }
+        }
+    };
+    req.headers_mut().insert(REQUEST_ID, id.clone());
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
 pub fn route_of(req: &Request) -> String {
     req.extensions()
         .get::<MatchedPath>()
@@ -46,7 +88,7 @@ pub fn route_of(req: &Request) -> String {
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = route_of(&req);
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let request_id = req
         .headers()
         .get(REQUEST_ID)
@@ -58,19 +100,44 @@ pub async fn track(req: Request, next: Next) -> Response {
     let elapsed = start.elapsed();
     metrics::counter!(
         "depot_http_requests_total",
-        "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string()
+        "route" => route.clone(), "method" => method, "status" => status.to_string()
     )
     .increment(1);
-    metrics::histogram!("depot_http_request_duration_seconds", "route" => route.clone(), "method" => method.to_string())
+    metrics::histogram!("depot_http_request_duration_seconds", "route" => route.clone(), "method" => method)
         .record(elapsed.as_secs_f64());
     tracing::info!(
         target: "depot::access",
         request_id = %request_id,
-        method = %method,
+        method,
         route = %route,
         status,
         elapsed_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_come_from_a_fixed_set() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        let odd = Method::from_bytes(b"XYZZYXYZZYXYZZY").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&Method::CONNECT), "other");
+    }
+
+    #[test]
+    fn request_ids_are_short_and_of_safe_characters() {
+        assert!(valid_request_id(b"abc-123_X.y"));
+        assert!(valid_request_id(&[b'a'; 64]));
+        assert!(!valid_request_id(&[b'a'; 65]));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(b"user=admin"));
+        assert!(!valid_request_id(b"a\"b"));
+    }
 }

@@ -8,6 +8,7 @@ use crate::blob::fs::FsBlobStore;
 use crate::cache::TokenCache;
 use crate::cache::none::NoCache;
 use crate::config::{LogFormat, Settings};
+use crate::connections::ConnectionLimits;
 use crate::meta::embedded::EmbeddedMetaStore;
 use crate::meta::metered::MeteredMetaStore;
 use crate::meta::{MetaStore, TokenRecord, now_ms};
@@ -165,22 +166,25 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(?report, "start-up cleanup");
     }
     crate::janitor::spawn(state.clone());
+    let limits = ConnectionLimits::fit(&state.settings)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "depot listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        max_connections = limits.max_connections,
+        open_files = limits.open_files,
+        "depot listening"
+    );
     let shutdown = state.shutdown.clone();
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx = stop_rx;
+    let server = crate::connections::serve(listener, app, limits, stop_rx);
     tokio::select! {
-        result = server.into_future() => result?,
-        _ = async {
-            let _ = stop_rx.wait_for(|stopping| *stopping).await;
+        () = server => {}
+        () = async {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!("shutdown grace period over; aborting remaining transfers");
