@@ -33,7 +33,7 @@ pub struct RawSettings {
     /// Directory for the embedded database and filesystem blobs [default: ./depot-data]
     #[arg(long, env = "DEPOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// If set, this exact token exists as an admin token after start-up
+    /// If set, this exact token exists as an admin token after start-up; it must be in Depot's token format (`depot_` + 43 letters and digits: `depot token generate` prints one). When it changes, the next start revokes the previous one [default: unset]
     #[arg(long, env = "DEPOT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Largest accepted artifact, in bytes [default: 5368709120 = 5 GiB]
@@ -84,10 +84,10 @@ pub struct RawSettings {
     /// Lifetime of presigned and Depot-signed download URLs, in seconds [default: 300]
     #[arg(long, env = "DEPOT_PRESIGN_TTL_SECONDS")]
     pub presign_ttl_seconds: Option<u64>,
-    /// HMAC key for Depot-signed download URLs; share it between replicas [default: generated and kept in the data dir]
+    /// HMAC key for Depot-signed download URLs, at least 32 bytes (an empty value is refused); share it between replicas [default: generated and kept in the data dir]
     #[arg(long, env = "DEPOT_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,
-    /// Base URL clients use to reach Depot, for signed URLs [default: from the request's Host header]
+    /// Base URL clients use to reach Depot, for signed URLs and redirects: absolute http(s), no query or fragment [default: http:// + the request's Host header, which must then be host[:port]]
     #[arg(long, env = "DEPOT_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds between janitor sweeps [default: 300]
@@ -141,6 +141,32 @@ pub struct Settings {
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 const DEFAULT_MAX_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
+/// Shortest accepted `DEPOT_SIGNING_KEY`, in bytes.
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+/// `DEPOT_PUBLIC_URL`: an absolute http(s) URL with a host and without query, fragment or
+/// credentials; returned without its trailing `/`.
+fn validate_public_url(raw: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "DEPOT_PUBLIC_URL must be an absolute http:// or https:// URL without query, fragment or user info, e.g. https://depot.example.com ({why})"
+        )
+    };
+    let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme is not http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || raw.contains(['?', '#']) {
+        return Err(bad("it has a query or a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("it has user info"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
 
 macro_rules! merge_fields {
     ($strong:expr, $weak:expr, $($field:ident),*) => {
@@ -247,10 +273,25 @@ impl Settings {
         );
         if let Some(token) = &raw.admin_token {
             anyhow::ensure!(
-                token.len() >= 16,
-                "DEPOT_ADMIN_TOKEN must be at least 16 characters long"
+                crate::auth::is_token_format(token),
+                "DEPOT_ADMIN_TOKEN must be a Depot token: `depot_` followed by 43 letters and digits \
+                 (256 random bits; an empty value is refused too). Generate one with `depot token generate`, \
+                 or: echo \"depot_$(openssl rand -base64 64 | tr -dc 'A-Za-z0-9' | head -c 43)\""
             );
         }
+        if let Some(key) = &raw.signing_key {
+            anyhow::ensure!(
+                key.len() >= MIN_SIGNING_KEY_BYTES,
+                "DEPOT_SIGNING_KEY must be at least {MIN_SIGNING_KEY_BYTES} bytes long (it is {} bytes; \
+                 an empty value, as an unset compose ${{VAR}} gives, is refused too: leave the variable \
+                 out to have Depot generate a key). Generate one with: openssl rand -hex 32",
+                key.len()
+            );
+        }
+        let public_url = match raw.public_url {
+            Some(u) if !u.is_empty() => Some(validate_public_url(&u)?),
+            _ => None,
+        };
         Ok(Settings {
             listen: raw.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             data_dir: raw
@@ -269,7 +310,7 @@ impl Settings {
                 .unwrap_or(300)
                 .clamp(1, 7 * 24 * 3600),
             signing_key: raw.signing_key,
-            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            public_url,
             janitor_interval_seconds: raw.janitor_interval_seconds.unwrap_or(300).max(1),
             janitor_grace_seconds: raw.janitor_grace_seconds.unwrap_or(86_400),
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
@@ -305,6 +346,48 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::resolve(raw).is_err());
+    }
+
+    #[test]
+    fn refuses_short_or_empty_signing_keys_and_badly_formed_admin_tokens() {
+        for key in ["", "short"] {
+            let raw = RawSettings {
+                signing_key: Some(key.into()),
+                ..Default::default()
+            };
+            assert!(Settings::resolve(raw).is_err(), "{key:?}");
+        }
+        let raw = RawSettings {
+            signing_key: Some("k".repeat(32)),
+            admin_token: Some(crate::auth::generate_token()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(raw).is_ok());
+        for token in ["", "aaaaaaaaaaaaaaaa", "depot_short"] {
+            let raw = RawSettings {
+                admin_token: Some(token.into()),
+                ..Default::default()
+            };
+            assert!(Settings::resolve(raw).is_err(), "{token:?}");
+        }
+    }
+
+    #[test]
+    fn public_url_must_be_absolute_http_without_query() {
+        for bad in [
+            "depot.example.com",
+            "ftp://x",
+            "https://x/?a",
+            "https://x/#f",
+            "https://u:p@x",
+            "",
+        ] {
+            assert!(validate_public_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_public_url("https://depot.example.com/base/").unwrap(),
+            "https://depot.example.com/base"
+        );
     }
 
     #[test]
