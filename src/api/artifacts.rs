@@ -262,6 +262,8 @@ pub(crate) fn is_host_and_port(value: &str) -> bool {
     if value.starts_with('[') {
         return true;
     }
+    // A fully qualified name may end in one dot (`example.com.`).
+    let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -504,4 +506,45 @@ fn decode_cursor(cursor: &str) -> ApiResult<String> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("k:").map(str::to_string))
         .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_and_port;
+
+    #[test]
+    fn host_header_must_be_host_and_optional_port() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "depot.example.com",
+            "depot.example.com.",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "my_host-1.internal",
+        ] {
+            assert!(is_host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "attacker.test/x?",
+            "a?b",
+            "a#b",
+            "user@host",
+            "host:",
+            "host:65536",
+            "host:80:80",
+            "host:8o",
+            "a b",
+            "a..b",
+            ".",
+            "[::1",
+            "[::1]x",
+            "[nope]:80",
+            "h\u{e9}te",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
 }
