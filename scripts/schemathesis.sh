@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-ADMIN="depot-st-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+ADMIN="$(python3 -c 'import secrets, string; a = string.ascii_letters + string.digits; print("depot_" + "".join(secrets.choice(a) for _ in range(43)))')"
 URL="http://127.0.0.1:$PORT"
 
 DEPOT_LISTEN="127.0.0.1:$PORT" \

@@ -28,6 +28,13 @@ pub fn generate_token() -> String {
     format!("{TOKEN_PREFIX}{body}")
 }
 
+/// True for a value in Depot's own token format: `depot_` + 43 base62 characters
+/// (~256 bits when random). `DEPOT_ADMIN_TOKEN` must have this shape.
+pub fn is_token_format(s: &str) -> bool {
+    s.strip_prefix(TOKEN_PREFIX)
+        .is_some_and(|body| body.len() == 43 && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 pub fn generate_token_id() -> String {
     let bytes: [u8; 8] = rand::rng().random();
     format!("{TOKEN_ID_PREFIX}{}", hex::encode(bytes))
@@ -195,7 +202,12 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller {
             token: doc.token,
-            grants: doc.grants.into_iter().collect(),
+            // An all-false grant (only old data can hold one) gives nothing: not even a listing.
+            grants: doc
+                .grants
+                .into_iter()
+                .filter(|(_, g)| !g.is_empty())
+                .collect(),
         })
     }
 }
@@ -212,6 +224,11 @@ mod tests {
         assert_eq!(a.len(), TOKEN_PREFIX.len() + 43);
         assert_ne!(a, b);
         assert_eq!(hash_token(&a).len(), 64);
+        assert!(is_token_format(&a));
+        assert!(!is_token_format("aaaaaaaaaaaaaaaa"));
+        assert!(!is_token_format(""));
+        assert!(!is_token_format(&format!("{a}x")));
+        assert!(!is_token_format(&format!("depot_{}-", &a[7..])));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct RawSettings {
     /// Directory for the embedded database and filesystem blobs [default: ./depot-data]
     #[arg(long, env = "DEPOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// If set, this exact token exists as an admin token after start-up
+    /// If set, this exact token exists as an admin token after start-up; it must be in Depot's token format (`depot_` + 43 letters and digits: `depot token generate` prints one). When it changes, the next start revokes the previous one [default: unset]
     #[arg(long, env = "DEPOT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Largest accepted artifact, in bytes [default: 5368709120 = 5 GiB]
@@ -84,10 +84,10 @@ pub struct RawSettings {
     /// Lifetime of presigned and Depot-signed download URLs, in seconds [default: 300]
     #[arg(long, env = "DEPOT_PRESIGN_TTL_SECONDS")]
     pub presign_ttl_seconds: Option<u64>,
-    /// HMAC key for Depot-signed download URLs; share it between replicas [default: generated and kept in the data dir]
+    /// HMAC key for Depot-signed download URLs, at least 32 bytes (an empty value is refused); share it between replicas [default: generated and kept in the data dir]
     #[arg(long, env = "DEPOT_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,
-    /// Base URL clients use to reach Depot, for signed URLs [default: from the request's Host header]
+    /// Base URL clients use to reach Depot, for signed URLs and redirects: absolute http(s), no query or fragment [default: http:// + the request's Host header, which must then be host[:port]]
     #[arg(long, env = "DEPOT_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds between janitor sweeps [default: 300]
@@ -199,6 +199,33 @@ fn ranged(name: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> a
         "{name} must be between {min} and {max} (got {value})"
     );
     Ok(value)
+}
+
+/// Shortest accepted `DEPOT_SIGNING_KEY`, in bytes.
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+/// `DEPOT_PUBLIC_URL`: an absolute http(s) URL with a host and without query, fragment or
+/// credentials; returned without its trailing `/`.
+fn validate_public_url(raw: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "DEPOT_PUBLIC_URL must be an absolute http:// or https:// URL without query, fragment or user info, e.g. https://depot.example.com ({why})"
+        )
+    };
+    let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme is not http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || raw.contains(['?', '#']) {
+        return Err(bad("it has a query or a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("it has user info"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 macro_rules! merge_fields {
@@ -382,8 +409,10 @@ impl Settings {
         }
         if let Some(token) = &raw.admin_token {
             anyhow::ensure!(
-                token.len() >= 16,
-                "DEPOT_ADMIN_TOKEN must be at least 16 characters long"
+                crate::auth::is_token_format(token),
+                "DEPOT_ADMIN_TOKEN must be a Depot token: `depot_` followed by 43 letters and digits \
+                 (256 random bits; an empty value is refused too). Generate one with `depot token generate`, \
+                 or: echo \"depot_$(openssl rand -base64 64 | tr -dc 'A-Za-z0-9' | head -c 43)\""
             );
         }
         let upload_idle_timeout_seconds = raw.upload_idle_timeout_seconds.unwrap_or(60);
@@ -408,6 +437,19 @@ impl Settings {
             UPLOAD_LEASE_RANGE.start(),
             UPLOAD_LEASE_RANGE.end()
         );
+        if let Some(key) = &raw.signing_key {
+            anyhow::ensure!(
+                key.len() >= MIN_SIGNING_KEY_BYTES,
+                "DEPOT_SIGNING_KEY must be at least {MIN_SIGNING_KEY_BYTES} bytes long (it is {} bytes; \
+                 an empty value, as an unset compose ${{VAR}} gives, is refused too: leave the variable \
+                 out to have Depot generate a key). Generate one with: openssl rand -hex 32",
+                key.len()
+            );
+        }
+        let public_url = match raw.public_url {
+            Some(u) if !u.is_empty() => Some(validate_public_url(&u)?),
+            _ => None,
+        };
         Ok(Settings {
             upload_idle_timeout_seconds,
             max_concurrent_uploads,
@@ -426,7 +468,7 @@ impl Settings {
             download_mode: raw.download_mode.unwrap_or(DownloadMode::Proxy),
             presign_ttl_seconds,
             signing_key: raw.signing_key,
-            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            public_url,
             janitor_interval_seconds,
             janitor_grace_seconds,
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
@@ -484,6 +526,48 @@ mod tests {
             };
             assert_eq!(Settings::resolve(raw).is_ok(), ok, "{value}");
         }
+    }
+
+    #[test]
+    fn refuses_short_or_empty_signing_keys_and_badly_formed_admin_tokens() {
+        for key in ["", "short"] {
+            let raw = RawSettings {
+                signing_key: Some(key.into()),
+                ..Default::default()
+            };
+            assert!(Settings::resolve(raw).is_err(), "{key:?}");
+        }
+        let raw = RawSettings {
+            signing_key: Some("k".repeat(32)),
+            admin_token: Some(crate::auth::generate_token()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(raw).is_ok());
+        for token in ["", "aaaaaaaaaaaaaaaa", "depot_short"] {
+            let raw = RawSettings {
+                admin_token: Some(token.into()),
+                ..Default::default()
+            };
+            assert!(Settings::resolve(raw).is_err(), "{token:?}");
+        }
+    }
+
+    #[test]
+    fn public_url_must_be_absolute_http_without_query() {
+        for bad in [
+            "depot.example.com",
+            "ftp://x",
+            "https://x/?a",
+            "https://x/#f",
+            "https://u:p@x",
+            "",
+        ] {
+            assert!(validate_public_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_public_url("https://depot.example.com/base/").unwrap(),
+            "https://depot.example.com/base"
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ enum TokenCommand {
         #[command(flatten)]
         settings: Box<RawSettings>,
     },
+    /// Print a fresh random token in Depot's format (for DEPOT_ADMIN_TOKEN); stores nothing
+    Generate,
     #[command(flatten)]
     Remote(RemoteTokenCommand),
 }
@@ -109,6 +111,12 @@ async fn run(cli: Cli) -> ExitCode {
                 }
                 .await,
             );
+        }
+        Command::Token {
+            command: TokenCommand::Generate,
+        } => {
+            println!("{}", depot::auth::generate_token());
+            return ExitCode::SUCCESS;
         }
         Command::Token {
             command: TokenCommand::Remote(command),

@@ -37,20 +37,16 @@ pub async fn open_meta(settings: &Settings) -> anyhow::Result<Arc<dyn MetaStore>
             .context("MongoDB (DEPOT_MONGO_URL) is unreachable or misconfigured")?;
         return Ok(Arc::new(store));
     }
-    tokio::fs::create_dir_all(&settings.data_dir)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot create data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
+    private_dir(&settings.data_dir)?;
     let path = settings.data_dir.join("depot.redb");
-    let store = tokio::task::spawn_blocking(move || EmbeddedMetaStore::open(&path))
-        .await?
-        .context(
+    let store = tokio::task::spawn_blocking(move || {
+        let store = EmbeddedMetaStore::open(&path).context(
             "cannot open the embedded database (is another Depot using this DEPOT_DATA_DIR?)",
         )?;
+        private_file(&path)?;
+        anyhow::Ok(store)
+    })
+    .await??;
     Ok(Arc::new(store))
 }
 
@@ -61,6 +57,7 @@ pub async fn open_blobs(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore
             .context("S3 (DEPOT_S3_*) is unreachable or misconfigured")?;
         return Ok(Arc::new(store));
     }
+    private_dir(&settings.data_dir)?;
     Ok(Arc::new(
         FsBlobStore::open(&settings.data_dir)
             .await
@@ -87,21 +84,65 @@ pub async fn open_cache(settings: &Settings) -> anyhow::Result<Arc<dyn TokenCach
     Ok(Arc::new(NoCache))
 }
 
-/// The HMAC key for Depot-signed URLs: configured, or generated once into the data dir.
+/// Creates the data directory if needed and makes it private (0700), whatever the umask.
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
+}
+
+/// Sets a secret file's mode to 0600 (owner read/write only).
+pub fn private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))
+}
+
+/// The HMAC key for Depot-signed URLs: configured, or generated once into the data dir
+/// (mode 0600). `Settings::resolve` already refused a configured key under 32 bytes.
 async fn signing_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
     if let Some(key) = &settings.signing_key {
+        anyhow::ensure!(
+            key.len() >= crate::config::MIN_SIGNING_KEY_BYTES,
+            "DEPOT_SIGNING_KEY is too short"
+        );
         return Ok(key.as_bytes().to_vec());
     }
-    let path = settings.data_dir.join("signing.key");
-    if let Ok(existing) = tokio::fs::read(&path).await
-        && existing.len() >= 32
-    {
-        return Ok(existing);
-    }
-    tokio::fs::create_dir_all(&settings.data_dir).await?;
-    let key: [u8; 32] = rand::random();
-    tokio::fs::write(&path, hex::encode(key)).await?;
-    Ok(tokio::fs::read(&path).await?)
+    let dir = settings.data_dir.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        private_dir(&dir)?;
+        let path = dir.join("signing.key");
+        if let Ok(existing) = std::fs::read(&path)
+            && existing.len() >= crate::config::MIN_SIGNING_KEY_BYTES
+        {
+            private_file(&path)?;
+            return Ok(existing);
+        }
+        let key: [u8; 32] = rand::random();
+        let encoded = hex::encode(key);
+        // A fresh file next to it, created 0600, then renamed over any short leftover.
+        let tmp = dir.join("signing.key.new");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(encoded.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        private_file(&path)?;
+        Ok(encoded.into_bytes())
+    })
+    .await?
 }
 
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
@@ -112,12 +153,24 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     Ok(AppState::new(settings, meta, blobs, cache, signer))
 }
 
-/// Creates a token directly in the store and returns the raw value.
+/// Creates a token directly in the store and returns the raw value. Such tokens have no
+/// parent; `bootstrap` marks the one registered from `DEPOT_ADMIN_TOKEN`.
 pub async fn create_token(
     meta: &dyn MetaStore,
     admin: bool,
     raw: Option<&str>,
 ) -> anyhow::Result<String> {
+    insert_token(meta, admin, raw, false)
+        .await
+        .map(|(raw, _)| raw)
+}
+
+async fn insert_token(
+    meta: &dyn MetaStore,
+    admin: bool,
+    raw: Option<&str>,
+    bootstrap: bool,
+) -> anyhow::Result<(String, TokenRecord)> {
     let raw = raw.map(str::to_string).unwrap_or_else(generate_token);
     let record = TokenRecord {
         id: generate_token_id(),
@@ -126,23 +179,49 @@ pub async fn create_token(
         created_at: now_ms(),
         name: None,
         expires_at: None,
+        parent: None,
+        bootstrap,
     };
     meta.insert_token(&record, &[]).await?;
-    Ok(raw)
+    Ok((raw, record))
 }
 
-/// `DEPOT_ADMIN_TOKEN` exists as an admin token; with none configured and no admin at
-/// all, one is created and printed once on stdout (never logged).
+/// `DEPOT_ADMIN_TOKEN` exists as an admin token, marked as the bootstrapped one; any
+/// other token bootstrapped from an earlier value is revoked (store and cache). With none
+/// configured and no admin at all, one is created and printed once on stdout (never logged).
 async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     if let Some(raw) = &state.settings.admin_token {
-        match state.meta.token_by_hash(&hash_token(raw)).await? {
-            Some(t) if t.admin => {}
+        let current = match state.meta.token_by_hash(&hash_token(raw)).await? {
+            Some(t) if t.admin => {
+                if !t.bootstrap {
+                    state.meta.set_token_bootstrap(&t.id, true).await?;
+                    state
+                        .tokens
+                        .invalidate_hashes(std::slice::from_ref(&t.hash))
+                        .await;
+                }
+                t.id
+            }
             Some(_) => anyhow::bail!("DEPOT_ADMIN_TOKEN names an existing non-admin token"),
             None => {
-                create_token(state.meta.as_ref(), true, Some(raw)).await?;
-                tracing::info!("admin token from DEPOT_ADMIN_TOKEN registered");
+                let (_, record) = insert_token(state.meta.as_ref(), true, Some(raw), true).await?;
+                tracing::info!(token_id = %record.id, "admin token from DEPOT_ADMIN_TOKEN registered");
+                record.id
             }
+        };
+        let stale: Vec<TokenRecord> = state
+            .meta
+            .list_tokens()
+            .await?
+            .into_iter()
+            .filter(|t| t.bootstrap && t.id != current)
+            .collect();
+        for old in &stale {
+            state.meta.delete_token(&old.id).await?;
+            tracing::warn!(token_id = %old.id, "DEPOT_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked");
         }
+        let hashes: Vec<String> = stale.into_iter().map(|t| t.hash).collect();
+        state.tokens.invalidate_hashes(&hashes).await;
         return Ok(());
     }
     if !state.meta.has_admin_token().await? {

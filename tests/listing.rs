@@ -315,12 +315,7 @@ async fn listing_needs_download_permission() {
     r.assert_status(200);
     assert_eq!(names(r.json()["versions"].as_array().unwrap()), ["1.0.0"]);
 
-    for perms in [
-        Perms::UPLOAD,
-        Perms::MAINTAINER,
-        Perms::DELETE,
-        Perms::default(),
-    ] {
+    for perms in [Perms::UPLOAD, Perms::MAINTAINER, Perms::DELETE] {
         let token = app.token_with(&product, perms).await;
         list(&app, Some(&token), &product, "")
             .await

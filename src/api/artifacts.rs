@@ -5,12 +5,13 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::DownloadMode;
 use crate::domain::names::{validate_product, validate_version};
-use crate::domain::permissions::ProductOp;
+use crate::domain::permissions::{Decision, ProductOp, decide};
 use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::metered::observe;
 use crate::meta::{VersionRecord, now_ms};
+use crate::signing::SignedTarget;
 use crate::upload::{UploadResult, receive};
 use axum::Json;
 use axum::body::Body;
@@ -158,9 +159,11 @@ async fn downloadable(
 }
 
 /// A URL that downloads the version without a token: presigned by the blob store when
-/// it can, otherwise signed by Depot and served by `GET /signed/...`.
+/// it can, otherwise signed by Depot (bound to this upload and to `caller`'s token) and
+/// served by `GET /signed/...`.
 async fn direct_url(
     app: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     record: &VersionRecord,
 ) -> ApiResult<(String, i64)> {
@@ -177,25 +180,89 @@ async fn direct_url(
     {
         return Ok((url, expires));
     }
-    let base = match &app.settings.public_url {
-        Some(base) => base.clone(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    };
-    let signature = app.signer.sign(&record.product, &record.version, expires);
+    let base = public_base(app, headers)?;
+    let token_id = caller.token.id.as_str();
+    let signature = app.signer.sign(&SignedTarget {
+        product: &record.product,
+        version: &record.version,
+        blob_key: &record.blob_key,
+        token_id,
+        expires,
+    });
     Ok((
         format!(
-            "{base}/signed/{}/{}?expires={expires}&signature={signature}",
+            "{base}/signed/{}/{}?expires={expires}&token_id={token_id}&signature={signature}",
             record.product, record.version
         ),
         expires,
     ))
+}
+
+/// Where clients reach Depot: `DEPOT_PUBLIC_URL`, else `http://` + the request's `Host`,
+/// which must then be exactly `host[:port]` (400 `invalid_host` otherwise), so nothing a
+/// client sends can add a path, query or user info to a `Location`.
+fn public_base(app: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+    if let Some(base) = &app.settings.public_url {
+        return Ok(base.clone());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| is_host_and_port(h))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_host",
+                "the Host header must be host[:port] (a hostname or an IP address, optionally a numeric port); or set DEPOT_PUBLIC_URL",
+            )
+        })?;
+    Ok(format!("http://{host}"))
+}
+
+/// `host[:port]`: a DNS name (letters, digits, `-`, `.`, `_`), an IPv4 address or a
+/// bracketed IPv6 address, then optionally `:` and a port number.
+pub(crate) fn is_host_and_port(value: &str) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        }
+    };
+    if let Some(port) = port
+        && (port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u32>().map_or(true, |p| p > 65_535))
+    {
+        return false;
+    }
+    if value.starts_with('[') {
+        return true;
+    }
+    // A fully qualified name may end in one dot (`example.com.`).
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Streams (or answers 304/416/HEAD for) a committed version.
@@ -243,7 +310,7 @@ pub async fn download(
         .redirect
         .unwrap_or(app.settings.download_mode == DownloadMode::Redirect);
     if redirect {
-        let (url, _) = direct_url(&app, &headers, &record).await?;
+        let (url, _) = direct_url(&app, &caller, &headers, &record).await?;
         let mut resp = build(StatusCode::FOUND, HeaderMap::new(), Body::empty());
         resp.headers_mut().insert(
             header::LOCATION,
@@ -259,10 +326,14 @@ pub async fn download(
 #[derive(Debug, Deserialize)]
 pub struct SignedQuery {
     expires: i64,
+    #[serde(default)]
+    token_id: String,
     signature: String,
 }
 
 /// `GET /signed/{product}/{version}`: no token, an HMAC signature with an expiry instead.
+/// The link works only while the version still holds the upload it was made for and the
+/// token that asked for it still exists, has not expired and may still download.
 pub async fn signed_download(
     State(app): State<AppState>,
     method: Method,
@@ -270,24 +341,44 @@ pub async fn signed_download(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<SignedQuery>,
 ) -> ApiResult<Response> {
-    if !app.signer.verify(
-        &product,
-        &version,
-        query.expires,
-        &query.signature,
-        now_ms() / 1000,
-    ) {
-        return Err(ApiError::new(
+    let invalid = || {
+        ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_signature",
             "the download link is invalid or has expired",
-        ));
+        )
+    };
+    let record = if validate_product(&product).is_ok() && validate_version(&version).is_ok() {
+        app.meta.version(&product, &version).await?
+    } else {
+        None
+    };
+    // The MAC is checked whether or not the version exists (constant time either way).
+    let valid = app.signer.verify(
+        &SignedTarget {
+            product: &product,
+            version: &version,
+            blob_key: record.as_ref().map_or("", |r| r.blob_key.as_str()),
+            token_id: &query.token_id,
+            expires: query.expires,
+        },
+        &query.signature,
+        now_ms() / 1000,
+    );
+    let Some(record) = record.filter(|_| valid) else {
+        return Err(invalid());
+    };
+    let Some(token) = app.meta.token_by_id(&query.token_id).await? else {
+        return Err(invalid());
+    };
+    if token.is_expired(now_ms()) {
+        return Err(invalid());
     }
-    let record = app
-        .meta
-        .version(&product, &version)
-        .await?
-        .ok_or_else(|| ApiError::version_not_found(&product, &version))?;
+    let grants = app.meta.grants_of_token(&token.id).await?;
+    let grant = grants.iter().find(|(p, _)| *p == product).map(|(_, g)| g);
+    if decide(token.admin, grant, ProductOp::Download) != Decision::Allow {
+        return Err(invalid());
+    }
     serve(&app, &method, &headers, &record).await
 }
 
@@ -300,7 +391,7 @@ pub async fn presign(
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
-    let (url, expires) = direct_url(&app, &headers, &record).await?;
+    let (url, expires) = direct_url(&app, &caller, &headers, &record).await?;
     Ok(Json(serde_json::json!({
         "url": url,
         "expires_at": rfc3339(expires * 1000),
@@ -405,4 +496,45 @@ fn decode_cursor(cursor: &str) -> ApiResult<String> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("k:").map(str::to_string))
         .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_and_port;
+
+    #[test]
+    fn host_header_must_be_host_and_optional_port() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "depot.example.com",
+            "depot.example.com.",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "my_host-1.internal",
+        ] {
+            assert!(is_host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "attacker.test/x?",
+            "a?b",
+            "a#b",
+            "user@host",
+            "host:",
+            "host:65536",
+            "host:80:80",
+            "host:8o",
+            "a b",
+            "a..b",
+            ".",
+            "[::1",
+            "[::1]x",
+            "[nope]:80",
+            "h\u{e9}te",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
 }

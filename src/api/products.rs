@@ -5,7 +5,7 @@ use crate::api::artifacts::{VersionInfo, remove_version};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::names::validate_product;
-use crate::domain::permissions::{Grant, ProductOp};
+use crate::domain::permissions::{Grant, GrantInput, ProductOp};
 use crate::domain::version::latest_of;
 use crate::error::{ApiError, ApiResult, MetaError};
 use crate::meta::{ProductRecord, ProductView, now_ms};
@@ -138,13 +138,23 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// 400 `empty_grant`: a grant without any flag would give nothing (not even visibility).
+pub(crate) fn empty_grant(product: &str) -> ApiError {
+    ApiError::bad_request(
+        "empty_grant",
+        format!(
+            "the grant on '{product}' sets no permission; set at least one of maintainer, download, upload, delete (to take access away, use deleteToken)"
+        ),
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddTokenRequest {
     product: String,
     token: String,
     #[serde(default)]
-    permissions: Grant,
+    permissions: GrantInput,
 }
 
 /// `PUT /product/modify/{action}`: only `addToken`.
@@ -159,6 +169,10 @@ pub async fn modify_put(
     }
     let req: AddTokenRequest = parse_body(&body)?;
     validate_product(&req.product).map_err(name_error)?;
+    let permissions = Grant::from(req.permissions);
+    if permissions.is_empty() {
+        return Err(empty_grant(&req.product));
+    }
     caller.authorize(&req.product, ProductOp::ManageTokens)?;
     let target = app
         .tokens
@@ -166,7 +180,7 @@ pub async fn modify_put(
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
     app.meta
-        .set_grant(&req.product, &target.id, req.permissions)
+        .set_grant(&req.product, &target.id, permissions)
         .await
         .map_err(|e| match e {
             MetaError::NotFound => ApiError::product_not_found(&req.product),

@@ -3,7 +3,7 @@
 use super::{ApiBytes, ApiPath, rfc3339};
 use crate::app::AppState;
 use crate::auth::{Caller, generate_token, generate_token_id, hash_token};
-use crate::domain::permissions::Grant;
+use crate::domain::permissions::{Grant, GrantInput};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{TokenRecord, now_ms};
 use axum::Json;
@@ -21,7 +21,7 @@ pub struct RegisterRequest {
     expires_in: Option<u64>,
     expires_at: Option<String>,
     /// Grants for the new token; a non-admin caller may only hand out a subset of its own.
-    products: Option<BTreeMap<String, Grant>>,
+    products: Option<BTreeMap<String, GrantInput>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,6 +31,8 @@ pub struct TokenInfo {
     created_at: String,
     name: Option<String>,
     expires_at: Option<String>,
+    /// Id of the token that minted this one; null for tokens made at start-up or by the CLI.
+    parent: Option<String>,
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -41,6 +43,7 @@ impl From<&TokenRecord> for TokenInfo {
             created_at: rfc3339(t.created_at),
             name: t.name.clone(),
             expires_at: t.expires_at.map(rfc3339),
+            parent: t.parent.clone(),
         }
     }
 }
@@ -116,7 +119,15 @@ pub async fn register(
             "name must be at most 128 printable characters",
         ));
     }
-    let grants: Vec<(String, Grant)> = req.products.unwrap_or_default().into_iter().collect();
+    let grants: Vec<(String, Grant)> = req
+        .products
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(product, g)| (product, Grant::from(g)))
+        .collect();
+    if let Some((product, _)) = grants.iter().find(|(_, g)| g.is_empty()) {
+        return Err(super::products::empty_grant(product));
+    }
     if !caller.is_admin() {
         // A non-admin may only mint a narrower, no longer-lived token of its own.
         if req.admin || grants.is_empty() {
@@ -152,6 +163,8 @@ pub async fn register(
         created_at: now,
         name: req.name,
         expires_at,
+        parent: Some(caller.token.id.clone()),
+        bootstrap: false,
     };
     app.meta
         .insert_token(&record, &grants)
@@ -163,6 +176,15 @@ pub async fn register(
             ),
             other => other.into(),
         })?;
+    // A prune of the minting token (or of one above it) that ran while this token was
+    // being inserted did not see it: if the parent is gone now, so is this token.
+    if app.meta.token_by_id(&caller.token.id).await?.is_none() {
+        app.meta.delete_token(&record.id).await?;
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the API token is unknown or has been revoked",
+        ));
+    }
     tracing::info!(token_id = %record.id, admin = record.admin, by = %caller.token.id, "token registered");
     Ok((
         StatusCode::CREATED,
@@ -186,7 +208,9 @@ pub async fn fetch(
     Ok(Json(TokenInfo::from(&found)))
 }
 
-/// `DELETE /prune/{token}`: revokes at once and removes the token from every product.
+/// `DELETE /prune/{token}`: revokes at once and removes the token from every product,
+/// together with every token minted below it (children, grandchildren, ...). The cache
+/// entries of all of them are invalidated, so every replica sharing the cache sees it.
 pub async fn prune(
     State(app): State<AppState>,
     caller: Caller,
@@ -198,11 +222,28 @@ pub async fn prune(
         .resolve(&token)
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
+    // The root first: from then on it can mint nothing new (a mint racing this prune
+    // checks its parent after inserting and removes itself).
     app.meta.delete_token(&found.id).await?;
     app.tokens
         .invalidate_hashes(std::slice::from_ref(&found.hash))
         .await;
-    tracing::info!(token_id = %found.id, by = %caller.token.id, "token pruned");
+    // Then everything below it, listing again until a pass finds nothing: a token minted
+    // by a descendant while this ran is caught by the next pass.
+    let mut revoked = vec![found.id.clone()];
+    loop {
+        let below = crate::meta::descendants(&app.meta.list_tokens().await?, &revoked);
+        if below.is_empty() {
+            break;
+        }
+        for token in &below {
+            app.meta.delete_token(&token.id).await?;
+        }
+        let hashes: Vec<String> = below.iter().map(|t| t.hash.clone()).collect();
+        app.tokens.invalidate_hashes(&hashes).await;
+        revoked.extend(below.into_iter().map(|t| t.id));
+    }
+    tracing::info!(token_id = %found.id, descendants = revoked.len() - 1, by = %caller.token.id, "token pruned");
     Ok(StatusCode::NO_CONTENT)
 }
 

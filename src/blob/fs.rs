@@ -33,7 +33,12 @@ fn io_err(err: std::io::Error) -> BlobError {
 impl FsBlobStore {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let root = data_dir.join("blobs");
-        fs::create_dir_all(&root).await?;
+        // Private like the data dir (0700); files inside are created 0600.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .await?;
         Ok(Self { root })
     }
 
@@ -62,9 +67,11 @@ struct DiskFile {
 
 impl DiskFile {
     fn create(partial: &Path) -> std::io::Result<Self> {
+        // 0600 whatever the umask: artifacts are readable only through Depot.
         let plain = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(partial)?;
         let direct = std::fs::OpenOptions::new()
             .write(true)
@@ -287,7 +294,13 @@ impl BlobStore for FsBlobStore {
         let file = loop {
             attempts += 1;
             if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).await.map_err(io_err)?;
+                // Private: blob directories are 0700, like the data dir.
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .await
+                    .map_err(io_err)?;
             }
             let partial = partial.clone();
             match tokio::task::spawn_blocking(move || DiskFile::create(&partial))

@@ -93,6 +93,8 @@ mod tests {
                 created_at: 0,
                 name: None,
                 expires_at: None,
+                parent: None,
+                bootstrap: false,
             },
             grants: vec![],
         }

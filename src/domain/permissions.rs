@@ -20,12 +20,40 @@ impl Grant {
         delete: true,
     };
 
+    /// True when no flag is set. Such a grant gives nothing, not even visibility: the API
+    /// refuses to store one (`empty_grant`) and `decide` treats one from old data as none.
+    pub fn is_empty(&self) -> bool {
+        !(self.maintainer || self.download || self.upload || self.delete)
+    }
+
     /// True when every flag of `self` is also set in `other`.
     pub fn is_subset_of(&self, other: &Grant) -> bool {
         (!self.maintainer || other.maintainer)
             && (!self.download || other.download)
             && (!self.upload || other.upload)
             && (!self.delete || other.delete)
+    }
+}
+
+/// A grant as a client sends it (`addToken`, `PUT /register`): an unknown key such as
+/// `downlaod` is an error instead of being ignored. Stores keep [`Grant`], which stays lenient.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrantInput {
+    pub maintainer: bool,
+    pub download: bool,
+    pub upload: bool,
+    pub delete: bool,
+}
+
+impl From<GrantInput> for Grant {
+    fn from(g: GrantInput) -> Self {
+        Grant {
+            maintainer: g.maintainer,
+            download: g.download,
+            upload: g.upload,
+            delete: g.delete,
+        }
     }
 }
 
@@ -79,6 +107,8 @@ pub fn decide(is_admin: bool, grant: Option<&Grant>, op: ProductOp) -> Decision 
     }
     match grant {
         None => Decision::Hidden,
+        // An all-false grant (refused by the API, but possibly in old data) is no grant.
+        Some(g) if g.is_empty() => Decision::Hidden,
         Some(g) if op.allowed_by(g) => Decision::Allow,
         Some(_) => Decision::Deny,
     }
@@ -122,6 +152,7 @@ mod tests {
                 );
             }
             assert_eq!(decide(false, None, op), Decision::Hidden);
+            assert_eq!(decide(false, Some(&Grant::default()), op), Decision::Hidden);
             assert_eq!(decide(true, None, op), Decision::Allow);
         }
     }

@@ -269,6 +269,32 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
+    async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
+            let Some(hash) = ids.get(id.as_str()).map_err(unavailable)? else {
+                return Ok(false);
+            };
+            let hash = hash.value().to_string();
+            let mut tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            let Some(mut token) = tokens
+                .get(hash.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode::<TokenRecord>(v.value()))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            token.bootstrap = bootstrap;
+            tokens
+                .insert(hash.as_str(), encode(&token)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
         self.read_now(|txn| {
             let table = txn.open_table(TOKEN_GRANTS).map_err(unavailable)?;

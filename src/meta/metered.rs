@@ -68,6 +68,7 @@ metered_methods! {
     list_tokens() -> MetaResult<Vec<TokenRecord>>;
     has_admin_token() -> MetaResult<bool>;
     delete_token(id: &str) -> MetaResult<bool>;
+    set_token_bootstrap(id: &str, bootstrap: bool) -> MetaResult<bool>;
     grants_of_token(token_id: &str) -> MetaResult<Vec<(String, Grant)>>;
     grants_of_product(product: &str) -> MetaResult<Vec<(String, Grant)>>;
     set_grant(product: &str, token_id: &str, grant: Grant) -> MetaResult<()>;

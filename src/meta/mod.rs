@@ -28,12 +28,38 @@ pub struct TokenRecord {
     /// Unix milliseconds; `None` = never expires.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// Public id of the token that minted this one over `PUT /register`; `None` for
+    /// tokens created at start-up (`DEPOT_ADMIN_TOKEN`, the first admin) or by
+    /// `depot token create`. Pruning a token prunes every token below it.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// True for the token registered from `DEPOT_ADMIN_TOKEN`: when that setting changes,
+    /// the next start revokes it.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 impl TokenRecord {
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at.is_some_and(|at| at <= now_ms)
     }
+}
+
+/// Every token minted below one of `roots` (children, grandchildren, ...), from one
+/// listing. The roots are not included; a cycle (impossible through the API) cannot loop.
+pub fn descendants(tokens: &[TokenRecord], roots: &[String]) -> Vec<TokenRecord> {
+    let mut out: Vec<TokenRecord> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = roots.iter().cloned().collect();
+    let mut frontier = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for t in tokens {
+            if t.parent.as_deref() == Some(parent.as_str()) && seen.insert(t.id.clone()) {
+                frontier.push(t.id.clone());
+                out.push(t.clone());
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +142,9 @@ pub trait MetaStore: Send + Sync {
     async fn has_admin_token(&self) -> MetaResult<bool>;
     /// Deletes the token and every grant it had. False when it did not exist.
     async fn delete_token(&self, id: &str) -> MetaResult<bool>;
+    /// Marks (or unmarks) a token as the one registered from `DEPOT_ADMIN_TOKEN`.
+    /// False when it does not exist.
+    async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool>;
 
     // Grants.
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>>;

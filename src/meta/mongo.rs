@@ -234,6 +234,18 @@ impl MetaStore for MongoMetaStore {
         Ok(deleted.deleted_count > 0)
     }
 
+    async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool> {
+        let updated = self
+            .tokens
+            .update_one(
+                doc! { "id": id },
+                doc! { "$set": { "bootstrap": bootstrap } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(updated.matched_count > 0)
+    }
+
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>> {
         self.collect_grants(doc! { "token_id": token_id }, |g| (g.product, g.grant))
             .await

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+pub mod secrets;
+
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn random_string(len: usize) -> String {
@@ -389,7 +391,7 @@ impl TestAppBuilder {
             .rev()
             .find(|(k, _)| k == "DEPOT_ADMIN_TOKEN")
             .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| random_string(32));
+            .unwrap_or_else(|| format!("depot_{}", random_string(43)));
         let mut env = vec![
             ("DEPOT_DATA_DIR".to_string(), data_dir.display().to_string()),
             ("DEPOT_ADMIN_TOKEN".to_string(), admin.clone()),
