@@ -320,7 +320,7 @@ async fn start_with_fd_limit(
     }
     cmd.env("DEPOT_DATA_DIR", dir.join("data"))
         .env("DEPOT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DEPOT_ADMIN_TOKEN", random_string(40))
+        .env("DEPOT_ADMIN_TOKEN", common::secrets::depot_token())
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
