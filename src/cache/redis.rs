@@ -34,7 +34,7 @@ const MAX_PENDING: usize = 10_000;
 /// After a failed command, requests skip Redis this long; then the background task
 /// sends one probe, and each failed probe doubles the wait up to `MAX_OPEN`.
 const OPEN_PERIOD: Duration = Duration::from_millis(500);
-const MAX_OPEN: Duration = Duration::from_secs(4);
+const MAX_OPEN: Duration = Duration::from_secs(2);
 /// Context string of the cache key's derivation from the signing key.
 const MAC_CONTEXT: &[u8] = b"depot token cache v1";
 /// Format tag of an authenticated entry: `v1.<expires ms>.<hex mac>.<json>`.
@@ -141,6 +141,14 @@ impl Breaker {
     /// True when open and its open period is over: time for one probe.
     fn probe_due(&self) -> bool {
         self.lock().open_until.is_some_and(|t| t <= Instant::now())
+    }
+
+    /// Makes an open breaker's probe due at once.
+    fn probe_now(&self) {
+        let mut s = self.lock();
+        if s.open_until.is_some() {
+            s.open_until = Some(Instant::now());
+        }
     }
 
     fn trip(&self) {
@@ -436,12 +444,20 @@ impl TokenCache for RedisCache {
         Some("redis")
     }
 
+    /// Healthy only when Redis answers and the cache is in use: while the breaker is open
+    /// or invalidations are undelivered, it is bypassed, and `/health` says so. A PING that
+    /// succeeds meanwhile brings the background probe forward.
     async fn ping(&self) -> Result<(), String> {
         self.client
             .ping::<String>(None)
             .await
-            .map(|_| ())
-            .map_err(|e| describe(&e))
+            .map_err(|e| describe(&e))?;
+        if self.shared.breaker.is_closed() && !self.shared.undelivered() {
+            return Ok(());
+        }
+        self.shared.breaker.probe_now();
+        self.shared.wake.notify_one();
+        Err("Redis answers, but the token cache is bypassed until the next probe".to_string())
     }
 
     async fn get(&self, hash: &str) -> CacheLookup {
