@@ -554,6 +554,48 @@ mod tests {
     }
 
     #[test]
+    fn the_breaker_opens_on_failure_and_is_due_for_a_probe_after_its_open_period() {
+        let breaker = Breaker::new();
+        assert!(breaker.is_closed());
+        breaker.trip();
+        assert!(!breaker.is_closed());
+        assert!(
+            !breaker.probe_due(),
+            "requests skip Redis for the open period"
+        );
+        breaker.probe_now();
+        assert!(breaker.probe_due());
+        breaker.trip();
+        assert_eq!(
+            breaker.lock().backoff,
+            OPEN_PERIOD * 2,
+            "a failed probe backs off"
+        );
+        breaker.close();
+        assert!(breaker.is_closed());
+        assert_eq!(breaker.lock().backoff, OPEN_PERIOD);
+    }
+
+    #[test]
+    fn remembered_invalidations_keep_the_cache_untrusted_and_overflow_to_a_flush() {
+        let shared = Shared {
+            pending: Mutex::new(Pending {
+                hashes: HashSet::new(),
+                overflowed: false,
+            }),
+            dirty: AtomicBool::new(false),
+            breaker: Breaker::new(),
+            wake: Notify::new(),
+        };
+        assert!(!shared.undelivered());
+        shared.remember(["h".to_string()]);
+        assert!(shared.undelivered());
+        shared.remember((0..=MAX_PENDING).map(|i| i.to_string()));
+        let pending = shared.pending();
+        assert!(pending.overflowed && pending.hashes.is_empty());
+    }
+
+    #[test]
     fn a_sealed_entry_opens_only_under_its_key_before_its_expiry_with_the_same_secret() {
         let mac = EntryMac::from_signing_key(b"a signing key that replicas share").unwrap();
         let json = serde_json::to_string(&doc("h1", true)).unwrap();
