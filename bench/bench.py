@@ -303,6 +303,8 @@ class Depot:
                 DEPOT_MONGO_URL=s["DEPOT_TEST_MONGO_URL"],
                 DEPOT_MONGO_DB=self.db,
                 DEPOT_REDIS_URL=s["DEPOT_TEST_REDIS_URL"],
+                # Required with Redis: the cached token documents are authenticated with it.
+                DEPOT_SIGNING_KEY=secrets.token_hex(32),
                 DEPOT_S3_BUCKET=self.bucket,
                 DEPOT_S3_ENDPOINT=s["DEPOT_TEST_S3_ENDPOINT"],
                 DEPOT_S3_REGION="us-east-1",
@@ -481,8 +483,8 @@ def parse_duration(s: str) -> float:
     return v * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
-def wrk(url: str, seconds: int, headers=()) -> dict:
-    cmd = ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency"]
+def wrk(url: str, seconds: int, headers=(), connections: int = WRK_CONNECTIONS) -> dict:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     p = subprocess.run([*cmd, url], capture_output=True, text=True)
@@ -953,8 +955,126 @@ def scenario_7(ctx: Ctx) -> None:
                         ("7 p99 without / with 1,000 slow conns", b / a if a > 0 else 0.0, 0.5)))
 
 
+AUTH_CONNECTIONS = 8
+
+
+class PrivateRedis:
+    """A redis-server of scenario 8's own (password, free port), so stopping it disturbs
+    no other user of the shared services."""
+
+    def __init__(self, ctx: Ctx):
+        self.dir = ctx.run_dir / "s8-redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = secrets.token_hex(16)
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            return
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.dir),
+             "--requirepass", self.password],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        env = dict(os.environ, REDISCLI_AUTH=self.password)
+        while True:
+            p = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], env=env,
+                               capture_output=True, text=True)
+            if p.stdout.strip() == "PONG":
+                return
+            if time.monotonic() > deadline:
+                raise BenchError("the private redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def scenario_8(ctx: Ctx) -> None:
+    """Auth latency: an authenticated cheap request with Redis up vs Redis stopped (MongoDB + S3)."""
+    secs = ctx.sizes.wrk_seconds
+    redis = PrivateRedis(ctx)
+    redis.start()
+    d = Depot(ctx, "s8-auth-redis", "s3")
+    d.env["DEPOT_REDIS_URL"] = redis.url
+    d.start()
+    try:
+        token = d.register()
+        url, hdr = d.url + "/product/access", [f"X-Api-Token: {token}"]
+        curl(["-H", hdr[0], url])
+        wrk(url, 1, hdr, AUTH_CONNECTIONS)
+
+        def redis_state(fine: bool) -> None:
+            deadline = time.monotonic() + 60
+            want = "Redis is fine" if fine else "Redis is down"
+            while True:
+                try:
+                    with urllib.request.urlopen(d.url + "/health", timeout=5) as r:
+                        if json.loads(r.read()).get("redis") == want:
+                            return
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"/health did not report {want!r} within 60 s")
+                time.sleep(0.1)
+
+        def measure_auth(label: str) -> None:
+            curl(["-H", hdr[0], url])  # fills the cache (up) or opens the breaker (down)
+            res = {}
+
+            def go():
+                res.update(wrk(url, secs, hdr, AUTH_CONNECTIONS))
+                return res["rps"]
+
+            watch = {"depot": d.pid, "mongo": ctx.mongo_pid}
+            if redis.proc and redis.proc.poll() is None:
+                watch["redis"] = redis.proc.pid
+            measure(ctx, label, go, watch)
+            ctx.samples.setdefault(label + " p50", []).append(res["p50"])
+            ctx.samples.setdefault(label + " p99", []).append(res["p99"])
+            if res["socket_errors"]:
+                ctx.notes.append(f"wrk {label}: {res['socket_errors']}")
+
+        def up(r):
+            redis.start()
+            redis_state(True)
+            measure_auth("7. redis up")
+
+        def down(r):
+            redis.stop()
+            redis_state(False)
+            measure_auth("7. redis down")
+
+        interleave(ctx.args.rounds, up, down)
+    finally:
+        d.stop()
+        redis.stop()
+    desc = {}
+    for side in ("up", "down"):
+        label = f"7. redis {side}"
+        desc[side] = (f"p50 {fmt_ms(median(ctx.samples[label + ' p50']))}, "
+                      f"p99 {fmt_ms(median(ctx.samples[label + ' p99']))}, "
+                      f"{median(ctx.samples[label]):,.0f} req/s")
+    for q in ("p50", "p99"):
+        ratio = median(ctx.samples[f"7. redis down {q}"]) / median(ctx.samples[f"7. redis up {q}"])
+        ctx.rows.append(Row("8", f"wrk -c{AUTH_CONNECTIONS} {secs}s GET /product/access {q}, Redis stopped (A) vs up (B), Mongo+S3",
+                            desc["down"], desc["up"], f"{ratio:.2f}x", "<= 2.00x", pass_fail(ratio <= 2.0),
+                            (f"7 auth {q}: Redis up / down", 1 / ratio, 0.5)))
+
+
 SCENARIOS = {"1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5, "6": scenario_6,
-             "7": scenario_7}
+             "7": scenario_7, "8": scenario_8}
 
 # --------------------------------------------------------------------------- setup
 
@@ -1247,6 +1367,11 @@ $ free -h
    embedded backend, while {SLOW_CONNECTIONS:,} other connections send a request's headers one byte every
    {SLOW_BYTE_INTERVAL:g} s and never finish them (each one the header timeout cuts off is reopened at once), vs the
    same wrk run without them, alternating; PASS when the p99 with them is at most 2x the p99 without.
+8. `wrk -t2 -c{AUTH_CONNECTIONS} -d{s.wrk_seconds}s --latency` of `GET /product/access` with a plain token
+   (MongoDB + S3, and a private `redis-server` with a password) with Redis up, vs the same
+   after stopping that Redis (tokens then come from MongoDB: the circuit breaker keeps
+   requests from waiting on Redis); up and down alternate per round. PASS when p50 and p99
+   with Redis stopped are each within 2x of Redis up.
 
 The client (curl, wrk), Depot and the S3 server share the same {machine['nproc']} cores, so the
 baselines get the client's share of the CPU too; the CPU table below shows who used it.
@@ -1286,7 +1411,7 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 5, or 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="small files, 3 rounds: a fast smoke run")
     p.add_argument("--with-4g", action="store_true", help="add the 4 GiB point to the scaling scenario")
-    p.add_argument("--only", help="comma-separated scenarios to run (1-7); docs are not rewritten")
+    p.add_argument("--only", help="comma-separated scenarios to run (1-8); docs are not rewritten")
     p.add_argument("--no-build", action="store_true", help="use the existing release binary")
     p.add_argument("--binary", help="use this depot binary (e.g. a debug build for a smoke run); implies --no-build")
     p.add_argument("--own-services", action="store_true",
@@ -1303,7 +1428,7 @@ def parse_args(argv):
     a.only = [s.strip() for s in a.only.split(",")] if a.only else list(SCENARIOS)
     for s in a.only:
         if s not in SCENARIOS:
-            p.error(f"unknown scenario {s!r} (1-7)")
+            p.error(f"unknown scenario {s!r} (1-8)")
     return a
 
 
@@ -1346,7 +1471,7 @@ def main(argv) -> int:
         needed = {sizes.big, sizes.mem_single, sizes.mem_conc, *sizes.scale}
         if args.with_4g:
             needed.add(4 * GiB if not args.quick else 512 * MiB)
-        if set(args.only) - {"7"}:  # scenario 7 needs neither test files nor nginx
+        if set(args.only) - {"7", "8"}:  # scenarios 7 and 8 need neither test files nor nginx
             make_files(ctx, needed)
             ctx.nginx = Nginx(ctx).start()
             log(f"nginx on {ctx.nginx.url} serving {ctx.files_dir}")

@@ -45,7 +45,7 @@ pub struct RawSettings {
     /// MongoDB database name [default: depot]
     #[arg(long, env = "DEPOT_MONGO_DB")]
     pub mongo_db: Option<String>,
-    /// Redis URL; adds the Redis token cache (e.g. redis://127.0.0.1:6379)
+    /// Redis URL; adds the Redis token cache: redis://[user:password@]host:port, or rediss://... for TLS; needs DEPOT_SIGNING_KEY (the cached documents are authenticated with a key derived from it) [default: none]
     #[arg(long, env = "DEPOT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Lifetime of cached token documents, in seconds [default: 60]
@@ -84,7 +84,7 @@ pub struct RawSettings {
     /// Lifetime of presigned and Depot-signed download URLs, in seconds [default: 300]
     #[arg(long, env = "DEPOT_PRESIGN_TTL_SECONDS")]
     pub presign_ttl_seconds: Option<u64>,
-    /// HMAC key for Depot-signed download URLs, at least 32 bytes (an empty value is refused); share it between replicas [default: generated and kept in the data dir]
+    /// HMAC key for Depot-signed download URLs, at least 32 bytes (an empty value is refused); share it between replicas; it also keys the authentication of Redis cache entries and is required with DEPOT_REDIS_URL [default: generated and kept in the data dir]
     #[arg(long, env = "DEPOT_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,
     /// Base URL clients use to reach Depot, for signed URLs and redirects: absolute http(s), no query or fragment [default: http:// + the request's Host header, which must then be host[:port]]
@@ -450,6 +450,15 @@ impl Settings {
             Some(u) if !u.is_empty() => Some(validate_public_url(&u)?),
             _ => None,
         };
+        let redis_url = raw.redis_url.filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url {
+            check_redis_url(url)?;
+            anyhow::ensure!(
+                raw.signing_key.as_deref().is_some_and(|k| !k.is_empty()),
+                "DEPOT_REDIS_URL needs DEPOT_SIGNING_KEY: the token documents cached in Redis are \
+                 authenticated with a key derived from it, and every replica must share it"
+            );
+        }
         Ok(Settings {
             upload_idle_timeout_seconds,
             max_concurrent_uploads,
@@ -462,7 +471,7 @@ impl Settings {
             max_upload_bytes,
             mongo_url: raw.mongo_url.filter(|u| !u.is_empty()),
             mongo_db: raw.mongo_db.unwrap_or_else(|| "depot".to_string()),
-            redis_url: raw.redis_url.filter(|u| !u.is_empty()),
+            redis_url,
             cache_ttl_seconds,
             s3,
             download_mode: raw.download_mode.unwrap_or(DownloadMode::Proxy),
@@ -480,6 +489,27 @@ impl Settings {
             request_timeout_seconds,
         })
     }
+}
+
+/// `redis://` or `rediss://` (TLS), with optional `user:password@`. The error never
+/// repeats the URL, since it may hold a password.
+fn check_redis_url(url: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!(
+            "DEPOT_REDIS_URL is not a valid URL ({e}); expected redis://[user:password@]host:port \
+             or rediss://... for TLS"
+        )
+    })?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "redis" | "rediss"),
+        "DEPOT_REDIS_URL must start with redis:// or rediss:// (TLS), not {}://",
+        parsed.scheme()
+    );
+    anyhow::ensure!(
+        parsed.host_str().is_some_and(|h| !h.is_empty()),
+        "DEPOT_REDIS_URL has no host; expected redis://[user:password@]host:port"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -568,6 +598,36 @@ mod tests {
             validate_public_url("https://depot.example.com/base/").unwrap(),
             "https://depot.example.com/base"
         );
+    }
+
+    #[test]
+    fn redis_needs_a_signing_key_and_a_redis_url() {
+        let with = |url: &str, key: Option<&str>| {
+            Settings::resolve(RawSettings {
+                redis_url: Some(url.into()),
+                signing_key: key.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        let key = Some("k".repeat(64));
+        let err = with("redis://127.0.0.1:6379", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DEPOT_SIGNING_KEY"), "{err}");
+        assert!(with("redis://127.0.0.1:6379", Some("")).is_err());
+        assert!(with("redis://:pw@127.0.0.1:6379", key.as_deref()).is_ok());
+        assert!(with("rediss://user:pw@redis.example:6380/0", key.as_deref()).is_ok());
+        let err = with("http://:hunter2@127.0.0.1:6379", key.as_deref())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis://") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = with("not a url hunter2", key.as_deref())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

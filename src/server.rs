@@ -65,14 +65,23 @@ pub async fn open_blobs(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore
     ))
 }
 
-pub async fn open_cache(settings: &Settings) -> anyhow::Result<Arc<dyn TokenCache>> {
+/// Opens the token cache the settings select. `signing_key` is the resolved
+/// `DEPOT_SIGNING_KEY`: Redis entries are authenticated with a key derived from it.
+pub async fn open_cache(
+    settings: &Settings,
+    signing_key: &[u8],
+) -> anyhow::Result<Arc<dyn TokenCache>> {
     if let Some(url) = &settings.redis_url {
+        // rediss:// needs a rustls crypto provider; more than one is compiled in, so pick
+        // one (an error only means one is installed already).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let cache = crate::cache::redis::RedisCache::connect(
             url,
             Duration::from_secs(settings.cache_ttl_seconds),
+            signing_key,
         )
         .await
-        .context("Redis (DEPOT_REDIS_URL) is misconfigured")?;
+        .context("Redis (DEPOT_REDIS_URL) is unreachable or misconfigured")?;
         return Ok(Arc::new(cache));
     }
     if settings.mongo_url.is_none() {
@@ -148,8 +157,9 @@ async fn signing_key(settings: &Settings) -> anyhow::Result<Vec<u8>> {
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let meta: Arc<dyn MetaStore> = Arc::new(MeteredMetaStore::new(open_meta(&settings).await?));
     let blobs = open_blobs(&settings).await?;
-    let cache = open_cache(&settings).await?;
-    let signer = UrlSigner::new(signing_key(&settings).await?);
+    let key = signing_key(&settings).await?;
+    let cache = open_cache(&settings, &key).await?;
+    let signer = UrlSigner::new(key);
     Ok(AppState::new(settings, meta, blobs, cache, signer))
 }
 

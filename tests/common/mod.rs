@@ -418,6 +418,8 @@ impl TestAppBuilder {
                 ("DEPOT_S3_CREATE_BUCKET".to_string(), "true".to_string()),
                 ("DEPOT_S3_PREFIX".to_string(), format!("t_{run}")),
                 ("DEPOT_S3_REGION".to_string(), "us-east-1".to_string()),
+                // Required with Redis: it keys the MAC of the cached token documents.
+                ("DEPOT_SIGNING_KEY".to_string(), random_string(64)),
             ]);
         }
         env.extend(self.env);
