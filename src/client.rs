@@ -770,7 +770,9 @@ fn plain_file_name(name: &str) -> ClientResult<String> {
         && name.len() <= 255
         && !name.starts_with('.')
         && !name.contains(['/', '\\'])
-        && !name.chars().any(|c| c.is_control() || is_format_char(c));
+        && !name
+            .chars()
+            .any(|c| c.is_control() || crate::domain::names::is_format_character(c));
     if plain {
         return Ok(name.to_string());
     }
@@ -785,33 +787,6 @@ fn plain_file_name(name: &str) -> ClientResult<String> {
             "the server suggested the file name \"{shown}\", which is not a plain visible file name (a dot-file, a path, or control characters); nothing was written\nhint: choose the output path with -o"
         ),
     ))
-}
-
-/// Unicode format characters (category Cf: bidi overrides, zero-width characters), which
-/// make a name display as something it is not.
-fn is_format_char(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}'
-        | '\u{0600}'..='\u{0605}'
-        | '\u{061C}'
-        | '\u{06DD}'
-        | '\u{070F}'
-        | '\u{0890}'..='\u{0891}'
-        | '\u{08E2}'
-        | '\u{180E}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}'
-        | '\u{FFF9}'..='\u{FFFB}'
-        | '\u{110BD}'
-        | '\u{110CD}'
-        | '\u{13430}'..='\u{1343F}'
-        | '\u{1BCA0}'..='\u{1BCA3}'
-        | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}'
-        | '\u{E0020}'..='\u{E007F}')
 }
 
 fn exists_error(target: &Path) -> ClientError {

@@ -81,22 +81,31 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
 
 /// Invisible format characters (Unicode category Cf) that change how a name displays:
 /// bidi overrides and isolates (U+202E shows `exe.txt` as `txt.exe`), zero-width
-/// characters, the BOM, soft hyphens.
-fn is_format_character(c: char) -> bool {
-    matches!(
-        c,
+/// characters, the BOM, soft hyphens. Stripped from uploaded names; the CLI refuses
+/// server-chosen names with them.
+pub fn is_format_character(c: char) -> bool {
+    matches!(c,
         '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
-    )
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
 }
 
 /// `raw` with `%XX` escapes decoded, a few rounds deep so double encoding hides nothing.
