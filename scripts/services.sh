@@ -14,7 +14,7 @@
 # (default /var/tmp/depot-services), so several instances can run side by side with their
 # own dir and ports. Only the Python venv is shared: DEPOT_SERVICES_VENV
 # (default /var/tmp/depot-services-venv). Missing software is installed on first use
-# (apt-get for redis-server/curl/python3-venv, pip into the venv for the rest).
+# (apt-get for redis-server/curl/openssl/python3-venv, pip into the venv for the rest).
 # Other settings: DEPOT_S3_ACCESS_KEY (depotkey), DEPOT_S3_SECRET_KEY (depotsecret),
 # DEPOT_SERVICES_TIMEOUT (60 s to become ready), DEPOT_SERVICES_PYTHON (python3).
 # Progress goes to stderr; only `env` and `status` write to stdout.
@@ -82,6 +82,8 @@ ensure_redis() {
 ensure_curl() {
   # curl >= 7.75 is needed for --aws-sigv4 (Debian 12 has 7.88).
   command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+  # The Redis TLS test (tests/redis_cache.rs) makes its certificates with openssl.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
 }
 
 # True when the venv has every package: NAME==VERSION (exact) or NAME (any version).
