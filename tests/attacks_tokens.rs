@@ -121,27 +121,36 @@ async fn secrets_database_and_blobs_are_private_files_even_under_umask_022() {
     unsafe {
         libc::umask(0o022);
     }
-    let mut app = TestApp::start().await;
+    // Filesystem blobs on both backend sets, so the data dir holds artifacts either way.
+    let mut app = depot_signing().start().await;
     let product = app.product().await;
     app.upload_ok(app.admin(), &product, "1.0.0", &payload(5, 70_000))
         .await;
     let data = app.data_dir().to_path_buf();
-    assert_eq!(mode(&data), 0o700, "data dir");
+    // The production harness configures DEPOT_SIGNING_KEY (Redis needs it): then there is
+    // no key file; the embedded one generates signing.key.
     let key = data.join("signing.key");
-    assert_eq!(mode(&key), 0o600, "signing.key");
-    if app.backend == Backend::Embedded {
+    let generated_key = app.setting("DEPOT_SIGNING_KEY").is_none();
+    let embedded = app.backend == Backend::Embedded;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    if generated_key {
+        assert_eq!(mode(&key), 0o600, "signing.key");
+    }
+    if embedded {
         assert_eq!(mode(&data.join("depot.redb")), 0o600, "depot.redb");
-        let blobs = list_files(&data.join("blobs"));
-        assert!(!blobs.is_empty(), "a blob was stored");
-        for blob in &blobs {
-            assert_eq!(mode(blob), 0o600, "{}", blob.display());
-        }
+    }
+    let blobs = list_files(&data.join("blobs"));
+    assert!(!blobs.is_empty(), "a blob was stored");
+    for blob in &blobs {
+        assert_eq!(mode(blob), 0o600, "{}", blob.display());
     }
     // Files left readable by an older version are made private at the next start.
     app.stop().await;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    if app.backend == Backend::Embedded {
+    if generated_key {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    if embedded {
         std::fs::set_permissions(
             data.join("depot.redb"),
             std::fs::Permissions::from_mode(0o644),
@@ -150,8 +159,10 @@ async fn secrets_database_and_blobs_are_private_files_even_under_umask_022() {
     }
     app.restart().await;
     assert_eq!(mode(&data), 0o700, "data dir after restart");
-    assert_eq!(mode(&key), 0o600, "signing.key after restart");
-    if app.backend == Backend::Embedded {
+    if generated_key {
+        assert_eq!(mode(&key), 0o600, "signing.key after restart");
+    }
+    if embedded {
         assert_eq!(
             mode(&data.join("depot.redb")),
             0o600,
