@@ -499,7 +499,9 @@ async fn the_janitor_removes_orphan_objects_and_stale_multipart_uploads() {
     client
         .put_object()
         .bucket(&bucket)
-        .key(format!("{prefix}/{product}/v9/orphan"))
+        // Keys of Depot's own shape (`<product>/<version>/<32 hex>`): the janitor leaves
+        // anything else alone (tests/janitor_scope.rs).
+        .key(format!("{prefix}/{product}/v9/{}", "0a".repeat(16)))
         .body(aws_sdk_s3::primitives::ByteStream::from_static(b"orphan"))
         .send()
         .await
@@ -507,7 +509,7 @@ async fn the_janitor_removes_orphan_objects_and_stale_multipart_uploads() {
     client
         .create_multipart_upload()
         .bucket(&bucket)
-        .key(format!("{prefix}/{product}/v9/abandoned"))
+        .key(format!("{prefix}/{product}/v9/{}", "0b".repeat(16)))
         .send()
         .await
         .expect("create multipart");
