@@ -600,7 +600,8 @@ impl TestApp {
         }
     }
 
-    /// Polls /livez, then proves it is our server by fetching our admin token.
+    /// Polls /livez, then proves it is our server by fetching our admin token (a server
+    /// that does not know it is someone else's, and ours then fails to bind).
     /// Err(true) when the child exited.
     async fn wait_ready(&mut self) -> Result<(), bool> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -627,14 +628,11 @@ impl TestApp {
                     .header("X-Api-Token", &self.admin)
                     .send()
                     .await;
-                match me {
-                    Ok(r) if r.status() == StatusCode::OK => return Ok(()),
-                    _ => panic!(
-                        "another server answers on port {}\n{}",
-                        self.port,
-                        self.log_tail()
-                    ),
+                if matches!(&me, Ok(r) if r.status() == StatusCode::OK) {
+                    return Ok(());
                 }
+                // Another test's server took the port between `free_port` and our bind:
+                // ours exits with "cannot listen" and `launch` retries on another port.
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
