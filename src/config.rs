@@ -319,11 +319,13 @@ impl Settings {
                     (1..=64).contains(&parts_in_flight),
                     "DEPOT_S3_PARTS_IN_FLIGHT must be between 1 and 64 (got {parts_in_flight})"
                 );
-                let buffer_wait_seconds = raw.s3_buffer_wait_seconds.unwrap_or(30);
-                anyhow::ensure!(
-                    (1..=600).contains(&buffer_wait_seconds),
-                    "DEPOT_S3_BUFFER_WAIT_SECONDS must be between 1 and 600"
-                );
+                let buffer_wait_seconds = ranged(
+                    "DEPOT_S3_BUFFER_WAIT_SECONDS",
+                    raw.s3_buffer_wait_seconds,
+                    30,
+                    1,
+                    600,
+                )?;
                 let prefix = raw.s3_prefix.unwrap_or_default();
                 let prefix = prefix.trim_matches('/');
                 Some(S3Settings {
@@ -415,11 +417,13 @@ impl Settings {
                  or: echo \"depot_$(openssl rand -base64 64 | tr -dc 'A-Za-z0-9' | head -c 43)\""
             );
         }
-        let upload_idle_timeout_seconds = raw.upload_idle_timeout_seconds.unwrap_or(60);
-        anyhow::ensure!(
-            (1..=3600).contains(&upload_idle_timeout_seconds),
-            "DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS must be between 1 and 3600"
-        );
+        let upload_idle_timeout_seconds = ranged(
+            "DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS",
+            raw.upload_idle_timeout_seconds,
+            60,
+            1,
+            3600,
+        )?;
         let max_concurrent_uploads = raw.max_concurrent_uploads.unwrap_or(64);
         anyhow::ensure!(
             (1..=10_000).contains(&max_concurrent_uploads),
@@ -430,13 +434,13 @@ impl Settings {
             (1..=64).contains(&max_early_file_uploads_per_token),
             "DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN must be between 1 and 64"
         );
-        let upload_lease_seconds = raw.upload_lease_seconds.unwrap_or(DEFAULT_UPLOAD_LEASE);
-        anyhow::ensure!(
-            UPLOAD_LEASE_RANGE.contains(&upload_lease_seconds),
-            "DEPOT_UPLOAD_LEASE_SECONDS must be between {} and {} (seconds), got {upload_lease_seconds}",
-            UPLOAD_LEASE_RANGE.start(),
-            UPLOAD_LEASE_RANGE.end()
-        );
+        let upload_lease_seconds = ranged(
+            "DEPOT_UPLOAD_LEASE_SECONDS",
+            raw.upload_lease_seconds,
+            DEFAULT_UPLOAD_LEASE,
+            *UPLOAD_LEASE_RANGE.start(),
+            *UPLOAD_LEASE_RANGE.end(),
+        )?;
         if let Some(key) = &raw.signing_key {
             anyhow::ensure!(
                 key.len() >= MIN_SIGNING_KEY_BYTES,

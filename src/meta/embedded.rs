@@ -94,6 +94,26 @@ impl EmbeddedMetaStore {
         f(&txn)
     }
 
+    /// Every version record (of any product) that `keep` accepts: the janitor's scans.
+    async fn versions_where<F>(&self, keep: F) -> MetaResult<Vec<VersionRecord>>
+    where
+        F: Fn(&VersionRecord) -> bool + Send + 'static,
+    {
+        self.read(move |txn| {
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in versions.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                let record: VersionRecord = decode(v.value())?;
+                if keep(&record) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn read<T, F>(&self, f: F) -> MetaResult<T>
     where
         T: Send + 'static,
@@ -678,19 +698,8 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
-        self.read(move |txn| {
-            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for entry in versions.iter().map_err(unavailable)? {
-                let (_, v) = entry.map_err(unavailable)?;
-                let record: VersionRecord = decode(v.value())?;
-                if record.state == VersionState::Pending && record.uploaded_at < before_ms {
-                    out.push(record);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.versions_where(move |r| r.state == VersionState::Pending && r.uploaded_at < before_ms)
+            .await
     }
 
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {
@@ -728,19 +737,7 @@ impl MetaStore for EmbeddedMetaStore {
     }
 
     async fn lapsed_pending_versions(&self, now_ms: i64) -> MetaResult<Vec<VersionRecord>> {
-        self.read(move |txn| {
-            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for entry in versions.iter().map_err(unavailable)? {
-                let (_, v) = entry.map_err(unavailable)?;
-                let record: VersionRecord = decode(v.value())?;
-                if record.lease_lapsed(now_ms) {
-                    out.push(record);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.versions_where(move |r| r.lease_lapsed(now_ms)).await
     }
 
     async fn remove_lapsed_version(
