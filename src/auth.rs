@@ -64,11 +64,12 @@ impl TokenService {
         let lookup = self.cache.get(&hash).await;
         let outcome = match &lookup {
             CacheLookup::Hit(_) => "hit",
+            CacheLookup::OutageHit(_) => "outage_hit",
             CacheLookup::Miss => "miss",
             CacheLookup::Bypass => "bypass",
         };
         metrics::counter!("depot_token_cache_lookups_total", "result" => outcome).increment(1);
-        if let CacheLookup::Hit(doc) = lookup {
+        if let CacheLookup::Hit(doc) | CacheLookup::OutageHit(doc) = lookup {
             return Ok(Some(doc));
         }
         let Some(token) = self.meta.token_by_hash(&hash).await? else {
@@ -115,6 +116,8 @@ impl TokenService {
 pub struct Caller {
     pub token: TokenRecord,
     pub grants: HashMap<String, Grant>,
+    /// The request's `X-Request-Id` (already made safe by the middleware), for events.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -200,7 +203,13 @@ impl FromRequestParts<AppState> for Caller {
                 "the API token has expired",
             ));
         }
+        let request_id = parts
+            .headers
+            .get(crate::observability::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Ok(Caller {
+            request_id,
             token: doc.token,
             // An all-false grant (only old data can hold one) gives nothing: not even a listing.
             grants: doc

@@ -117,6 +117,32 @@ pub enum ClientCommand {
         connection: Connection,
         product: Option<String>,
     },
+    /// Read the audit log, newest first (admin; a maintainer with --product)
+    Audit {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this product's events
+        #[arg(long)]
+        product: Option<String>,
+        /// Only events of this type (e.g. version.published)
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only events by this token id, or system:janitor|retention|bootstrap|cli
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events at or after this RFC 3339 time
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this RFC 3339 time
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many events
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,7 +217,8 @@ impl ClientCommand {
         match self {
             ClientCommand::Push { connection, .. }
             | ClientCommand::Pull { connection, .. }
-            | ClientCommand::Ls { connection, .. } => connection,
+            | ClientCommand::Ls { connection, .. }
+            | ClientCommand::Audit { connection, .. } => connection,
         }
     }
 }
@@ -517,6 +544,60 @@ impl Client {
                     println!("{}", name.as_str().unwrap_or_default());
                 }
             }
+            ClientCommand::Audit {
+                product,
+                kind,
+                actor,
+                since,
+                until,
+                limit,
+                json,
+                ..
+            } => {
+                let mut query: Vec<(&str, String)> = Vec::new();
+                for (key, value) in [
+                    ("product", product),
+                    ("type", kind),
+                    ("actor", actor),
+                    ("since", since),
+                    ("until", until),
+                ] {
+                    if let Some(value) = value {
+                        query.push((key, value));
+                    }
+                }
+                let mut cursor: Option<String> = None;
+                let mut shown = 0;
+                while shown < limit {
+                    let mut page_query = query.clone();
+                    page_query.push(("limit", (limit - shown).min(1000).to_string()));
+                    if let Some(c) = &cursor {
+                        page_query.push(("cursor", c.clone()));
+                    }
+                    let mut encoded = url::form_urlencoded::Serializer::new(String::new());
+                    for (key, value) in &page_query {
+                        encoded.append_pair(key, value);
+                    }
+                    let path = format!("/audit?{}", encoded.finish());
+                    let req = self.request(Method::GET, &path)?;
+                    let page: AuditPage =
+                        serde_json::from_value(self.json(req).await?).map_err(|e| {
+                            fail(Failure::Server, format!("unexpected audit page: {e}"))
+                        })?;
+                    for event in &page.events {
+                        if json {
+                            println!("{}", serde_json::to_string(event).unwrap_or_default());
+                        } else {
+                            println!("{}", audit_line(event));
+                        }
+                    }
+                    shown += page.events.len();
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
             ClientCommand::Ls {
                 product: Some(product),
                 ..
@@ -807,6 +888,40 @@ const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK;
 /// symlink; `None` if there is none. Anything but a regular file with one link, owned by
 /// this user, is refused: writing through it would change some other file, or leave the
 /// download writable by whoever planted it.
+/// `GET /audit`'s answer, typed with the server's own event type.
+#[derive(serde::Deserialize)]
+struct AuditPage {
+    events: Vec<crate::domain::events::Event>,
+    next_cursor: Option<String>,
+}
+
+/// One event as a table row: time, type, product[/version], actor, details.
+fn audit_line(event: &crate::domain::events::Event) -> String {
+    use crate::domain::events::Actor;
+    let target = match (&event.product, &event.version) {
+        (Some(p), Some(v)) => format!("{p}/{v}"),
+        (Some(p), None) => p.clone(),
+        _ => "-".to_string(),
+    };
+    let actor = match &event.actor {
+        Actor::Token {
+            token_id,
+            name: Some(name),
+            ..
+        } => format!("{token_id} ({name})"),
+        other => other.key(),
+    };
+    let shown: String = crate::domain::names::terminal_safe(&event.details.to_string());
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        event.time,
+        event.kind.as_str(),
+        crate::domain::names::terminal_safe(&target),
+        crate::domain::names::terminal_safe(&actor),
+        shown
+    )
+}
+
 async fn open_existing_part(part: &Path) -> ClientResult<Option<tokio::fs::File>> {
     let opened = tokio::fs::OpenOptions::new()
         .read(true)

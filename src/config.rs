@@ -51,6 +51,9 @@ pub struct RawSettings {
     /// Lifetime of cached token documents, in seconds [default: 60]
     #[arg(long, env = "DEPOT_CACHE_TTL_SECONDS")]
     pub cache_ttl_seconds: Option<u64>,
+    /// While Redis is unreachable, how long each replica keeps the token documents it read, in seconds (0 = off: every request reads the store); another replica's revocation reaches this one within that time [default: 1]
+    #[arg(long, env = "DEPOT_REDIS_OUTAGE_CACHE_SECONDS")]
+    pub redis_outage_cache_seconds: Option<u64>,
     /// S3 bucket; switches blob storage from the filesystem to S3 (credentials: standard AWS chain)
     #[arg(long, env = "DEPOT_S3_BUCKET")]
     pub s3_bucket: Option<String>,
@@ -117,6 +120,9 @@ pub struct RawSettings {
     /// Lease of an upload's pending reservation, in seconds, renewed while bytes arrive; once an upload stops (its process died, or no byte came for this long) its version is free again for a new upload and the janitor removes what it left [default: 60, range: 5..=3600]
     #[arg(long, env = "DEPOT_UPLOAD_LEASE_SECONDS")]
     pub upload_lease_seconds: Option<u64>,
+    /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
+    #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u64>,
     /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
     #[arg(long, env = "DEPOT_HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<u64>,
@@ -155,6 +161,7 @@ pub struct Settings {
     pub mongo_db: String,
     pub redis_url: Option<String>,
     pub cache_ttl_seconds: u64,
+    pub redis_outage_cache_seconds: u64,
     pub s3: Option<S3Settings>,
     pub download_mode: DownloadMode,
     pub presign_ttl_seconds: u64,
@@ -168,6 +175,7 @@ pub struct Settings {
     pub max_concurrent_uploads: usize,
     pub max_early_file_uploads_per_token: usize,
     pub upload_lease_seconds: u64,
+    pub audit_retention_days: u64,
     pub header_timeout_seconds: u64,
     pub keepalive_timeout_seconds: u64,
     /// `None`: the default, fitted to the open-file limit at start-up.
@@ -248,6 +256,7 @@ impl RawSettings {
             mongo_db,
             redis_url,
             cache_ttl_seconds,
+            redis_outage_cache_seconds,
             s3_bucket,
             s3_endpoint,
             s3_region,
@@ -270,6 +279,7 @@ impl RawSettings {
             max_early_file_uploads_per_token,
             s3_buffer_wait_seconds,
             upload_lease_seconds,
+            audit_retention_days,
             header_timeout_seconds,
             keepalive_timeout_seconds,
             max_connections,
@@ -354,6 +364,13 @@ impl Settings {
         );
         let cache_ttl_seconds =
             ranged("DEPOT_CACHE_TTL_SECONDS", raw.cache_ttl_seconds, 60, 1, DAY)?;
+        let redis_outage_cache_seconds = ranged(
+            "DEPOT_REDIS_OUTAGE_CACHE_SECONDS",
+            raw.redis_outage_cache_seconds,
+            1,
+            0,
+            60,
+        )?;
         let presign_ttl_seconds = ranged(
             "DEPOT_PRESIGN_TTL_SECONDS",
             raw.presign_ttl_seconds,
@@ -434,6 +451,13 @@ impl Settings {
             (1..=64).contains(&max_early_file_uploads_per_token),
             "DEPOT_MAX_EARLY_FILE_UPLOADS_PER_TOKEN must be between 1 and 64"
         );
+        let audit_retention_days = ranged(
+            "DEPOT_AUDIT_RETENTION_DAYS",
+            raw.audit_retention_days,
+            365,
+            1,
+            36_500,
+        )?;
         let upload_lease_seconds = ranged(
             "DEPOT_UPLOAD_LEASE_SECONDS",
             raw.upload_lease_seconds,
@@ -477,6 +501,7 @@ impl Settings {
             mongo_db: raw.mongo_db.unwrap_or_else(|| "depot".to_string()),
             redis_url,
             cache_ttl_seconds,
+            redis_outage_cache_seconds,
             s3,
             download_mode: raw.download_mode.unwrap_or(DownloadMode::Proxy),
             presign_ttl_seconds,
@@ -486,6 +511,7 @@ impl Settings {
             janitor_grace_seconds,
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             upload_lease_seconds,
+            audit_retention_days,
             shutdown_grace_seconds,
             header_timeout_seconds,
             keepalive_timeout_seconds,

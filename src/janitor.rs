@@ -10,6 +10,9 @@
 
 use crate::app::AppState;
 use crate::blob::is_depot_key;
+use crate::domain::events::SystemActor;
+use crate::ops::Ctx;
+use crate::ops::versions::abandoned_event;
 use std::time::{Duration, SystemTime};
 
 /// The lease sweep runs at least this often (more often with a shorter janitor interval).
@@ -20,6 +23,8 @@ pub struct SweepReport {
     pub pending_removed: usize,
     pub orphans_removed: usize,
     pub partials_removed: usize,
+    /// Audit events older than `DEPOT_AUDIT_RETENTION_DAYS`.
+    pub events_pruned: u64,
 }
 
 /// One sweep over everything older than `grace`, and over lapsed leases.
@@ -28,14 +33,21 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
         pending_removed: sweep_leases(app).await?,
         ..SweepReport::default()
     };
+    let janitor = Ctx::system(SystemActor::Janitor);
     let cutoff = SystemTime::now() - grace;
     let cutoff_ms = crate::meta::now_ms() - grace.as_millis() as i64;
 
     for record in app.meta.stale_pending_versions(cutoff_ms).await? {
         // Blob first, record last: a record without its blob is harmless, the reverse is not.
         app.blobs.discard(&record.blob_key).await?;
+        let event = abandoned_event(&janitor, &record, "older_than_grace");
         app.meta
-            .remove_pending_version(&record.product, &record.version, &record.blob_key)
+            .remove_pending_version(
+                &record.product,
+                &record.version,
+                &record.blob_key,
+                std::slice::from_ref(&event),
+            )
             .await?;
         report.pending_removed += 1;
     }
@@ -46,6 +58,11 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
         }
     }
     report.partials_removed = app.blobs.remove_partials_before(cutoff).await?;
+    let retention_ms = app.settings.audit_retention_days as i64 * 86_400_000;
+    report.events_pruned = app
+        .meta
+        .prune_events(crate::meta::now_ms() - retention_ms)
+        .await?;
     Ok(report)
 }
 
@@ -57,12 +74,14 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
 /// orphan, which the full sweep removes after the grace.
 pub async fn sweep_leases(app: &AppState) -> anyhow::Result<usize> {
     let now = crate::meta::now_ms();
+    let janitor = Ctx::system(SystemActor::Janitor);
     let mut removed = 0;
     for record in app.meta.lapsed_pending_versions(now).await? {
         let (product, version, key) = (&record.product, &record.version, &record.blob_key);
+        let event = abandoned_event(&janitor, &record, "lease_lapsed");
         if !app
             .meta
-            .remove_lapsed_version(product, version, key, now)
+            .remove_lapsed_version(product, version, key, now, std::slice::from_ref(&event))
             .await?
         {
             continue;

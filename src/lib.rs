@@ -15,6 +15,7 @@ pub mod error;
 pub mod janitor;
 pub mod meta;
 pub mod observability;
+pub mod ops;
 pub mod server;
 pub mod signing;
 pub mod upload;

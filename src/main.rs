@@ -105,7 +105,13 @@ async fn run(cli: Cli) -> ExitCode {
                 async {
                     let settings = Settings::load(*settings, config.as_deref())?;
                     let meta = depot::server::open_meta(&settings).await?;
-                    let raw = depot::server::create_token(meta.as_ref(), admin, None).await?;
+                    let raw = depot::server::create_token(
+                        meta.as_ref(),
+                        depot::domain::events::SystemActor::Cli,
+                        admin,
+                        None,
+                    )
+                    .await?;
                     println!("{raw}");
                     Ok(())
                 }

@@ -2,16 +2,18 @@
 //! crash left, serve until SIGTERM/SIGINT with a grace period for running transfers.
 
 use crate::app::{AppState, router};
-use crate::auth::{generate_token, generate_token_id, hash_token};
+use crate::auth::hash_token;
 use crate::blob::BlobStore;
 use crate::blob::fs::FsBlobStore;
 use crate::cache::TokenCache;
 use crate::cache::none::NoCache;
 use crate::config::{LogFormat, Settings};
 use crate::connections::ConnectionLimits;
+use crate::domain::events::SystemActor;
 use crate::meta::embedded::EmbeddedMetaStore;
 use crate::meta::metered::MeteredMetaStore;
-use crate::meta::{MetaStore, TokenRecord, now_ms};
+use crate::meta::{MetaStore, TokenRecord};
+use crate::ops::{self, Ctx};
 use crate::signing::UrlSigner;
 use anyhow::Context;
 use std::sync::Arc;
@@ -78,6 +80,7 @@ pub async fn open_cache(
         let cache = crate::cache::redis::RedisCache::connect(
             url,
             Duration::from_secs(settings.cache_ttl_seconds),
+            Duration::from_secs(settings.redis_outage_cache_seconds),
             signing_key,
         )
         .await
@@ -167,33 +170,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
 /// parent; `bootstrap` marks the one registered from `DEPOT_ADMIN_TOKEN`.
 pub async fn create_token(
     meta: &dyn MetaStore,
+    system: SystemActor,
     admin: bool,
     raw: Option<&str>,
 ) -> anyhow::Result<String> {
-    insert_token(meta, admin, raw, false)
-        .await
-        .map(|(raw, _)| raw)
-}
-
-async fn insert_token(
-    meta: &dyn MetaStore,
-    admin: bool,
-    raw: Option<&str>,
-    bootstrap: bool,
-) -> anyhow::Result<(String, TokenRecord)> {
-    let raw = raw.map(str::to_string).unwrap_or_else(generate_token);
-    let record = TokenRecord {
-        id: generate_token_id(),
-        hash: hash_token(&raw),
-        admin,
-        created_at: now_ms(),
-        name: None,
-        expires_at: None,
-        parent: None,
-        bootstrap,
-    };
-    meta.insert_token(&record, &[]).await?;
-    Ok((raw, record))
+    let created = ops::tokens::create(meta, &Ctx::system(system), admin, raw, false).await?;
+    Ok(created.value.0)
 }
 
 /// `DEPOT_ADMIN_TOKEN` exists as an admin token, marked as the bootstrapped one; any
@@ -214,7 +196,11 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
             }
             Some(_) => anyhow::bail!("DEPOT_ADMIN_TOKEN names an existing non-admin token"),
             None => {
-                let (_, record) = insert_token(state.meta.as_ref(), true, Some(raw), true).await?;
+                let bootstrap = Ctx::system(SystemActor::Bootstrap);
+                let created =
+                    ops::tokens::create(state.meta.as_ref(), &bootstrap, true, Some(raw), true)
+                        .await?;
+                let record = created.value.1;
                 tracing::info!(token_id = %record.id, "admin token from DEPOT_ADMIN_TOKEN registered");
                 record.id
             }
@@ -226,16 +212,16 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
             .into_iter()
             .filter(|t| t.bootstrap && t.id != current)
             .collect();
+        // The old bootstrap token goes with every token minted below it.
         for old in &stale {
-            state.meta.delete_token(&old.id).await?;
-            tracing::warn!(token_id = %old.id, "DEPOT_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked");
+            let revoked =
+                ops::tokens::prune(state, &Ctx::system(SystemActor::Bootstrap), old).await?;
+            tracing::warn!(token_id = %old.id, descendants = revoked.value.len().saturating_sub(1), "DEPOT_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked");
         }
-        let hashes: Vec<String> = stale.into_iter().map(|t| t.hash).collect();
-        state.tokens.invalidate_hashes(&hashes).await;
         return Ok(());
     }
     if !state.meta.has_admin_token().await? {
-        let raw = create_token(state.meta.as_ref(), true, None).await?;
+        let raw = create_token(state.meta.as_ref(), SystemActor::Bootstrap, true, None).await?;
         println!("Depot created the first admin token (shown once, store it now):\n{raw}");
         tracing::info!("first admin token created and printed to stdout");
     }

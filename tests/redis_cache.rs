@@ -458,6 +458,119 @@ async fn with_redis_stopped_requests_are_served_and_revocation_is_immediate() {
         .assert_error(401, "invalid_token");
 }
 
+const OUTAGE_HITS: &str = "depot_token_cache_lookups_total{result=\"outage_hit\"}";
+
+#[tokio::test]
+async fn with_redis_stopped_repeated_requests_are_answered_from_the_outage_cache() {
+    let redis = PrivateRedis::start(Some(&random_string(24)));
+    let app = depot_on(&redis).await;
+    let token = app.register(false).await;
+    app.get("/product/access", Some(&token))
+        .await
+        .assert_status(200);
+    redis.pause();
+    for _ in 0..20 {
+        app.get("/product/access", Some(&token))
+            .await
+            .assert_status(200);
+    }
+    assert!(
+        metric(&app, OUTAGE_HITS).await >= 10.0,
+        "most lookups during the outage come from the outage cache"
+    );
+    // Its own revocation applies at once, whatever is cached.
+    app.prune(&token).await;
+    app.get("/product/access", Some(&token))
+        .await
+        .assert_error(401, "invalid_token");
+    redis.resume();
+}
+
+/// Two replicas sharing the production store and the test's Redis.
+async fn two_replicas_on(redis: &PrivateRedis, outage_seconds: u64) -> (TestApp, TestApp) {
+    let a = TestApp::builder()
+        .env("DEPOT_REDIS_URL", redis.url())
+        .env("DEPOT_SIGNING_KEY", random_string(64))
+        .env("DEPOT_REDIS_OUTAGE_CACHE_SECONDS", outage_seconds)
+        .start()
+        .await;
+    let b = TestApp::builder()
+        .share_backends_with(&a)
+        .env("DEPOT_REDIS_URL", redis.url())
+        .env("DEPOT_REDIS_OUTAGE_CACHE_SECONDS", outage_seconds)
+        .start()
+        .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn during_an_outage_another_replicas_revocation_applies_within_the_outage_cache_time() {
+    if Backend::from_env() != Backend::Production {
+        return; // two replicas need a shared store
+    }
+    let redis = PrivateRedis::start(Some(&random_string(24)));
+    let (a, b) = two_replicas_on(&redis, 2).await;
+    let token = a.register(false).await;
+    b.remember_secret(&token);
+    redis.pause();
+    for _ in 0..3 {
+        b.get("/product/access", Some(&token))
+            .await
+            .assert_status(200);
+    }
+    assert!(
+        metric(&b, OUTAGE_HITS).await >= 1.0,
+        "the other replica answers from its outage cache"
+    );
+    let revoked = Instant::now();
+    a.prune(&token).await;
+    a.get("/product/access", Some(&token))
+        .await
+        .assert_error(401, "invalid_token");
+    // The other replica may answer from its outage copy, but only for its lifetime.
+    loop {
+        let status = b.get("/product/access", Some(&token)).await.status.as_u16();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2) + Duration::from_millis(1500),
+            "the revoked token still worked on the other replica after its outage copy expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        b.get("/product/access", Some(&token))
+            .await
+            .assert_error(401, "invalid_token");
+    }
+    redis.resume();
+}
+
+#[tokio::test]
+async fn with_the_outage_cache_off_another_replicas_revocation_applies_at_once() {
+    if Backend::from_env() != Backend::Production {
+        return; // two replicas need a shared store
+    }
+    let redis = PrivateRedis::start(Some(&random_string(24)));
+    let (a, b) = two_replicas_on(&redis, 0).await;
+    let token = a.register(false).await;
+    b.remember_secret(&token);
+    redis.pause();
+    for _ in 0..3 {
+        b.get("/product/access", Some(&token))
+            .await
+            .assert_status(200);
+    }
+    a.prune(&token).await;
+    b.get("/product/access", Some(&token))
+        .await
+        .assert_error(401, "invalid_token");
+    assert_eq!(metric(&b, OUTAGE_HITS).await, 0.0);
+    redis.resume();
+}
+
 // ---- TLS ------------------------------------------------------------------------------
 
 fn openssl(dir: &Path, args: &[&str]) {

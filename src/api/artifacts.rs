@@ -409,11 +409,12 @@ pub async fn remove_version(
     validate_product(product).map_err(name_error)?;
     validate_version(version).map_err(name_error)?;
     caller.authorize(product, ProductOp::DeleteVersion)?;
-    let Some(record) = app.meta.delete_version(product, version).await? else {
+    let ctx = crate::ops::Ctx::of(caller);
+    if crate::ops::versions::delete(app, &ctx, product, version)
+        .await?
+        .is_none()
+    {
         return Err(version_missing(app, product, version).await);
-    };
-    if let Err(err) = app.blobs.delete(&record.blob_key).await {
-        tracing::warn!(key = %record.blob_key, error = %err, "blob delete failed; left for the janitor");
     }
     tracing::info!(product = %product, version = %version, by = %caller.token.id, "version deleted");
     Ok(())

@@ -12,10 +12,12 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use http::StatusCode;
 
 pub mod artifacts;
+pub mod audit;
 pub mod health;
 pub mod openapi;
 pub mod products;
 pub mod tokens;
+pub mod ui;
 
 /// Every route of the API as (method, path template): the single list that `routes()`
 /// builds the router from, and that the OpenAPI test compares with
@@ -35,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/prune/{token}"),
     ("GET", "/tokens"),
     ("GET", "/product/access"),
+    ("GET", "/product/list"),
     ("PUT", "/product/create"),
     ("GET", "/product/fetch/{product}"),
     ("DELETE", "/product/delete/{product}"),
@@ -46,6 +49,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/product/presign/{product}/{version}"),
     ("GET", "/product/versions/{product}"),
     ("GET", "/signed/{product}/{version}"),
+    ("GET", "/audit"),
+    ("POST", "/ui/login"),
 ];
 
 /// `GET` routes whose `HEAD` (served by the GET handler) is part of the documented API:
@@ -92,6 +97,7 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("DELETE", "/prune/{token}") => delete(tokens::prune),
         ("GET", "/tokens") => get(tokens::list),
         ("GET", "/product/access") => get(products::access),
+        ("GET", "/product/list") => get(products::list),
         ("PUT", "/product/create") => put(products::create),
         ("GET", "/product/fetch/{product}") => get(products::fetch),
         ("DELETE", "/product/delete/{product}") => delete(products::delete),
@@ -104,6 +110,8 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/product/presign/{product}/{version}") => get(artifacts::presign),
         ("GET", "/product/versions/{product}") => get(artifacts::list_versions),
         ("GET", "/signed/{product}/{version}") => get(artifacts::signed_download),
+        ("GET", "/audit") => get(audit::audit),
+        ("POST", "/ui/login") => post(ui::login),
         _ => panic!("api::ROUTES lists {method} {path}, which has no handler"),
     }
 }

@@ -7,8 +7,9 @@ use crate::auth::Caller;
 use crate::domain::names::validate_product;
 use crate::domain::permissions::{Grant, GrantInput, ProductOp};
 use crate::domain::version::latest_of;
-use crate::error::{ApiError, ApiResult, MetaError};
-use crate::meta::{ProductRecord, ProductView, now_ms};
+use crate::error::{ApiError, ApiResult};
+use crate::meta::ProductView;
+use crate::ops::{self, Ctx};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -31,6 +32,16 @@ pub async fn access(State(app): State<AppState>, caller: Caller) -> ApiResult<Js
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     name: String,
+    /// The original web UI sends `"tokens": {}`; grants go through addToken, so only an
+    /// empty object is accepted here.
+    #[serde(default)]
+    tokens: Option<serde_json::Map<String, Value>>,
+}
+
+/// `GET /product/list`: the names of the products the caller can see (admin: all), as
+/// the original web UI lists them. The same answer as `/product/access`.
+pub async fn list(app: State<AppState>, caller: Caller) -> ApiResult<Json<Vec<String>>> {
+    access(app, caller).await
 }
 
 /// `PUT /product/create`: the creator gets all four flags.
@@ -40,20 +51,13 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_product(&req.name).map_err(name_error)?;
-    let record = ProductRecord {
-        name: req.name.clone(),
-        created_at: now_ms(),
-    };
-    app.meta
-        .create_product(&record, &caller.token.id)
-        .await
-        .map_err(|e| match e {
-            MetaError::Conflict => ApiError::conflict(
-                "product_exists",
-                format!("product '{}' already exists", req.name),
-            ),
-            other => other.into(),
-        })?;
+    if req.tokens.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "'tokens' must be empty when creating a product: grant access with PUT /product/modify/addToken",
+        ));
+    }
+    ops::products::create(&app, &Ctx::of(&caller), &req.name, &caller.token.id).await?;
     app.tokens
         .invalidate_hashes(std::slice::from_ref(&caller.token.hash))
         .await;
@@ -122,19 +126,8 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     validate_product(&product).map_err(name_error)?;
     caller.authorize(&product, ProductOp::DeleteProduct)?;
-    let deleted = app
-        .meta
-        .delete_product(&product)
-        .await?
-        .ok_or_else(|| ApiError::product_not_found(&product))?;
-    app.tokens.invalidate_ids(&deleted.token_ids).await?;
-    for version in &deleted.versions {
-        if let Err(err) = app.blobs.delete(&version.blob_key).await {
-            // The record is gone; the janitor's orphan sweep removes the object later.
-            tracing::warn!(key = %version.blob_key, error = %err, "blob delete failed; left for the janitor");
-        }
-    }
-    tracing::info!(product = %product, versions = deleted.versions.len(), by = %caller.token.id, "product deleted");
+    let deleted = ops::products::delete(&app, &Ctx::of(&caller), &product).await?;
+    tracing::info!(product = %product, versions = deleted.value.versions.len(), by = %caller.token.id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -179,16 +172,7 @@ pub async fn modify_put(
         .resolve(&req.token)
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
-    app.meta
-        .set_grant(&req.product, &target.id, permissions)
-        .await
-        .map_err(|e| match e {
-            MetaError::NotFound => ApiError::product_not_found(&req.product),
-            other => other.into(),
-        })?;
-    app.tokens
-        .invalidate_hashes(std::slice::from_ref(&target.hash))
-        .await;
+    ops::grants::set(&app, &Ctx::of(&caller), &req.product, &target, permissions).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -228,18 +212,7 @@ pub async fn modify_delete(
                 .resolve(&req.token)
                 .await?
                 .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
-            if !app.meta.remove_grant(&req.product, &target.id).await? {
-                if app.meta.product(&req.product).await?.is_none() {
-                    return Err(ApiError::product_not_found(&req.product));
-                }
-                return Err(ApiError::not_found(
-                    "token_not_found",
-                    "that token has no grant on this product",
-                ));
-            }
-            app.tokens
-                .invalidate_hashes(std::slice::from_ref(&target.hash))
-                .await;
+            ops::grants::remove(&app, &Ctx::of(&caller), &req.product, &target).await?;
             Ok(StatusCode::NO_CONTENT)
         }
         other => Err(unknown_action(other, "deleteVersion or deleteToken")),

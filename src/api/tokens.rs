@@ -2,10 +2,11 @@
 
 use super::{ApiBytes, ApiPath, rfc3339};
 use crate::app::AppState;
-use crate::auth::{Caller, generate_token, generate_token_id, hash_token};
+use crate::auth::Caller;
 use crate::domain::permissions::{Grant, GrantInput};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{TokenRecord, now_ms};
+use crate::ops::{self, Ctx};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,6 +28,8 @@ pub struct RegisterRequest {
 #[derive(Debug, Serialize)]
 pub struct TokenInfo {
     id: String,
+    /// The public id again: the original web UI shows and revokes tokens by `token`.
+    token: String,
     admin: bool,
     created_at: String,
     name: Option<String>,
@@ -39,6 +42,7 @@ impl From<&TokenRecord> for TokenInfo {
     fn from(t: &TokenRecord) -> Self {
         TokenInfo {
             id: t.id.clone(),
+            token: t.id.clone(),
             admin: t.admin,
             created_at: rfc3339(t.created_at),
             name: t.name.clone(),
@@ -65,7 +69,7 @@ pub async fn register(
             .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?
     };
     let now = now_ms();
-    let mut expires_at = match (req.expires_in, &req.expires_at) {
+    let expires_at = match (req.expires_in, &req.expires_at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_body",
@@ -125,66 +129,18 @@ pub async fn register(
         .into_iter()
         .map(|(product, g)| (product, Grant::from(g)))
         .collect();
-    if let Some((product, _)) = grants.iter().find(|(_, g)| g.is_empty()) {
-        return Err(super::products::empty_grant(product));
-    }
-    if !caller.is_admin() {
-        // A non-admin may only mint a narrower, no longer-lived token of its own.
-        if req.admin || grants.is_empty() {
-            return Err(ApiError::forbidden(
-                "only admin tokens may register unrestricted tokens; non-admin tokens may mint a token with a subset of their own product grants",
-            ));
-        }
-        for (product, grant) in &grants {
-            let own = caller
-                .grant(product)
-                .ok_or_else(|| ApiError::product_not_found(product))?;
-            if !grant.is_subset_of(own) {
-                return Err(ApiError::forbidden(format!(
-                    "the new token cannot have more rights on '{product}' than yours"
-                )));
-            }
-        }
-        if let Some(own) = caller.token.expires_at {
-            match expires_at {
-                Some(at) if at > own => {
-                    return Err(ApiError::forbidden("the new token cannot outlive yours"));
-                }
-                None => expires_at = Some(own),
-                _ => {}
-            }
-        }
-    }
-    let raw = generate_token();
-    let record = TokenRecord {
-        id: generate_token_id(),
-        hash: hash_token(&raw),
-        admin: req.admin,
-        created_at: now,
-        name: req.name,
-        expires_at,
-        parent: Some(caller.token.id.clone()),
-        bootstrap: false,
-    };
-    app.meta
-        .insert_token(&record, &grants)
-        .await
-        .map_err(|e| match e {
-            crate::error::MetaError::NotFound => ApiError::not_found(
-                "product_not_found",
-                "a product in 'products' does not exist",
-            ),
-            other => other.into(),
-        })?;
-    // A prune of the minting token (or of one above it) that ran while this token was
-    // being inserted did not see it: if the parent is gone now, so is this token.
-    if app.meta.token_by_id(&caller.token.id).await?.is_none() {
-        app.meta.delete_token(&record.id).await?;
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the API token is unknown or has been revoked",
-        ));
-    }
+    let minted = ops::tokens::mint(
+        &app,
+        &caller,
+        ops::tokens::Mint {
+            admin: req.admin,
+            name: req.name,
+            expires_at,
+            grants,
+        },
+    )
+    .await?;
+    let (raw, record) = minted.value;
     tracing::info!(token_id = %record.id, admin = record.admin, by = %caller.token.id, "token registered");
     Ok((
         StatusCode::CREATED,
@@ -222,28 +178,10 @@ pub async fn prune(
         .resolve(&token)
         .await?
         .ok_or_else(|| ApiError::not_found("token_not_found", "no such token"))?;
-    // The root first: from then on it can mint nothing new (a mint racing this prune
-    // checks its parent after inserting and removes itself).
-    app.meta.delete_token(&found.id).await?;
-    app.tokens
-        .invalidate_hashes(std::slice::from_ref(&found.hash))
-        .await;
-    // Then everything below it, listing again until a pass finds nothing: a token minted
-    // by a descendant while this ran is caught by the next pass.
-    let mut revoked = vec![found.id.clone()];
-    loop {
-        let below = crate::meta::descendants(&app.meta.list_tokens().await?, &revoked);
-        if below.is_empty() {
-            break;
-        }
-        for token in &below {
-            app.meta.delete_token(&token.id).await?;
-        }
-        let hashes: Vec<String> = below.iter().map(|t| t.hash.clone()).collect();
-        app.tokens.invalidate_hashes(&hashes).await;
-        revoked.extend(below.into_iter().map(|t| t.id));
-    }
-    tracing::info!(token_id = %found.id, descendants = revoked.len() - 1, by = %caller.token.id, "token pruned");
+    let revoked = ops::tokens::prune(&app, &Ctx::of(&caller), &found)
+        .await?
+        .value;
+    tracing::info!(token_id = %found.id, descendants = revoked.len().saturating_sub(1), by = %caller.token.id, "token pruned");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -20,6 +20,8 @@ pub struct TokenDoc {
 #[derive(Debug)]
 pub enum CacheLookup {
     Hit(TokenDoc),
+    /// From the in-process copy kept while Redis is unreachable (see `redis.rs`).
+    OutageHit(TokenDoc),
     Miss,
     /// The cache cannot answer (down, or the key was just invalidated): read the store
     /// and do not populate.

@@ -13,6 +13,12 @@
 //! answers. Invalidations that could not be delivered are remembered, replayed by that
 //! background task only, and until they are delivered the cache is not trusted at all.
 //! No lock is held across a network call.
+//!
+//! While Redis cannot be used, each replica keeps the documents it reads from the store
+//! in a small in-process cache for `DEPOT_REDIS_OUTAGE_CACHE_SECONDS` (default 1 s, 0 =
+//! off), so an outage does not turn every request into a store read. That is the one
+//! place revocation is not immediate everywhere: this replica's own invalidations apply
+//! at once (tombstones), another replica's within that many seconds.
 
 use super::*;
 use fred::prelude::*;
@@ -223,6 +229,8 @@ pub struct RedisCache {
     ttl_seconds: i64,
     mac: EntryMac,
     shared: Arc<Shared>,
+    /// Used only while Redis is bypassed; `None` when the outage cache is off.
+    outage: Option<super::local::LocalCache>,
 }
 
 /// A connection error without the URL (which may hold a password).
@@ -242,7 +250,12 @@ fn describe(err: &Error) -> String {
 impl RedisCache {
     /// Connects and checks the connection (credentials included) with a PING.
     /// `signing_key` is `DEPOT_SIGNING_KEY`, from which the entries' MAC key is derived.
-    pub async fn connect(url: &str, ttl: Duration, signing_key: &[u8]) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        ttl: Duration,
+        outage_ttl: Duration,
+        signing_key: &[u8],
+    ) -> anyhow::Result<Self> {
         let config = Config::from_url(url).map_err(|e| {
             anyhow::anyhow!(
                 "DEPOT_REDIS_URL is not a usable Redis URL: {}",
@@ -292,6 +305,7 @@ impl RedisCache {
                 breaker: Breaker::new(),
                 wake: Notify::new(),
             }),
+            outage: (!outage_ttl.is_zero()).then(|| super::local::LocalCache::new(outage_ttl)),
         };
         cache.spawn_replayer();
         Ok(cache)
@@ -322,6 +336,23 @@ impl RedisCache {
                 }
             }
         });
+    }
+
+    /// True while Redis must not be asked or trusted (breaker open, or invalidations
+    /// not yet delivered).
+    fn bypassed(&self) -> bool {
+        self.shared.undelivered() || !self.shared.breaker.is_closed()
+    }
+
+    /// The outage cache's answer while Redis is bypassed; without one, read the store.
+    async fn outage_get(&self, hash: &str) -> CacheLookup {
+        match &self.outage {
+            Some(outage) => match outage.get(hash).await {
+                CacheLookup::Hit(doc) => CacheLookup::OutageHit(doc),
+                other => other,
+            },
+            None => CacheLookup::Bypass,
+        }
     }
 
     /// A command's result; a failure or timeout trips the breaker.
@@ -461,15 +492,15 @@ impl TokenCache for RedisCache {
     }
 
     async fn get(&self, hash: &str) -> CacheLookup {
-        if self.shared.undelivered() || !self.shared.breaker.is_closed() {
-            return CacheLookup::Bypass;
+        if self.bypassed() {
+            return self.outage_get(hash).await;
         }
         let redis_key = key(hash);
         let Some(value) = self
             .guarded(self.client.get::<Option<String>, _>(redis_key.as_str()))
             .await
         else {
-            return CacheLookup::Bypass;
+            return self.outage_get(hash).await;
         };
         // An invalidation may have failed while the GET ran.
         if self.shared.undelivered() {
@@ -492,7 +523,10 @@ impl TokenCache for RedisCache {
     }
 
     async fn put(&self, hash: &str, doc: &TokenDoc) {
-        if self.shared.undelivered() || !self.shared.breaker.is_closed() {
+        if self.bypassed() {
+            if let Some(outage) = &self.outage {
+                outage.put(hash, doc).await;
+            }
             return;
         }
         let Ok(json) = serde_json::to_string(doc) else {
@@ -515,6 +549,10 @@ impl TokenCache for RedisCache {
     async fn invalidate(&self, hashes: &[String]) {
         if hashes.is_empty() {
             return;
+        }
+        // Whatever happens to Redis, this replica stops trusting its own copies at once.
+        if let Some(outage) = &self.outage {
+            outage.invalidate(hashes).await;
         }
         // With the breaker open, or older invalidations still undelivered, queue behind
         // them without touching the network: the background task delivers them in order.

@@ -1,4 +1,6 @@
 //! Domain rules with no I/O: names, permissions, version ordering, token formats.
+pub mod events;
 pub mod names;
 pub mod permissions;
 pub mod version;
+pub mod webhooks;

@@ -79,6 +79,19 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
     Some(cleaned.to_string())
 }
 
+/// `s` safe to print on a terminal: control and format characters become `?`.
+pub fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || is_format_character(c) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Invisible format characters (Unicode category Cf) that change how a name displays:
 /// bidi overrides and isolates (U+202E shows `exe.txt` as `txt.exe`), zero-width
 /// characters, the BOM, soft hyphens. Stripped from uploaded names; the CLI refuses

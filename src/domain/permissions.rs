@@ -66,6 +66,8 @@ pub enum ProductOp {
     DeleteVersion,
     Upload,
     Download,
+    /// Read the product's audit events (`GET /audit?product=`).
+    ReadAudit,
 }
 
 impl ProductOp {
@@ -73,7 +75,7 @@ impl ProductOp {
         match self {
             ProductOp::Fetch => true,
             ProductOp::DeleteProduct | ProductOp::DeleteVersion => grant.maintainer || grant.delete,
-            ProductOp::ManageTokens => grant.maintainer,
+            ProductOp::ManageTokens | ProductOp::ReadAudit => grant.maintainer,
             ProductOp::Upload => grant.upload,
             ProductOp::Download => grant.download,
         }
@@ -87,6 +89,7 @@ impl ProductOp {
             ProductOp::DeleteVersion => "delete versions (needs maintainer or delete)",
             ProductOp::Upload => "upload (needs upload)",
             ProductOp::Download => "download (needs download)",
+            ProductOp::ReadAudit => "read this product's audit log (needs maintainer)",
         }
     }
 }
@@ -134,6 +137,7 @@ mod tests {
             (DeleteProduct, ["maintainer", "delete"].as_slice()),
             (DeleteVersion, &["maintainer", "delete"]),
             (ManageTokens, &["maintainer"]),
+            (ReadAudit, &["maintainer"]),
             (Upload, &["upload"]),
             (Download, &["download"]),
             (Fetch, &["maintainer", "download", "upload", "delete"]),

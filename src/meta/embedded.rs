@@ -16,6 +16,12 @@ const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants"); // 
 const TOKEN_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("token_grants"); // token\0product
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions"); // product\0version
 const BLOB_KEYS: TableDefinition<&str, &str> = TableDefinition::new("blob_keys"); // key -> product\0version
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events"); // id -> event
+const PRODUCT_EVENTS: TableDefinition<&str, ()> = TableDefinition::new("product_events"); // product\0id
+
+/// Most events one audit page examines before it returns what it found with a cursor to
+/// go on from: a selective filter over a long history costs bounded time per page.
+const EVENT_SCAN_LIMIT: usize = 20_000;
 
 #[derive(Clone)]
 pub struct EmbeddedMetaStore {
@@ -55,6 +61,8 @@ impl EmbeddedMetaStore {
         txn.open_table(TOKEN_GRANTS)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(BLOB_KEYS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(PRODUCT_EVENTS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -127,6 +135,26 @@ impl EmbeddedMetaStore {
     }
 }
 
+/// Stores `events` in the transaction of the change they describe.
+fn record_events(txn: &redb::WriteTransaction, events: &[Event]) -> MetaResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(EVENTS).map_err(unavailable)?;
+    let mut by_product = txn.open_table(PRODUCT_EVENTS).map_err(unavailable)?;
+    for event in events {
+        table
+            .insert(event.id.as_str(), encode(event)?.as_slice())
+            .map_err(unavailable)?;
+        if let Some(product) = &event.product {
+            by_product
+                .insert(key2(product, &event.id).as_str(), ())
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every `(suffix, value)` under `prefix\0` in a table.
 fn scan_prefix<T: ReadableTable<&'static str, &'static [u8]>, V: for<'de> Deserialize<'de>>(
     table: &T,
@@ -176,9 +204,11 @@ impl MetaStore for EmbeddedMetaStore {
         &self,
         token: &TokenRecord,
         grants: &[(String, Grant)],
+        events: &[Event],
     ) -> MetaResult<()> {
         let token = token.clone();
         let grants = grants.to_vec();
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut tokens = txn.open_table(TOKENS).map_err(unavailable)?;
             let mut ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
@@ -214,7 +244,7 @@ impl MetaStore for EmbeddedMetaStore {
                     .insert(key2(&token.id, product).as_str(), value.as_slice())
                     .map_err(unavailable)?;
             }
-            Ok(())
+            record_events(txn, &events)
         })
         .await
     }
@@ -261,8 +291,9 @@ impl MetaStore for EmbeddedMetaStore {
         Ok(self.list_tokens().await?.iter().any(|t| t.admin))
     }
 
-    async fn delete_token(&self, id: &str) -> MetaResult<bool> {
+    async fn delete_token(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
         let id = id.to_string();
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut ids = txn.open_table(TOKEN_IDS).map_err(unavailable)?;
             let Some(hash) = ids.remove(id.as_str()).map_err(unavailable)? else {
@@ -284,6 +315,7 @@ impl MetaStore for EmbeddedMetaStore {
                     .remove(key2(&product, &id).as_str())
                     .map_err(unavailable)?;
             }
+            record_events(txn, &events)?;
             Ok(true)
         })
         .await
@@ -329,8 +361,15 @@ impl MetaStore for EmbeddedMetaStore {
         })
     }
 
-    async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
+    async fn set_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        grant: Grant,
+        events: &[Event],
+    ) -> MetaResult<()> {
         let (product, id) = (product.to_string(), token_id.to_string());
+        let events = events.to_vec();
         self.write(move |txn| {
             let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
             if products
@@ -353,13 +392,19 @@ impl MetaStore for EmbeddedMetaStore {
                 .map_err(unavailable)?
                 .insert(key2(&id, &product).as_str(), value.as_slice())
                 .map_err(unavailable)?;
-            Ok(())
+            record_events(txn, &events)
         })
         .await
     }
 
-    async fn remove_grant(&self, product: &str, token_id: &str) -> MetaResult<bool> {
+    async fn remove_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool> {
         let (product, id) = (product.to_string(), token_id.to_string());
+        let events = events.to_vec();
         self.write(move |txn| {
             let removed = txn
                 .open_table(GRANTS)
@@ -371,13 +416,22 @@ impl MetaStore for EmbeddedMetaStore {
                 .map_err(unavailable)?
                 .remove(key2(&id, &product).as_str())
                 .map_err(unavailable)?;
+            if removed {
+                record_events(txn, &events)?;
+            }
             Ok(removed)
         })
         .await
     }
 
-    async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()> {
+    async fn create_product(
+        &self,
+        product: &ProductRecord,
+        creator_id: &str,
+        events: &[Event],
+    ) -> MetaResult<()> {
         let (product, creator) = (product.clone(), creator_id.to_string());
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
             if products
@@ -399,7 +453,7 @@ impl MetaStore for EmbeddedMetaStore {
                 .map_err(unavailable)?
                 .insert(key2(&creator, &product.name).as_str(), value.as_slice())
                 .map_err(unavailable)?;
-            Ok(())
+            record_events(txn, &events)
         })
         .await
     }
@@ -468,7 +522,11 @@ impl MetaStore for EmbeddedMetaStore {
             .await
     }
 
-    async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>> {
+    async fn delete_product(
+        &self,
+        name: &str,
+        mut event: Event,
+    ) -> MetaResult<Option<DeletedProduct>> {
         let name = name.to_string();
         self.write(move |txn| {
             let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
@@ -502,6 +560,8 @@ impl MetaStore for EmbeddedMetaStore {
                     .map_err(unavailable)?;
                 deleted.versions.push(record);
             }
+            event.details = product_deleted_details(&deleted);
+            record_events(txn, std::slice::from_ref(&event))?;
             Ok(Some(deleted))
         })
         .await
@@ -556,9 +616,11 @@ impl MetaStore for EmbeddedMetaStore {
         blob_key: &str,
         size: u64,
         checksum: &str,
+        events: &[Event],
     ) -> MetaResult<()> {
         let key = key2(product, version);
         let (blob_key, checksum) = (blob_key.to_string(), checksum.to_string());
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             let mut record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
@@ -574,7 +636,7 @@ impl MetaStore for EmbeddedMetaStore {
             versions
                 .insert(key.as_str(), encode(&record)?.as_slice())
                 .map_err(unavailable)?;
-            Ok(())
+            record_events(txn, &events)
         })
         .await
     }
@@ -584,9 +646,11 @@ impl MetaStore for EmbeddedMetaStore {
         product: &str,
         version: &str,
         blob_key: &str,
+        events: &[Event],
     ) -> MetaResult<()> {
         let key = key2(product, version);
         let blob_key = blob_key.to_string();
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             let pending = match versions.get(key.as_str()).map_err(unavailable)? {
@@ -602,6 +666,7 @@ impl MetaStore for EmbeddedMetaStore {
                     .map_err(unavailable)?
                     .remove(blob_key.as_str())
                     .map_err(unavailable)?;
+                record_events(txn, &events)?;
             }
             Ok(())
         })
@@ -676,6 +741,7 @@ impl MetaStore for EmbeddedMetaStore {
         &self,
         product: &str,
         version: &str,
+        mut event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
         let key = key2(product, version);
         self.write(move |txn| {
@@ -692,6 +758,8 @@ impl MetaStore for EmbeddedMetaStore {
                 .map_err(unavailable)?
                 .remove(record.blob_key.as_str())
                 .map_err(unavailable)?;
+            event.details = version_details(&record);
+            record_events(txn, std::slice::from_ref(&event))?;
             Ok(Some(record))
         })
         .await
@@ -746,9 +814,11 @@ impl MetaStore for EmbeddedMetaStore {
         version: &str,
         blob_key: &str,
         now_ms: i64,
+        events: &[Event],
     ) -> MetaResult<bool> {
         let key = key2(product, version);
         let blob_key = blob_key.to_string();
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             let lapsed = match versions.get(key.as_str()).map_err(unavailable)? {
@@ -764,9 +834,124 @@ impl MetaStore for EmbeddedMetaStore {
                     .map_err(unavailable)?
                     .remove(blob_key.as_str())
                     .map_err(unavailable)?;
+                record_events(txn, &events)?;
             }
             Ok(lapsed)
         })
         .await
+    }
+
+    async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage> {
+        let filter = filter.clone();
+        self.read(move |txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            let mut page = EventPage::default();
+            let mut examined = 0;
+            let mut last_seen: Option<String> = None;
+            // Newest first: walk ids downwards from the cursor (or the end).
+            let mut consider = |id: &str, page: &mut EventPage| -> MetaResult<bool> {
+                examined += 1;
+                last_seen = Some(id.to_string());
+                if let Some(v) = table.get(id).map_err(unavailable)? {
+                    let event: Event = decode(v.value())?;
+                    if filter.matches(&event) {
+                        page.events.push(event);
+                    }
+                }
+                Ok(page.events.len() < limit && examined < EVENT_SCAN_LIMIT)
+            };
+            let mut stopped_early = false;
+            if let Some(product) = &filter.product {
+                let index = txn.open_table(PRODUCT_EVENTS).map_err(unavailable)?;
+                let (start, end) = prefix_range(product);
+                let end = match &filter.before_id {
+                    Some(before) => key2(product, before),
+                    None => end,
+                };
+                for entry in index
+                    .range(start.as_str()..end.as_str())
+                    .map_err(unavailable)?
+                    .rev()
+                {
+                    let (k, _) = entry.map_err(unavailable)?;
+                    let id = k
+                        .value()
+                        .rsplit('\0')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    if !consider(&id, &mut page)? {
+                        stopped_early = true;
+                        break;
+                    }
+                }
+            } else {
+                // `~` sorts after every hex digit: the end of all event ids.
+                let end = filter
+                    .before_id
+                    .clone()
+                    .unwrap_or_else(|| "evt_~".to_string());
+                let ids: Vec<String> = table
+                    .range(..end.as_str())
+                    .map_err(unavailable)?
+                    .rev()
+                    .take(EVENT_SCAN_LIMIT)
+                    .map(|entry| {
+                        entry
+                            .map(|(k, _)| k.value().to_string())
+                            .map_err(unavailable)
+                    })
+                    .collect::<MetaResult<_>>()?;
+                for id in ids {
+                    if !consider(&id, &mut page)? {
+                        stopped_early = true;
+                        break;
+                    }
+                }
+            }
+            if stopped_early {
+                page.next_before = last_seen;
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> MetaResult<u64> {
+        let cutoff = crate::domain::events::event_id(before_ms, 0);
+        let mut removed = 0;
+        // In batches, so one pass over a long history never holds one huge transaction.
+        loop {
+            let cutoff = cutoff.clone();
+            let batch = self
+                .write(move |txn| {
+                    let mut table = txn.open_table(EVENTS).map_err(unavailable)?;
+                    let mut by_product = txn.open_table(PRODUCT_EVENTS).map_err(unavailable)?;
+                    let old: Vec<(String, Option<String>)> = table
+                        .range(..cutoff.as_str())
+                        .map_err(unavailable)?
+                        .take(EVENT_SCAN_LIMIT)
+                        .map(|entry| {
+                            let (k, v) = entry.map_err(unavailable)?;
+                            let event: Event = decode(v.value())?;
+                            Ok((k.value().to_string(), event.product))
+                        })
+                        .collect::<MetaResult<_>>()?;
+                    for (id, product) in &old {
+                        table.remove(id.as_str()).map_err(unavailable)?;
+                        if let Some(product) = product {
+                            by_product
+                                .remove(key2(product, id).as_str())
+                                .map_err(unavailable)?;
+                        }
+                    }
+                    Ok(old.len() as u64)
+                })
+                .await?;
+            removed += batch;
+            if batch < EVENT_SCAN_LIMIT as u64 {
+                return Ok(removed);
+            }
+        }
     }
 }

@@ -62,33 +62,35 @@ macro_rules! metered_methods {
 
 metered_methods! {
     ping() -> MetaResult<()>;
-    insert_token(token: &TokenRecord, grants: &[(String, Grant)]) -> MetaResult<()>;
+    insert_token(token: &TokenRecord, grants: &[(String, Grant)], events: &[Event]) -> MetaResult<()>;
     token_by_hash(hash: &str) -> MetaResult<Option<TokenRecord>>;
     token_by_id(id: &str) -> MetaResult<Option<TokenRecord>>;
     list_tokens() -> MetaResult<Vec<TokenRecord>>;
     has_admin_token() -> MetaResult<bool>;
-    delete_token(id: &str) -> MetaResult<bool>;
+    delete_token(id: &str, events: &[Event]) -> MetaResult<bool>;
     set_token_bootstrap(id: &str, bootstrap: bool) -> MetaResult<bool>;
     grants_of_token(token_id: &str) -> MetaResult<Vec<(String, Grant)>>;
     grants_of_product(product: &str) -> MetaResult<Vec<(String, Grant)>>;
-    set_grant(product: &str, token_id: &str, grant: Grant) -> MetaResult<()>;
-    remove_grant(product: &str, token_id: &str) -> MetaResult<bool>;
-    create_product(product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
+    set_grant(product: &str, token_id: &str, grant: Grant, events: &[Event]) -> MetaResult<()>;
+    remove_grant(product: &str, token_id: &str, events: &[Event]) -> MetaResult<bool>;
+    create_product(product: &ProductRecord, creator_id: &str, events: &[Event]) -> MetaResult<()>;
     product(name: &str) -> MetaResult<Option<ProductRecord>>;
     list_products() -> MetaResult<Vec<String>>;
     product_view(name: &str) -> MetaResult<Option<ProductView>>;
-    delete_product(name: &str) -> MetaResult<Option<DeletedProduct>>;
+    delete_product(name: &str, event: Event) -> MetaResult<Option<DeletedProduct>>;
     reserve_version(record: &VersionRecord) -> MetaResult<Option<VersionRecord>>;
-    commit_version(product: &str, version: &str, blob_key: &str, size: u64, checksum: &str) -> MetaResult<()>;
-    remove_pending_version(product: &str, version: &str, blob_key: &str) -> MetaResult<()>;
+    commit_version(product: &str, version: &str, blob_key: &str, size: u64, checksum: &str, events: &[Event]) -> MetaResult<()>;
+    remove_pending_version(product: &str, version: &str, blob_key: &str, events: &[Event]) -> MetaResult<()>;
     version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
     list_versions(product: &str) -> MetaResult<Vec<VersionRecord>>;
     versions_page(product: &str, after: Option<&str>, limit: usize) -> MetaResult<Vec<VersionRecord>>;
     first_version_of_kind(product: &str, kinds: &[VersionKind]) -> MetaResult<Option<VersionRecord>>;
-    delete_version(product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
+    delete_version(product: &str, version: &str, event: Event) -> MetaResult<Option<VersionRecord>>;
     stale_pending_versions(before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     blob_key_in_use(key: &str) -> MetaResult<bool>;
     renew_lease(product: &str, version: &str, blob_key: &str, lease_until: i64) -> MetaResult<bool>;
     lapsed_pending_versions(now_ms: i64) -> MetaResult<Vec<VersionRecord>>;
-    remove_lapsed_version(product: &str, version: &str, blob_key: &str, now_ms: i64) -> MetaResult<bool>;
+    remove_lapsed_version(product: &str, version: &str, blob_key: &str, now_ms: i64, events: &[Event]) -> MetaResult<bool>;
+    events_page(filter: &EventFilter, limit: usize) -> MetaResult<EventPage>;
+    prune_events(before_ms: i64) -> MetaResult<u64>;
 }

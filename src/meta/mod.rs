@@ -2,6 +2,7 @@
 //! implementation (`embedded` on redb, `mongo` on MongoDB). Implementations keep every
 //! change that must be atomic inside one transaction or one single-document write.
 
+use crate::domain::events::{Event, EventFilter};
 use crate::domain::permissions::Grant;
 use crate::domain::version::VersionKind;
 use crate::error::MetaError;
@@ -119,6 +120,15 @@ pub struct ProductView {
     pub versions: Vec<VersionRecord>,
 }
 
+/// One page of `GET /audit`, newest first.
+#[derive(Debug, Default)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Where the next page starts (an event id), when more may follow: after a full page,
+    /// or when a scan stopped at its bound before filling one.
+    pub next_before: Option<String>,
+}
+
 /// What a product deletion removed, so the caller can delete blobs and invalidate caches.
 #[derive(Debug, Default)]
 pub struct DeletedProduct {
@@ -132,16 +142,24 @@ pub trait MetaStore: Send + Sync {
     fn health_key(&self) -> &'static str;
     async fn ping(&self) -> MetaResult<()>;
 
+    // Every change takes the events that describe it and stores them atomically with it
+    // (one transaction): a change whose events cannot be stored does not happen, and a
+    // change that does not happen (not found, conflict) stores none.
+
     // Tokens.
     /// Inserts a token and, atomically with it, its initial grants.
-    async fn insert_token(&self, token: &TokenRecord, grants: &[(String, Grant)])
-    -> MetaResult<()>;
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        grants: &[(String, Grant)],
+        events: &[Event],
+    ) -> MetaResult<()>;
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>>;
     async fn token_by_id(&self, id: &str) -> MetaResult<Option<TokenRecord>>;
     async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>>;
     async fn has_admin_token(&self) -> MetaResult<bool>;
-    /// Deletes the token and every grant it had. False when it did not exist.
-    async fn delete_token(&self, id: &str) -> MetaResult<bool>;
+    /// Deletes the token and every grant it had. False (and no event) when it did not exist.
+    async fn delete_token(&self, id: &str, events: &[Event]) -> MetaResult<bool>;
     /// Marks (or unmarks) a token as the one registered from `DEPOT_ADMIN_TOKEN`.
     /// False when it does not exist.
     async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool>;
@@ -150,12 +168,29 @@ pub trait MetaStore: Send + Sync {
     async fn grants_of_token(&self, token_id: &str) -> MetaResult<Vec<(String, Grant)>>;
     async fn grants_of_product(&self, product: &str) -> MetaResult<Vec<(String, Grant)>>;
     /// Creates or replaces a grant. `NotFound` when the product does not exist.
-    async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()>;
-    async fn remove_grant(&self, product: &str, token_id: &str) -> MetaResult<bool>;
+    async fn set_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        grant: Grant,
+        events: &[Event],
+    ) -> MetaResult<()>;
+    /// False (and no event) when there was no such grant.
+    async fn remove_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool>;
 
     // Products.
     /// Creates the product with an all-flags grant for its creator. `Conflict` on duplicates.
-    async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()>;
+    async fn create_product(
+        &self,
+        product: &ProductRecord,
+        creator_id: &str,
+        events: &[Event],
+    ) -> MetaResult<()>;
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>>;
     async fn list_products(&self) -> MetaResult<Vec<String>>;
     /// The product, its grants and its committed versions; `None` when it does not exist.
@@ -173,7 +208,9 @@ pub trait MetaStore: Send + Sync {
         }))
     }
     /// Removes the product with its grants and version records. `None` when missing.
-    async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>>;
+    /// The store completes `event.details` with what it removed
+    /// ([`product_deleted_details`]).
+    async fn delete_product(&self, name: &str, event: Event) -> MetaResult<Option<DeletedProduct>>;
 
     // Versions.
     /// Reserves (product, version) as pending. A pending record whose lease has lapsed
@@ -189,13 +226,16 @@ pub trait MetaStore: Send + Sync {
         blob_key: &str,
         size: u64,
         checksum: &str,
+        events: &[Event],
     ) -> MetaResult<()>;
     /// Drops a pending reservation (matched by blob key); committed records are untouched.
+    /// The events are stored only when a record was removed.
     async fn remove_pending_version(
         &self,
         product: &str,
         version: &str,
         blob_key: &str,
+        events: &[Event],
     ) -> MetaResult<()>;
     /// A committed version.
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
@@ -215,11 +255,13 @@ pub trait MetaStore: Send + Sync {
         product: &str,
         kinds: &[VersionKind],
     ) -> MetaResult<Option<VersionRecord>>;
-    /// Deletes a committed version's record and returns it.
+    /// Deletes a committed version's record and returns it. The store completes
+    /// `event.details` from the record ([`version_details`]).
     async fn delete_version(
         &self,
         product: &str,
         version: &str,
+        event: Event,
     ) -> MetaResult<Option<VersionRecord>>;
     /// Pending reservations older than `before_ms` (left by crashes).
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
@@ -244,7 +286,32 @@ pub trait MetaStore: Send + Sync {
         version: &str,
         blob_key: &str,
         now_ms: i64,
+        events: &[Event],
     ) -> MetaResult<bool>;
+
+    // Events.
+    /// Up to `limit` events matching `filter`, newest first.
+    async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage>;
+    /// Removes events older than `before_ms` (audit retention); returns how many.
+    async fn prune_events(&self, before_ms: i64) -> MetaResult<u64>;
+}
+
+/// `details` of `version.published` / `version.deleted`: the file as stored.
+pub fn version_details(r: &VersionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "file_name": r.file_name,
+        "size": r.size,
+        "checksum": r.checksum,
+        "uploaded_by": r.uploaded_by,
+    })
+}
+
+/// `details` of `product.deleted`: how much went with it.
+pub fn product_deleted_details(d: &DeletedProduct) -> serde_json::Value {
+    serde_json::json!({
+        "versions": d.versions.len(),
+        "grants": d.token_ids.len(),
+    })
 }
 
 pub fn now_ms() -> i64 {

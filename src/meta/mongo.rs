@@ -4,9 +4,12 @@
 //! of a product document), and version strings are only ever field *values*, never
 //! field names (dots in `v1.0.0` would become nested paths).
 //!
-//! Multi-step changes are ordered so a concurrent or interrupted step leaves nothing
-//! reachable: e.g. a reservation is inserted first and then checked against the product,
-//! and a product deletion removes the product document first.
+//! Every change that records events runs in a multi-document transaction with the
+//! insert of its events (`in_transaction!`), so a crash cannot keep one without the other;
+//! MongoDB needs a replica set for that (a single-node one will do). Changes that also
+//! depend on their product write the product document, so they conflict with (and are
+//! retried after) a deletion of that product running at the same time. The reservation,
+//! which records no event, stays a single insert checked against the product afterwards.
 
 use super::*;
 use crate::domain::version::VersionKind;
@@ -19,7 +22,9 @@ use std::time::Duration;
 
 #[derive(Clone)]
 pub struct MongoMetaStore {
+    client: Client,
     db: Database,
+    events: Collection<EventDoc>,
     tokens: Collection<TokenRecord>,
     products: Collection<ProductRecord>,
     grants: Collection<GrantDoc>,
@@ -32,6 +37,101 @@ struct GrantDoc {
     token_id: String,
     #[serde(flatten)]
     grant: Grant,
+}
+
+/// An event as stored: the event itself plus the fields `GET /audit` filters on. The
+/// `_id` is the event id, so id order is time order; `at` carries the TTL index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EventDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    at: mongodb::bson::DateTime,
+    #[serde(rename = "type")]
+    kind: String,
+    product: Option<String>,
+    actor: String,
+    event: Event,
+}
+
+impl From<&Event> for EventDoc {
+    fn from(e: &Event) -> Self {
+        EventDoc {
+            id: e.id.clone(),
+            at: mongodb::bson::DateTime::from_millis(e.time_ms()),
+            kind: e.kind.as_str().to_string(),
+            product: e.product.clone(),
+            actor: e.actor.key(),
+            event: e.clone(),
+        }
+    }
+}
+
+/// Transient failures (write conflicts, elections) retry the whole transaction this often.
+const TRANSACTION_ATTEMPTS: usize = 8;
+
+fn is_transient(err: &mongodb::error::Error) -> bool {
+    err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+}
+
+/// Runs `$body` in a transaction on session `$s`, retrying it on transient errors and its
+/// commit on an unknown commit result. `$body` evaluates to
+/// `mongodb::error::Result<MetaResult<T>>`: a driver error (`?` works inside), or the
+/// change's outcome; an outcome of `Err` aborts the transaction.
+macro_rules! in_transaction {
+    ($store:expr, $s:ident, $body:block) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut $s = $store.client.start_session().await.map_err(unavailable)?;
+            $s.start_transaction().await.map_err(unavailable)?;
+            let outcome: mongodb::error::Result<MetaResult<_>> = async { $body }.await;
+            match outcome {
+                Ok(Ok(value)) => match commit(&mut $s).await {
+                    Ok(()) => break Ok(value),
+                    Err(e) if is_transient(&e) && attempt < TRANSACTION_ATTEMPTS => {
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    Err(e) => break Err(unavailable(e)),
+                },
+                Ok(Err(refused)) => {
+                    let _ = $s.abort_transaction().await;
+                    break Err(refused);
+                }
+                Err(e) => {
+                    let _ = $s.abort_transaction().await;
+                    if is_transient(&e) && attempt < TRANSACTION_ATTEMPTS {
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    break Err(unavailable(e));
+                }
+            }
+        }
+    }};
+}
+
+/// Commits, retrying while the outcome is unknown (the server may have committed).
+async fn commit(session: &mut mongodb::ClientSession) -> mongodb::error::Result<()> {
+    let mut tries = 0;
+    loop {
+        match session.commit_transaction().await {
+            Err(e)
+                if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                    && tries < 3 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A short randomised pause before retrying a conflicted transaction.
+async fn backoff(attempt: usize) {
+    let base = 5u64 << attempt.min(6);
+    let jitter = rand::Rng::random_range(&mut rand::rng(), 0..=base);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 fn unavailable(err: mongodb::error::Error) -> MetaError {
@@ -57,6 +157,8 @@ impl MongoMetaStore {
         let db = client.database(db_name);
         db.run_command(doc! { "ping": 1 }).await?;
         let store = MongoMetaStore {
+            client,
+            events: db.collection("events"),
             tokens: db.collection("tokens"),
             products: db.collection("products"),
             grants: db.collection("grants"),
@@ -104,6 +206,15 @@ impl MongoMetaStore {
         self.versions
             .create_index(index(doc! { "state": 1, "uploaded_at": 1 }, false))
             .await?;
+        self.events
+            .create_index(index(doc! { "product": 1, "_id": -1 }, false))
+            .await?;
+        self.events
+            .create_index(index(doc! { "type": 1, "_id": -1 }, false))
+            .await?;
+        self.events
+            .create_index(index(doc! { "actor": 1, "_id": -1 }, false))
+            .await?;
         // Listing pages and `latest` are range scans in listing order.
         self.versions
             .create_index(index(
@@ -125,17 +236,50 @@ impl MongoMetaStore {
             .is_some())
     }
 
-    async fn upsert_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
-        let g = mongodb::bson::to_document(&grant)
-            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+    async fn upsert_grant_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        product: &str,
+        token_id: &str,
+        grant: Grant,
+    ) -> mongodb::error::Result<()> {
+        let g = mongodb::bson::to_document(&grant)?;
         self.grants
             .update_one(
                 doc! { "product": product, "token_id": token_id },
                 doc! { "$set": g, "$setOnInsert": { "product": product, "token_id": token_id } },
             )
             .upsert(true)
-            .await
-            .map_err(unavailable)?;
+            .session(s)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the product document (a change counter) inside the transaction: false when
+    /// the product does not exist; a deletion of it running meanwhile conflicts.
+    async fn touch_product_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        name: &str,
+    ) -> mongodb::error::Result<bool> {
+        let r = self
+            .products
+            .update_one(doc! { "name": name }, doc! { "$inc": { "changes": 1 } })
+            .session(s)
+            .await?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn insert_events_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        events: &[Event],
+    ) -> mongodb::error::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<EventDoc> = events.iter().map(EventDoc::from).collect();
+        self.events.insert_many(docs).session(s).await?;
         Ok(())
     }
 
@@ -168,23 +312,25 @@ impl MetaStore for MongoMetaStore {
         &self,
         token: &TokenRecord,
         grants: &[(String, Grant)],
+        events: &[Event],
     ) -> MetaResult<()> {
-        for (product, _) in grants {
-            if !self.product_exists(product).await? {
-                return Err(MetaError::NotFound);
+        in_transaction!(self, s, {
+            for (product, _) in grants {
+                if !self.touch_product_in(&mut s, product).await? {
+                    return Ok(Err(MetaError::NotFound));
+                }
             }
-        }
-        self.tokens.insert_one(token).await.map_err(|e| {
-            if is_duplicate_key(&e) {
-                MetaError::Conflict
-            } else {
-                unavailable(e)
+            match self.tokens.insert_one(token).session(&mut s).await {
+                Err(e) if is_duplicate_key(&e) => return Ok(Err(MetaError::Conflict)),
+                other => other?,
+            };
+            for (product, grant) in grants {
+                self.upsert_grant_in(&mut s, product, &token.id, *grant)
+                    .await?;
             }
-        })?;
-        for (product, grant) in grants {
-            self.set_grant(product, &token.id, *grant).await?;
-        }
-        Ok(())
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
     }
 
     async fn token_by_hash(&self, hash: &str) -> MetaResult<Option<TokenRecord>> {
@@ -220,18 +366,23 @@ impl MetaStore for MongoMetaStore {
             .is_some())
     }
 
-    async fn delete_token(&self, id: &str) -> MetaResult<bool> {
-        // Token first: once it is gone nobody can authenticate with it, whatever grants remain.
-        let deleted = self
-            .tokens
-            .delete_one(doc! { "id": id })
-            .await
-            .map_err(unavailable)?;
-        self.grants
-            .delete_many(doc! { "token_id": id })
-            .await
-            .map_err(unavailable)?;
-        Ok(deleted.deleted_count > 0)
+    async fn delete_token(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
+        in_transaction!(self, s, {
+            let deleted = self
+                .tokens
+                .delete_one(doc! { "id": id })
+                .session(&mut s)
+                .await?;
+            if deleted.deleted_count == 0 {
+                return Ok(Ok(false));
+            }
+            self.grants
+                .delete_many(doc! { "token_id": id })
+                .session(&mut s)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(true))
+        })
     }
 
     async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool> {
@@ -256,41 +407,67 @@ impl MetaStore for MongoMetaStore {
             .await
     }
 
-    async fn set_grant(&self, product: &str, token_id: &str, grant: Grant) -> MetaResult<()> {
-        if self.token_by_id(token_id).await?.is_none() {
-            return Err(MetaError::NotFound);
-        }
-        self.upsert_grant(product, token_id, grant).await?;
-        // Checked after the write: a product deleted concurrently cannot keep this grant.
-        if !self.product_exists(product).await? {
-            self.grants
-                .delete_one(doc! { "product": product, "token_id": token_id })
-                .await
-                .map_err(unavailable)?;
-            return Err(MetaError::NotFound);
-        }
-        Ok(())
-    }
-
-    async fn remove_grant(&self, product: &str, token_id: &str) -> MetaResult<bool> {
-        let r = self
-            .grants
-            .delete_one(doc! { "product": product, "token_id": token_id })
-            .await
-            .map_err(unavailable)?;
-        Ok(r.deleted_count > 0)
-    }
-
-    async fn create_product(&self, product: &ProductRecord, creator_id: &str) -> MetaResult<()> {
-        self.products.insert_one(product).await.map_err(|e| {
-            if is_duplicate_key(&e) {
-                MetaError::Conflict
-            } else {
-                unavailable(e)
+    async fn set_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        grant: Grant,
+        events: &[Event],
+    ) -> MetaResult<()> {
+        in_transaction!(self, s, {
+            let token = self
+                .tokens
+                .clone_with_type::<Document>()
+                .find_one(doc! { "id": token_id })
+                .projection(doc! { "_id": 1 })
+                .session(&mut s)
+                .await?;
+            if token.is_none() || !self.touch_product_in(&mut s, product).await? {
+                return Ok(Err(MetaError::NotFound));
             }
-        })?;
-        self.upsert_grant(&product.name, creator_id, Grant::ALL)
-            .await
+            self.upsert_grant_in(&mut s, product, token_id, grant)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
+    }
+
+    async fn remove_grant(
+        &self,
+        product: &str,
+        token_id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        in_transaction!(self, s, {
+            let r = self
+                .grants
+                .delete_one(doc! { "product": product, "token_id": token_id })
+                .session(&mut s)
+                .await?;
+            if r.deleted_count == 0 {
+                return Ok(Ok(false));
+            }
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(true))
+        })
+    }
+
+    async fn create_product(
+        &self,
+        product: &ProductRecord,
+        creator_id: &str,
+        events: &[Event],
+    ) -> MetaResult<()> {
+        in_transaction!(self, s, {
+            match self.products.insert_one(product).session(&mut s).await {
+                Err(e) if is_duplicate_key(&e) => return Ok(Err(MetaError::Conflict)),
+                other => other?,
+            };
+            self.upsert_grant_in(&mut s, &product.name, creator_id, Grant::ALL)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
     }
 
     async fn product(&self, name: &str) -> MetaResult<Option<ProductRecord>> {
@@ -311,42 +488,50 @@ impl MetaStore for MongoMetaStore {
         Ok(products.into_iter().map(|p| p.name).collect())
     }
 
-    async fn delete_product(&self, name: &str) -> MetaResult<Option<DeletedProduct>> {
-        // The product document goes first: from then on no reservation or grant can attach to it.
-        let removed = self
-            .products
-            .delete_one(doc! { "name": name })
-            .await
-            .map_err(unavailable)?;
-        if removed.deleted_count == 0 {
-            return Ok(None);
-        }
-        let token_ids = self
-            .grants_of_product(name)
-            .await?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        self.grants
-            .delete_many(doc! { "product": name })
-            .await
-            .map_err(unavailable)?;
-        let versions: Vec<VersionRecord> = self
-            .versions
-            .find(doc! { "product": name })
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        self.versions
-            .delete_many(doc! { "product": name })
-            .await
-            .map_err(unavailable)?;
-        Ok(Some(DeletedProduct {
-            versions,
-            token_ids,
-        }))
+    async fn delete_product(&self, name: &str, event: Event) -> MetaResult<Option<DeletedProduct>> {
+        in_transaction!(self, s, {
+            let removed = self
+                .products
+                .delete_one(doc! { "name": name })
+                .session(&mut s)
+                .await?;
+            if removed.deleted_count == 0 {
+                return Ok(Ok(None));
+            }
+            let grants: Vec<GrantDoc> = self
+                .grants
+                .find(doc! { "product": name })
+                .session(&mut s)
+                .await?
+                .stream(&mut s)
+                .try_collect()
+                .await?;
+            self.grants
+                .delete_many(doc! { "product": name })
+                .session(&mut s)
+                .await?;
+            let versions: Vec<VersionRecord> = self
+                .versions
+                .find(doc! { "product": name })
+                .session(&mut s)
+                .await?
+                .stream(&mut s)
+                .try_collect()
+                .await?;
+            self.versions
+                .delete_many(doc! { "product": name })
+                .session(&mut s)
+                .await?;
+            let deleted = DeletedProduct {
+                versions,
+                token_ids: grants.into_iter().map(|g| g.token_id).collect(),
+            };
+            let mut event = event.clone();
+            event.details = product_deleted_details(&deleted);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(Some(deleted)))
+        })
     }
 
     async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<Option<VersionRecord>> {
@@ -388,8 +573,13 @@ impl MetaStore for MongoMetaStore {
                 Err(e) => return Err(unavailable(e)),
             };
             if !self.product_exists(&record.product).await? {
-                self.remove_pending_version(&record.product, &record.version, &record.blob_key)
-                    .await?;
+                self.remove_pending_version(
+                    &record.product,
+                    &record.version,
+                    &record.blob_key,
+                    &[],
+                )
+                .await?;
                 return Err(MetaError::NotFound);
             }
             return Ok(displaced);
@@ -404,37 +594,45 @@ impl MetaStore for MongoMetaStore {
         blob_key: &str,
         size: u64,
         checksum: &str,
+        events: &[Event],
     ) -> MetaResult<()> {
-        let mut filter = version_filter(product, version);
-        filter.insert("blob_key", blob_key);
-        filter.insert("state", "pending");
         let size =
             i64::try_from(size).map_err(|_| MetaError::Unavailable("size out of range".into()))?;
-        let r = self
-            .versions
-            .update_one(
-                filter,
-                doc! { "$set": { "state": "committed", "size": size, "checksum": checksum } },
-            )
-            .await
-            .map_err(unavailable)?;
-        if r.matched_count == 0 {
-            // A retried write (the driver retries once after a network error) finds the
-            // record already committed by its first attempt: that is success, not a lost
-            // reservation, or the caller's cleanup would delete a committed version's blob.
-            let mut mine = version_filter(product, version);
-            mine.insert("blob_key", blob_key);
-            mine.insert("state", "committed");
-            let already = self
-                .versions
-                .count_documents(mine)
-                .await
-                .map_err(unavailable)?;
-            if already == 0 {
-                return Err(MetaError::NotFound);
+        in_transaction!(self, s, {
+            // A version cannot become visible under a product deleted meanwhile: the
+            // product write conflicts with a deletion running at the same time.
+            if !self.touch_product_in(&mut s, product).await? {
+                return Ok(Err(MetaError::NotFound));
             }
-        }
-        Ok(())
+            let mut filter = version_filter(product, version);
+            filter.insert("blob_key", blob_key);
+            filter.insert("state", "pending");
+            let r = self
+                .versions
+                .update_one(
+                    filter,
+                    doc! { "$set": { "state": "committed", "size": size, "checksum": checksum } },
+                )
+                .session(&mut s)
+                .await?;
+            if r.matched_count == 0 {
+                // A retried commit (the driver retries once after a network error) finds
+                // the record already committed by its first attempt: that is success, not
+                // a lost reservation, or the caller's cleanup would delete a committed
+                // version's blob. Its events went in with that first attempt.
+                let mut mine = version_filter(product, version);
+                mine.insert("blob_key", blob_key);
+                mine.insert("state", "committed");
+                let already = self.versions.count_documents(mine).session(&mut s).await?;
+                return Ok(if already == 0 {
+                    Err(MetaError::NotFound)
+                } else {
+                    Ok(())
+                });
+            }
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
     }
 
     async fn remove_pending_version(
@@ -442,15 +640,29 @@ impl MetaStore for MongoMetaStore {
         product: &str,
         version: &str,
         blob_key: &str,
+        events: &[Event],
     ) -> MetaResult<()> {
         let mut filter = version_filter(product, version);
         filter.insert("blob_key", blob_key);
         filter.insert("state", "pending");
-        self.versions
-            .delete_one(filter)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        if events.is_empty() {
+            self.versions
+                .delete_one(filter)
+                .await
+                .map_err(unavailable)?;
+            return Ok(());
+        }
+        in_transaction!(self, s, {
+            let r = self
+                .versions
+                .delete_one(filter.clone())
+                .session(&mut s)
+                .await?;
+            if r.deleted_count > 0 {
+                self.insert_events_in(&mut s, events).await?;
+            }
+            Ok(Ok(()))
+        })
     }
 
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
@@ -508,13 +720,25 @@ impl MetaStore for MongoMetaStore {
         &self,
         product: &str,
         version: &str,
+        event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
         let mut filter = version_filter(product, version);
         filter.insert("state", "committed");
-        self.versions
-            .find_one_and_delete(filter)
-            .await
-            .map_err(unavailable)
+        in_transaction!(self, s, {
+            let Some(record) = self
+                .versions
+                .find_one_and_delete(filter.clone())
+                .session(&mut s)
+                .await?
+            else {
+                return Ok(Ok(None));
+            };
+            let mut event = event.clone();
+            event.details = version_details(&record);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(Some(record)))
+        })
     }
 
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
@@ -559,17 +783,24 @@ impl MetaStore for MongoMetaStore {
         version: &str,
         blob_key: &str,
         now_ms: i64,
+        events: &[Event],
     ) -> MetaResult<bool> {
         let mut filter = version_filter(product, version);
         filter.insert("blob_key", blob_key);
         filter.insert("state", "pending");
         filter.insert("lease_until", doc! { "$lt": now_ms });
-        let r = self
-            .versions
-            .delete_one(filter)
-            .await
-            .map_err(unavailable)?;
-        Ok(r.deleted_count > 0)
+        in_transaction!(self, s, {
+            let r = self
+                .versions
+                .delete_one(filter.clone())
+                .session(&mut s)
+                .await?;
+            if r.deleted_count == 0 {
+                return Ok(Ok(false));
+            }
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(true))
+        })
     }
 
     async fn blob_key_in_use(&self, key: &str) -> MetaResult<bool> {
@@ -581,5 +812,64 @@ impl MetaStore for MongoMetaStore {
             .await
             .map_err(unavailable)?
             .is_some())
+    }
+
+    async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage> {
+        let mut query = Document::new();
+        if let Some(product) = &filter.product {
+            query.insert("product", product);
+        }
+        if let Some(kind) = filter.kind {
+            query.insert("type", kind.as_str());
+        }
+        if let Some(actor) = &filter.actor {
+            query.insert("actor", actor);
+        }
+        let mut id_range = Document::new();
+        if let Some(before) = &filter.before_id {
+            id_range.insert("$lt", before);
+        }
+        if let Some(until) = filter.until_ms {
+            let bound = crate::domain::events::event_id(until, 0);
+            let bound = match filter.before_id.as_deref() {
+                Some(before) if before < bound.as_str() => before.to_string(),
+                _ => bound,
+            };
+            id_range.insert("$lt", bound);
+        }
+        if let Some(since) = filter.since_ms {
+            id_range.insert("$gte", crate::domain::events::event_id(since, 0));
+        }
+        if !id_range.is_empty() {
+            query.insert("_id", id_range);
+        }
+        let docs: Vec<EventDoc> = self
+            .events
+            .find(query)
+            .sort(doc! { "_id": -1 })
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let events: Vec<Event> = docs.into_iter().map(|d| d.event).collect();
+        let next_before = (events.len() == limit)
+            .then(|| events.last().map(|e| e.id.clone()))
+            .flatten();
+        Ok(EventPage {
+            events,
+            next_before,
+        })
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> MetaResult<u64> {
+        let cutoff = crate::domain::events::event_id(before_ms, 0);
+        let r = self
+            .events
+            .delete_many(doc! { "_id": { "$lt": cutoff } })
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count)
     }
 }

@@ -197,7 +197,7 @@ impl UploadGuard {
                 let _ = r.wait_insert().await;
                 if let Err(err) = app
                     .meta
-                    .remove_pending_version(&r.product, &r.version, &key)
+                    .remove_pending_version(&r.product, &r.version, &key, &[])
                     .await
                 {
                     tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
@@ -564,6 +564,15 @@ where
     // cleanup along for the case where it fails (a cleanup racing a commit that went
     // through would delete a committed version's blob).
     let cleanup = guard.take_cleanup();
+    let published = crate::ops::versions::published_event(
+        &crate::ops::Ctx::of(caller),
+        &product,
+        &version,
+        &streamed.file_name,
+        streamed.size,
+        &streamed.digest,
+        &caller.token.id,
+    );
     let commit = {
         let (app, product, version) = (app.clone(), product.clone(), version.clone());
         let (key, size, digest) = (
@@ -574,7 +583,14 @@ where
         crate::cleanup::spawn_tracked(async move {
             let committed = app
                 .meta
-                .commit_version(&product, &version, &key, size, &digest)
+                .commit_version(
+                    &product,
+                    &version,
+                    &key,
+                    size,
+                    &digest,
+                    std::slice::from_ref(&published),
+                )
                 .await;
             if committed.is_err()
                 && let Some(cleanup) = cleanup
