@@ -120,6 +120,9 @@ pub struct RawSettings {
     /// Lease of an upload's pending reservation, in seconds, renewed while bytes arrive; once an upload stops (its process died, or no byte came for this long) its version is free again for a new upload and the janitor removes what it left [default: 60, range: 5..=3600]
     #[arg(long, env = "DEPOT_UPLOAD_LEASE_SECONDS")]
     pub upload_lease_seconds: Option<u64>,
+    /// Let webhooks target loopback, private, link-local and metadata addresses (tests, private networks) [default: false]
+    #[arg(long, env = "DEPOT_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
     #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
@@ -176,6 +179,7 @@ pub struct Settings {
     pub max_early_file_uploads_per_token: usize,
     pub upload_lease_seconds: u64,
     pub audit_retention_days: u64,
+    pub webhook_allow_private: bool,
     pub header_timeout_seconds: u64,
     pub keepalive_timeout_seconds: u64,
     /// `None`: the default, fitted to the open-file limit at start-up.
@@ -280,6 +284,7 @@ impl RawSettings {
             s3_buffer_wait_seconds,
             upload_lease_seconds,
             audit_retention_days,
+            webhook_allow_private,
             header_timeout_seconds,
             keepalive_timeout_seconds,
             max_connections,
@@ -512,6 +517,7 @@ impl Settings {
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             upload_lease_seconds,
             audit_retention_days,
+            webhook_allow_private: raw.webhook_allow_private.unwrap_or(false),
             shutdown_grace_seconds,
             header_timeout_seconds,
             keepalive_timeout_seconds,

@@ -20,3 +20,4 @@ pub mod server;
 pub mod signing;
 pub mod upload;
 pub mod upload_lease;
+pub mod webhooks;

@@ -212,11 +212,11 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
             .into_iter()
             .filter(|t| t.bootstrap && t.id != current)
             .collect();
-        // The old bootstrap token goes with every token minted below it.
+        // Only the old bootstrap token goes: the tokens it minted (CI tokens, say) keep
+        // working; `GET /tokens` lists them with their parent, for an admin to prune.
         for old in &stale {
-            let revoked =
-                ops::tokens::prune(state, &Ctx::system(SystemActor::Bootstrap), old).await?;
-            tracing::warn!(token_id = %old.id, descendants = revoked.value.len().saturating_sub(1), "DEPOT_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked");
+            ops::tokens::revoke_rotated(state, &Ctx::system(SystemActor::Bootstrap), old).await?;
+            tracing::warn!(token_id = %old.id, "DEPOT_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked");
         }
         return Ok(());
     }
@@ -241,6 +241,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(?report, "start-up cleanup");
     }
     crate::janitor::spawn(state.clone());
+    crate::webhooks::spawn(state.clone())?;
     let limits = ConnectionLimits::fit(&state.settings)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

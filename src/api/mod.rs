@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod products;
 pub mod tokens;
 pub mod ui;
+pub mod webhooks;
 
 /// Every route of the API as (method, path template): the single list that `routes()`
 /// builds the router from, and that the OpenAPI test compares with
@@ -51,6 +52,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/signed/{product}/{version}"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
+    ("PUT", "/webhooks"),
+    ("GET", "/webhooks"),
+    ("DELETE", "/webhooks/{id}"),
+    ("GET", "/webhooks/{id}/deliveries"),
+    ("POST", "/webhooks/{id}/deliveries/{event_id}/redeliver"),
 ];
 
 /// `GET` routes whose `HEAD` (served by the GET handler) is part of the documented API:
@@ -112,6 +118,11 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/signed/{product}/{version}") => get(artifacts::signed_download),
         ("GET", "/audit") => get(audit::audit),
         ("POST", "/ui/login") => post(ui::login),
+        ("PUT", "/webhooks") => put(webhooks::create),
+        ("GET", "/webhooks") => get(webhooks::list),
+        ("DELETE", "/webhooks/{id}") => delete(webhooks::delete),
+        ("GET", "/webhooks/{id}/deliveries") => get(webhooks::deliveries),
+        ("POST", "/webhooks/{id}/deliveries/{event_id}/redeliver") => post(webhooks::redeliver),
         _ => panic!("api::ROUTES lists {method} {path}, which has no handler"),
     }
 }

@@ -35,6 +35,10 @@ pub enum EventType {
     /// The janitor removed what a dead upload left (its reservation, partial bytes).
     #[serde(rename = "upload.abandoned")]
     UploadAbandoned,
+    #[serde(rename = "webhook.created")]
+    WebhookCreated,
+    #[serde(rename = "webhook.deleted")]
+    WebhookDeleted,
 }
 
 impl EventType {
@@ -48,6 +52,8 @@ impl EventType {
         EventType::VersionPublished,
         EventType::VersionDeleted,
         EventType::UploadAbandoned,
+        EventType::WebhookCreated,
+        EventType::WebhookDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +67,8 @@ impl EventType {
             EventType::VersionPublished => "version.published",
             EventType::VersionDeleted => "version.deleted",
             EventType::UploadAbandoned => "upload.abandoned",
+            EventType::WebhookCreated => "webhook.created",
+            EventType::WebhookDeleted => "webhook.deleted",
         }
     }
 

@@ -68,6 +68,8 @@ pub enum ProductOp {
     Download,
     /// Read the product's audit events (`GET /audit?product=`).
     ReadAudit,
+    /// Create, list and delete the product's webhooks.
+    ManageWebhooks,
 }
 
 impl ProductOp {
@@ -75,7 +77,9 @@ impl ProductOp {
         match self {
             ProductOp::Fetch => true,
             ProductOp::DeleteProduct | ProductOp::DeleteVersion => grant.maintainer || grant.delete,
-            ProductOp::ManageTokens | ProductOp::ReadAudit => grant.maintainer,
+            ProductOp::ManageTokens | ProductOp::ReadAudit | ProductOp::ManageWebhooks => {
+                grant.maintainer
+            }
             ProductOp::Upload => grant.upload,
             ProductOp::Download => grant.download,
         }
@@ -90,6 +94,7 @@ impl ProductOp {
             ProductOp::Upload => "upload (needs upload)",
             ProductOp::Download => "download (needs download)",
             ProductOp::ReadAudit => "read this product's audit log (needs maintainer)",
+            ProductOp::ManageWebhooks => "manage this product's webhooks (needs maintainer)",
         }
     }
 }
@@ -138,6 +143,7 @@ mod tests {
             (DeleteVersion, &["maintainer", "delete"]),
             (ManageTokens, &["maintainer"]),
             (ReadAudit, &["maintainer"]),
+            (ManageWebhooks, &["maintainer"]),
             (Upload, &["upload"]),
             (Download, &["download"]),
             (Fetch, &["maintainer", "download", "upload", "delete"]),

@@ -18,6 +18,8 @@ const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const BLOB_KEYS: TableDefinition<&str, &str> = TableDefinition::new("blob_keys"); // key -> product\0version
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events"); // id -> event
 const PRODUCT_EVENTS: TableDefinition<&str, ()> = TableDefinition::new("product_events"); // product\0id
+const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks"); // id -> record
+const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries"); // webhook\0event
 
 /// Most events one audit page examines before it returns what it found with a cursor to
 /// go on from: a selective filter over a long history costs bounded time per page.
@@ -63,6 +65,8 @@ impl EmbeddedMetaStore {
         txn.open_table(BLOB_KEYS)?;
         txn.open_table(EVENTS)?;
         txn.open_table(PRODUCT_EVENTS)?;
+        txn.open_table(WEBHOOKS)?;
+        txn.open_table(DELIVERIES)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -839,6 +843,264 @@ impl MetaStore for EmbeddedMetaStore {
             Ok(lapsed)
         })
         .await
+    }
+
+    async fn insert_webhook(&self, webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()> {
+        let webhook = webhook.clone();
+        let events = events.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            if table
+                .get(webhook.id.as_str())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Err(MetaError::Conflict);
+            }
+            table
+                .insert(webhook.id.as_str(), encode(&webhook)?.as_slice())
+                .map_err(unavailable)?;
+            record_events(txn, &events)
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self) -> MetaResult<Vec<WebhookRecord>> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                out.push(decode::<WebhookRecord>(v.value())?);
+            }
+            out.sort_by_key(|w| w.created_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn webhook(&self, id: &str) -> MetaResult<Option<WebhookRecord>> {
+        self.read_now(|txn| {
+            let table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            match table.get(id).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn delete_webhook(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
+        let id = id.to_string();
+        let events = events.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            if table.remove(id.as_str()).map_err(unavailable)?.is_none() {
+                return Ok(false);
+            }
+            let mut deliveries = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let (start, end) = prefix_range(&id);
+            let keys: Vec<String> = deliveries
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+                .map(|e| e.map(|(k, _)| k.value().to_string()).map_err(unavailable))
+                .collect::<MetaResult<_>>()?;
+            for key in keys {
+                deliveries.remove(key.as_str()).map_err(unavailable)?;
+            }
+            record_events(txn, &events)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn lease_webhook(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.write(move |txn| {
+            let mut table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            let mut hook: WebhookRecord = match table.get(id.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if hook.lease_owner.as_deref() != Some(owner.as_str()) && hook.lease_until >= now_ms {
+                return Ok(false);
+            }
+            hook.lease_owner = Some(owner);
+            hook.lease_until = until_ms;
+            table
+                .insert(id.as_str(), encode(&hook)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn queue_deliveries(
+        &self,
+        webhook_id: &str,
+        owner: &str,
+        deliveries: &[DeliveryRecord],
+        cursor: &str,
+    ) -> MetaResult<bool> {
+        let (id, owner, cursor) = (
+            webhook_id.to_string(),
+            owner.to_string(),
+            cursor.to_string(),
+        );
+        let deliveries = deliveries.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(WEBHOOKS).map_err(unavailable)?;
+            let mut hook: WebhookRecord = match table.get(id.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            if hook.lease_owner.as_deref() != Some(owner.as_str()) {
+                return Ok(false);
+            }
+            let mut queue = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            for d in &deliveries {
+                let key = key2(&id, &d.event_id);
+                if queue.get(key.as_str()).map_err(unavailable)?.is_none() {
+                    queue
+                        .insert(key.as_str(), encode(d)?.as_slice())
+                        .map_err(unavailable)?;
+                }
+            }
+            if cursor > hook.cursor {
+                hook.cursor = cursor;
+            }
+            table
+                .insert(id.as_str(), encode(&hook)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn next_delivery(&self, webhook_id: &str) -> MetaResult<Option<DeliveryRecord>> {
+        let id = webhook_id.to_string();
+        self.read(move |txn| {
+            let queue = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let (start, end) = prefix_range(&id);
+            for entry in queue
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+            {
+                let (_, v) = entry.map_err(unavailable)?;
+                let d: DeliveryRecord = decode(v.value())?;
+                if d.state == DeliveryState::Pending {
+                    return Ok(Some(d));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn save_delivery(&self, delivery: &DeliveryRecord) -> MetaResult<()> {
+        let d = delivery.clone();
+        self.write(move |txn| {
+            if txn
+                .open_table(WEBHOOKS)
+                .map_err(unavailable)?
+                .get(d.webhook_id.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Err(MetaError::NotFound);
+            }
+            txn.open_table(DELIVERIES)
+                .map_err(unavailable)?
+                .insert(
+                    key2(&d.webhook_id, &d.event_id).as_str(),
+                    encode(&d)?.as_slice(),
+                )
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delivery(
+        &self,
+        webhook_id: &str,
+        event_id: &str,
+    ) -> MetaResult<Option<DeliveryRecord>> {
+        self.read_now(|txn| {
+            let queue = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            match queue
+                .get(key2(webhook_id, event_id).as_str())
+                .map_err(unavailable)?
+            {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn deliveries(&self, webhook_id: &str, limit: usize) -> MetaResult<Vec<DeliveryRecord>> {
+        let id = webhook_id.to_string();
+        self.read(move |txn| {
+            let queue = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let (start, end) = prefix_range(&id);
+            queue
+                .range(start.as_str()..end.as_str())
+                .map_err(unavailable)?
+                .rev()
+                .take(limit)
+                .map(|e| {
+                    let (_, v) = e.map_err(unavailable)?;
+                    decode(v.value())
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> MetaResult<Option<Event>> {
+        self.read_now(|txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            match table.get(id).map_err(unavailable)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn events_after(&self, after: &str, limit: usize) -> MetaResult<Vec<Event>> {
+        let after = after.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in table.range(after.as_str()..).map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                if k.value() == after {
+                    continue;
+                }
+                out.push(decode(v.value())?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn newest_event_id(&self) -> MetaResult<String> {
+        self.read_now(|txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            Ok(table
+                .last()
+                .map_err(unavailable)?
+                .map(|(k, _)| k.value().to_string())
+                .unwrap_or_default())
+        })
     }
 
     async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage> {

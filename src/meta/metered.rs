@@ -92,5 +92,18 @@ metered_methods! {
     lapsed_pending_versions(now_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     remove_lapsed_version(product: &str, version: &str, blob_key: &str, now_ms: i64, events: &[Event]) -> MetaResult<bool>;
     events_page(filter: &EventFilter, limit: usize) -> MetaResult<EventPage>;
+    insert_webhook(webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()>;
+    list_webhooks() -> MetaResult<Vec<WebhookRecord>>;
+    webhook(id: &str) -> MetaResult<Option<WebhookRecord>>;
+    delete_webhook(id: &str, events: &[Event]) -> MetaResult<bool>;
+    lease_webhook(id: &str, owner: &str, now_ms: i64, until_ms: i64) -> MetaResult<bool>;
+    queue_deliveries(webhook_id: &str, owner: &str, deliveries: &[DeliveryRecord], cursor: &str) -> MetaResult<bool>;
+    next_delivery(webhook_id: &str) -> MetaResult<Option<DeliveryRecord>>;
+    save_delivery(delivery: &DeliveryRecord) -> MetaResult<()>;
+    delivery(webhook_id: &str, event_id: &str) -> MetaResult<Option<DeliveryRecord>>;
+    deliveries(webhook_id: &str, limit: usize) -> MetaResult<Vec<DeliveryRecord>>;
+    event(id: &str) -> MetaResult<Option<Event>>;
+    events_after(after: &str, limit: usize) -> MetaResult<Vec<Event>>;
+    newest_event_id() -> MetaResult<String>;
     prune_events(before_ms: i64) -> MetaResult<u64>;
 }

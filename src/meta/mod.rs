@@ -120,6 +120,57 @@ pub struct ProductView {
     pub versions: Vec<VersionRecord>,
 }
 
+/// A webhook: where to POST which events, and how far its delivery has got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    /// `wh_` + 16 hex.
+    pub id: String,
+    pub url: String,
+    /// Event types, or `["*"]`.
+    pub events: Vec<String>,
+    /// Only this product's events; `None` = every event (admins only).
+    pub product: Option<String>,
+    /// The HMAC key of `X-Depot-Signature-256`. Never returned by the API, never in an
+    /// event or a log line.
+    pub secret: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Public id of the token that created it.
+    pub created_by: String,
+    /// Id of the last event already queued (or skipped) for this webhook; delivery goes on
+    /// after it. A new webhook starts at the newest event of its creation time.
+    pub cursor: String,
+    /// The replica delivering for this webhook, and until when (Unix ms): one at a time.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    #[serde(default)]
+    pub lease_until: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// One event's delivery to one webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub webhook_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Unix milliseconds; the retry window runs from the first attempt.
+    pub first_attempt_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    pub next_attempt_at: i64,
+}
+
 /// One page of `GET /audit`, newest first.
 #[derive(Debug, Default)]
 pub struct EventPage {
@@ -289,7 +340,50 @@ pub trait MetaStore: Send + Sync {
         events: &[Event],
     ) -> MetaResult<bool>;
 
+    // Webhooks.
+    async fn insert_webhook(&self, webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()>;
+    async fn list_webhooks(&self) -> MetaResult<Vec<WebhookRecord>>;
+    async fn webhook(&self, id: &str) -> MetaResult<Option<WebhookRecord>>;
+    /// Deletes the webhook with its deliveries. False (and no event) when it did not exist.
+    async fn delete_webhook(&self, id: &str, events: &[Event]) -> MetaResult<bool>;
+    /// Takes (or renews) the webhook's delivery lease for `owner` until `until_ms`; false
+    /// when another owner holds a lease that has not lapsed at `now_ms`.
+    async fn lease_webhook(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool>;
+    /// Queues `deliveries` (ones already there are kept as they are) and moves the
+    /// webhook's cursor to `cursor`, if `owner` still holds its lease. False otherwise.
+    async fn queue_deliveries(
+        &self,
+        webhook_id: &str,
+        owner: &str,
+        deliveries: &[DeliveryRecord],
+        cursor: &str,
+    ) -> MetaResult<bool>;
+    /// The pending delivery with the lowest event id: deliveries go out in event order.
+    async fn next_delivery(&self, webhook_id: &str) -> MetaResult<Option<DeliveryRecord>>;
+    /// Stores a delivery's new state (creating it if needed).
+    async fn save_delivery(&self, delivery: &DeliveryRecord) -> MetaResult<()>;
+    async fn delivery(
+        &self,
+        webhook_id: &str,
+        event_id: &str,
+    ) -> MetaResult<Option<DeliveryRecord>>;
+    /// Up to `limit` deliveries of a webhook, newest event first.
+    async fn deliveries(&self, webhook_id: &str, limit: usize) -> MetaResult<Vec<DeliveryRecord>>;
+
     // Events.
+    /// One event by id.
+    async fn event(&self, id: &str) -> MetaResult<Option<Event>>;
+    /// Up to `limit` events with an id above `after`, oldest first: what a webhook's
+    /// delivery reads next.
+    async fn events_after(&self, after: &str, limit: usize) -> MetaResult<Vec<Event>>;
+    /// The newest event id (`""` when there is none).
+    async fn newest_event_id(&self) -> MetaResult<String>;
     /// Up to `limit` events matching `filter`, newest first.
     async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage>;
     /// Removes events older than `before_ms` (audit retention); returns how many.

@@ -25,6 +25,8 @@ pub struct MongoMetaStore {
     client: Client,
     db: Database,
     events: Collection<EventDoc>,
+    webhooks: Collection<WebhookRecord>,
+    deliveries: Collection<DeliveryRecord>,
     tokens: Collection<TokenRecord>,
     products: Collection<ProductRecord>,
     grants: Collection<GrantDoc>,
@@ -159,6 +161,8 @@ impl MongoMetaStore {
         let store = MongoMetaStore {
             client,
             events: db.collection("events"),
+            webhooks: db.collection("webhooks"),
+            deliveries: db.collection("deliveries"),
             tokens: db.collection("tokens"),
             products: db.collection("products"),
             grants: db.collection("grants"),
@@ -214,6 +218,18 @@ impl MongoMetaStore {
             .await?;
         self.events
             .create_index(index(doc! { "actor": 1, "_id": -1 }, false))
+            .await?;
+        self.webhooks
+            .create_index(index(doc! { "id": 1 }, true))
+            .await?;
+        self.deliveries
+            .create_index(index(doc! { "webhook_id": 1, "event_id": 1 }, true))
+            .await?;
+        self.deliveries
+            .create_index(index(
+                doc! { "webhook_id": 1, "state": 1, "event_id": 1 },
+                false,
+            ))
             .await?;
         // Listing pages and `latest` are range scans in listing order.
         self.versions
@@ -812,6 +828,196 @@ impl MetaStore for MongoMetaStore {
             .await
             .map_err(unavailable)?
             .is_some())
+    }
+
+    async fn insert_webhook(&self, webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()> {
+        in_transaction!(self, s, {
+            match self.webhooks.insert_one(webhook).session(&mut s).await {
+                Err(e) if is_duplicate_key(&e) => return Ok(Err(MetaError::Conflict)),
+                other => other?,
+            };
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
+    }
+
+    async fn list_webhooks(&self) -> MetaResult<Vec<WebhookRecord>> {
+        self.webhooks
+            .find(doc! {})
+            .sort(doc! { "created_at": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn webhook(&self, id: &str) -> MetaResult<Option<WebhookRecord>> {
+        self.webhooks
+            .find_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_webhook(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
+        in_transaction!(self, s, {
+            let r = self
+                .webhooks
+                .delete_one(doc! { "id": id })
+                .session(&mut s)
+                .await?;
+            if r.deleted_count == 0 {
+                return Ok(Ok(false));
+            }
+            self.deliveries
+                .delete_many(doc! { "webhook_id": id })
+                .session(&mut s)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(true))
+        })
+    }
+
+    async fn lease_webhook(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool> {
+        let r = self
+            .webhooks
+            .update_one(
+                doc! { "id": id, "$or": [
+                    { "lease_owner": owner },
+                    { "lease_until": { "$lt": now_ms } },
+                ] },
+                doc! { "$set": { "lease_owner": owner, "lease_until": until_ms } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn queue_deliveries(
+        &self,
+        webhook_id: &str,
+        owner: &str,
+        deliveries: &[DeliveryRecord],
+        cursor: &str,
+    ) -> MetaResult<bool> {
+        in_transaction!(self, s, {
+            let hook = self
+                .webhooks
+                .find_one(doc! { "id": webhook_id, "lease_owner": owner })
+                .session(&mut s)
+                .await?;
+            let Some(hook) = hook else {
+                return Ok(Ok(false));
+            };
+            for d in deliveries {
+                let exists = self
+                    .deliveries
+                    .clone_with_type::<Document>()
+                    .find_one(doc! { "webhook_id": webhook_id, "event_id": &d.event_id })
+                    .projection(doc! { "_id": 1 })
+                    .session(&mut s)
+                    .await?;
+                if exists.is_none() {
+                    self.deliveries.insert_one(d).session(&mut s).await?;
+                }
+            }
+            if cursor > hook.cursor.as_str() {
+                self.webhooks
+                    .update_one(
+                        doc! { "id": webhook_id },
+                        doc! { "$set": { "cursor": cursor } },
+                    )
+                    .session(&mut s)
+                    .await?;
+            }
+            Ok(Ok(true))
+        })
+    }
+
+    async fn next_delivery(&self, webhook_id: &str) -> MetaResult<Option<DeliveryRecord>> {
+        self.deliveries
+            .find_one(doc! { "webhook_id": webhook_id, "state": "pending" })
+            .sort(doc! { "event_id": 1 })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save_delivery(&self, delivery: &DeliveryRecord) -> MetaResult<()> {
+        if self.webhook(&delivery.webhook_id).await?.is_none() {
+            return Err(MetaError::NotFound);
+        }
+        self.deliveries
+            .replace_one(
+                doc! { "webhook_id": &delivery.webhook_id, "event_id": &delivery.event_id },
+                delivery,
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delivery(
+        &self,
+        webhook_id: &str,
+        event_id: &str,
+    ) -> MetaResult<Option<DeliveryRecord>> {
+        self.deliveries
+            .find_one(doc! { "webhook_id": webhook_id, "event_id": event_id })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn deliveries(&self, webhook_id: &str, limit: usize) -> MetaResult<Vec<DeliveryRecord>> {
+        self.deliveries
+            .find(doc! { "webhook_id": webhook_id })
+            .sort(doc! { "event_id": -1 })
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn event(&self, id: &str) -> MetaResult<Option<Event>> {
+        Ok(self
+            .events
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(unavailable)?
+            .map(|d| d.event))
+    }
+
+    async fn events_after(&self, after: &str, limit: usize) -> MetaResult<Vec<Event>> {
+        let docs: Vec<EventDoc> = self
+            .events
+            .find(doc! { "_id": { "$gt": after } })
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(docs.into_iter().map(|d| d.event).collect())
+    }
+
+    async fn newest_event_id(&self) -> MetaResult<String> {
+        Ok(self
+            .events
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .await
+            .map_err(unavailable)?
+            .map(|d| d.id)
+            .unwrap_or_default())
     }
 
     async fn events_page(&self, filter: &EventFilter, limit: usize) -> MetaResult<EventPage> {

@@ -15,6 +15,7 @@ pub mod grants;
 pub mod products;
 pub mod tokens;
 pub mod versions;
+pub mod webhooks;
 
 /// Who acts, and for which request.
 #[derive(Debug, Clone)]

@@ -146,6 +146,29 @@ pub async fn create(
     Ok(Changed::new((raw, record), vec![created]))
 }
 
+/// Revokes the bootstrap token of an earlier `DEPOT_ADMIN_TOKEN`, alone: the tokens it
+/// minted stay (rotating the admin secret must not cut off every pipeline).
+pub async fn revoke_rotated(
+    app: &AppState,
+    ctx: &Ctx,
+    old: &TokenRecord,
+) -> Result<Changed<()>, MetaError> {
+    let event = pruned_event(ctx, old, "admin_token_rotated", &old.id);
+    let events = if app
+        .meta
+        .delete_token(&old.id, std::slice::from_ref(&event))
+        .await?
+    {
+        vec![event]
+    } else {
+        Vec::new()
+    };
+    app.tokens
+        .invalidate_hashes(std::slice::from_ref(&old.hash))
+        .await;
+    Ok(Changed::new((), events))
+}
+
 /// Revokes `root` at once, then every token minted below it (children, grandchildren,
 /// ...), each with its own `token.pruned` event, and invalidates their cache entries so
 /// every replica sharing the cache sees it. Returns the ids revoked, root first.

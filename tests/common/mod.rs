@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub mod secrets;
+pub mod webhook;
 
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
