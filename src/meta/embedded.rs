@@ -631,8 +631,13 @@ impl MetaStore for EmbeddedMetaStore {
                 Some(v) => decode(v.value())?,
                 None => return Err(MetaError::NotFound),
             };
-            if record.blob_key != blob_key || record.state != VersionState::Pending {
+            if record.blob_key != blob_key {
                 return Err(MetaError::NotFound);
+            }
+            if record.state == VersionState::Committed {
+                // The same commit again (as a retried MongoDB write does): done already,
+                // with its events.
+                return Ok(());
             }
             record.state = VersionState::Committed;
             record.size = size;

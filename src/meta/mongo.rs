@@ -1,14 +1,14 @@
-//! MongoDB metadata store. One collection per kind (tokens, products, grants, versions),
-//! indexed so each lookup is a single indexed query; a unique index on (product, version)
-//! decides upload races. Every change is a single-document write (no read-modify-write
-//! of a product document), and version strings are only ever field *values*, never
-//! field names (dots in `v1.0.0` would become nested paths).
+//! MongoDB metadata store. One collection per kind (tokens, products, grants, versions,
+//! events, webhooks, deliveries), indexed so each lookup is a single indexed query; a
+//! unique index on (product, version) decides upload races. Version strings are only ever
+//! field *values*, never field names (dots in `v1.0.0` would become nested paths).
 //!
 //! Every change that records events runs in a multi-document transaction with the
 //! insert of its events (`in_transaction!`), so a crash cannot keep one without the other;
 //! MongoDB needs a replica set for that (a single-node one will do). Changes that also
-//! depend on their product write the product document, so they conflict with (and are
-//! retried after) a deletion of that product running at the same time. The reservation,
+//! give a token rights on a product (grants) write the product document, so they conflict
+//! with (and are retried after) a deletion of that product running at the same time; a
+//! commit conflicts with such a deletion on the version record both write. The reservation,
 //! which records no event, stays a single insert checked against the product afterwards.
 
 use super::*;
@@ -269,6 +269,21 @@ impl MongoMetaStore {
             .session(s)
             .await?;
         Ok(())
+    }
+
+    async fn product_exists_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        name: &str,
+    ) -> mongodb::error::Result<bool> {
+        Ok(self
+            .products
+            .clone_with_type::<Document>()
+            .find_one(doc! { "name": name })
+            .projection(doc! { "_id": 1 })
+            .session(s)
+            .await?
+            .is_some())
     }
 
     /// Writes the product document (a change counter) inside the transaction: false when
@@ -615,9 +630,10 @@ impl MetaStore for MongoMetaStore {
         let size =
             i64::try_from(size).map_err(|_| MetaError::Unavailable("size out of range".into()))?;
         in_transaction!(self, s, {
-            // A version cannot become visible under a product deleted meanwhile: the
-            // product write conflicts with a deletion running at the same time.
-            if !self.touch_product_in(&mut s, product).await? {
+            // A deletion of the product that overlaps deletes this very record, so the two
+            // conflict on it and one of them is retried (commits of one product must not
+            // all write its document: 64 parallel uploads would queue on it).
+            if !self.product_exists_in(&mut s, product).await? {
                 return Ok(Err(MetaError::NotFound));
             }
             let mut filter = version_filter(product, version);

@@ -1,0 +1,656 @@
+//! The store contract: the same assertions against the embedded store (redb) and MongoDB
+//! (kellnr's style of one test body run on two databases). Each case runs on redb always,
+//! and on MongoDB when `DEPOT_TEST_MONGO_URL` is set (scripts/test.sh sets it; with
+//! `DEPOT_TEST_BACKEND=production` it is required).
+
+use depot::domain::events::{Actor, Event, EventFilter, EventType, event_id, rfc3339_ms};
+use depot::domain::permissions::Grant;
+use depot::domain::version::{kind_of, sort_key};
+use depot::error::MetaError;
+use depot::meta::embedded::EmbeddedMetaStore;
+use depot::meta::mongo::MongoMetaStore;
+use depot::meta::{
+    DeliveryRecord, DeliveryState, MetaStore, ProductRecord, TokenRecord, VersionRecord,
+    VersionState, WebhookRecord, now_ms,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A store to test, and what keeps it alive (the redb file's directory).
+struct Store {
+    meta: Box<dyn MetaStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn embedded() -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = EmbeddedMetaStore::open(&dir.path().join("depot.redb")).unwrap();
+    Store {
+        meta: Box::new(meta),
+        _dir: Some(dir),
+    }
+}
+
+async fn mongo() -> Option<Store> {
+    let url = match std::env::var("DEPOT_TEST_MONGO_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert_ne!(
+                std::env::var("DEPOT_TEST_BACKEND").as_deref(),
+                Ok("production"),
+                "DEPOT_TEST_BACKEND=production needs DEPOT_TEST_MONGO_URL"
+            );
+            eprintln!("DEPOT_TEST_MONGO_URL is not set: the MongoDB half of this case did not run");
+            return None;
+        }
+    };
+    let db = format!("contract_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let meta = MongoMetaStore::connect(&url, &db).await.unwrap();
+    Some(Store {
+        meta: Box::new(meta),
+        _dir: None,
+    })
+}
+
+/// One test per case and store: `<case>_on_embedded`, `<case>_on_mongo`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod on_embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::embedded().meta.as_ref()).await;
+                }
+            )*
+        }
+        mod on_mongo {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(store) = super::mongo().await {
+                        super::$case(store.meta.as_ref()).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_second_reservation_of_a_version_is_pending_and_after_commit_a_conflict,
+    reserving_under_a_missing_product_is_not_found,
+    a_commit_repeated_with_the_same_blob_key_succeeds_once_and_records_one_event,
+    a_commit_with_another_blob_key_is_not_found,
+    missing_things_are_not_found_and_record_no_event,
+    a_grant_needs_its_product_and_its_token,
+    each_change_stores_its_events_and_a_refused_change_none,
+    deletions_fill_in_their_event_details_from_what_they_removed,
+    audit_pages_are_newest_first_filtered_and_continue_at_their_cursor,
+    old_events_are_pruned,
+    a_webhook_lease_is_held_by_one_owner_until_it_lapses,
+    deliveries_are_queued_once_by_the_lease_holder_and_come_out_in_event_order,
+);
+
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn event(kind: EventType, product: Option<&str>, version: Option<&str>) -> Event {
+    let ms = now_ms();
+    Event {
+        id: event_id(ms, SEQ.fetch_add(1, Ordering::SeqCst)),
+        time: rfc3339_ms(ms),
+        kind,
+        actor: Actor::Token {
+            token_id: "tok_00000000000000aa".into(),
+            name: None,
+            admin: true,
+        },
+        product: product.map(str::to_string),
+        version: version.map(str::to_string),
+        request_id: None,
+        details: json!({}),
+    }
+}
+
+fn token(id: &str) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        hash: format!("hash-of-{id}"),
+        admin: false,
+        created_at: now_ms(),
+        name: None,
+        expires_at: None,
+        parent: None,
+        bootstrap: false,
+    }
+}
+
+fn pending(product: &str, version: &str, blob_key: &str) -> VersionRecord {
+    let now = now_ms();
+    VersionRecord {
+        product: product.into(),
+        version: version.into(),
+        file_name: "a.bin".into(),
+        size: 0,
+        checksum: String::new(),
+        blob_key: blob_key.into(),
+        state: VersionState::Pending,
+        uploaded_at: now,
+        uploaded_by: "tok_00000000000000aa".into(),
+        sort_key: sort_key(version, now),
+        kind: kind_of(version),
+        lease_until: Some(now + 60_000),
+    }
+}
+
+async fn product(meta: &dyn MetaStore, name: &str) {
+    let record = ProductRecord {
+        name: name.into(),
+        created_at: now_ms(),
+    };
+    meta.insert_token(&token("tok_00000000000000aa"), &[], &[])
+        .await
+        .or_else(|e| {
+            if matches!(e, MetaError::Conflict) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .unwrap();
+    meta.create_product(&record, "tok_00000000000000aa", &[])
+        .await
+        .unwrap();
+}
+
+async fn all_events(meta: &dyn MetaStore) -> Vec<Event> {
+    meta.events_page(&EventFilter::default(), 1000)
+        .await
+        .unwrap()
+        .events
+}
+
+async fn a_second_reservation_of_a_version_is_pending_and_after_commit_a_conflict(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    assert_eq!(
+        meta.reserve_version(&pending("p", "1.0.0", "k1"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(matches!(
+        meta.reserve_version(&pending("p", "1.0.0", "k2")).await,
+        Err(MetaError::Pending)
+    ));
+    meta.commit_version("p", "1.0.0", "k1", 3, "abc", &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.reserve_version(&pending("p", "1.0.0", "k3")).await,
+        Err(MetaError::Conflict)
+    ));
+    let v = meta.version("p", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(
+        (v.size, v.checksum.as_str(), v.blob_key.as_str()),
+        (3, "abc", "k1")
+    );
+}
+
+async fn reserving_under_a_missing_product_is_not_found(meta: &dyn MetaStore) {
+    assert!(matches!(
+        meta.reserve_version(&pending("nope", "1.0.0", "k")).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(!meta.blob_key_in_use("k").await.unwrap());
+}
+
+async fn a_commit_repeated_with_the_same_blob_key_succeeds_once_and_records_one_event(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    let published = event(EventType::VersionPublished, Some("p"), Some("1.0.0"));
+    meta.commit_version(
+        "p",
+        "1.0.0",
+        "k1",
+        3,
+        "abc",
+        std::slice::from_ref(&published),
+    )
+    .await
+    .unwrap();
+    // What a driver retry of the same commit does.
+    meta.commit_version(
+        "p",
+        "1.0.0",
+        "k1",
+        3,
+        "abc",
+        std::slice::from_ref(&published),
+    )
+    .await
+    .unwrap();
+    let events = all_events(meta).await;
+    assert_eq!(events, vec![published]);
+}
+
+async fn a_commit_with_another_blob_key_is_not_found(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    let e = event(EventType::VersionPublished, Some("p"), Some("1.0.0"));
+    assert!(matches!(
+        meta.commit_version("p", "1.0.0", "other", 3, "abc", std::slice::from_ref(&e))
+            .await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(matches!(
+        meta.commit_version("p", "2.0.0", "k1", 3, "abc", &[]).await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(
+        meta.version("p", "1.0.0").await.unwrap().is_none(),
+        "still pending"
+    );
+    assert!(all_events(meta).await.is_empty());
+}
+
+async fn missing_things_are_not_found_and_record_no_event(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    let e = || event(EventType::VersionDeleted, Some("p"), Some("9.9.9"));
+    assert_eq!(meta.delete_version("p", "9.9.9", e()).await.unwrap(), None);
+    assert!(meta.delete_product("nope", e()).await.unwrap().is_none());
+    assert!(
+        !meta
+            .remove_grant("p", "tok_0000000000000bad", &[e()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .delete_token("tok_0000000000000bad", &[e()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .delete_webhook("wh_0000000000000bad", &[e()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.token_by_id("tok_0000000000000bad")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(meta.product("nope").await.unwrap().is_none());
+    assert!(meta.version("p", "9.9.9").await.unwrap().is_none());
+    assert!(meta.webhook("wh_0000000000000bad").await.unwrap().is_none());
+    assert!(
+        meta.event("evt_000000000000000000000000")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(all_events(meta).await.is_empty());
+}
+
+async fn a_grant_needs_its_product_and_its_token(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.insert_token(&token("tok_00000000000000bb"), &[], &[])
+        .await
+        .unwrap();
+    let e = event(EventType::GrantSet, Some("p"), None);
+    assert!(matches!(
+        meta.set_grant(
+            "nope",
+            "tok_00000000000000bb",
+            Grant::ALL,
+            std::slice::from_ref(&e)
+        )
+        .await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(matches!(
+        meta.set_grant(
+            "p",
+            "tok_0000000000000bad",
+            Grant::ALL,
+            std::slice::from_ref(&e)
+        )
+        .await,
+        Err(MetaError::NotFound)
+    ));
+    let with_missing_product = [("nope".to_string(), Grant::ALL)];
+    assert!(matches!(
+        meta.insert_token(
+            &token("tok_00000000000000cc"),
+            &with_missing_product,
+            std::slice::from_ref(&e)
+        )
+        .await,
+        Err(MetaError::NotFound)
+    ));
+    assert!(
+        meta.token_by_id("tok_00000000000000cc")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(all_events(meta).await.is_empty());
+    meta.set_grant(
+        "p",
+        "tok_00000000000000bb",
+        Grant::ALL,
+        std::slice::from_ref(&e),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        meta.grants_of_token("tok_00000000000000bb").await.unwrap(),
+        vec![("p".to_string(), Grant::ALL)]
+    );
+    assert_eq!(all_events(meta).await, vec![e]);
+}
+
+async fn each_change_stores_its_events_and_a_refused_change_none(meta: &dyn MetaStore) {
+    let created = event(EventType::ProductCreated, Some("p"), None);
+    meta.insert_token(&token("tok_00000000000000aa"), &[], &[])
+        .await
+        .unwrap();
+    let record = ProductRecord {
+        name: "p".into(),
+        created_at: now_ms(),
+    };
+    meta.create_product(
+        &record,
+        "tok_00000000000000aa",
+        std::slice::from_ref(&created),
+    )
+    .await
+    .unwrap();
+    let again = event(EventType::ProductCreated, Some("p"), None);
+    assert!(matches!(
+        meta.create_product(&record, "tok_00000000000000aa", &[again])
+            .await,
+        Err(MetaError::Conflict)
+    ));
+    let minted = event(EventType::TokenCreated, None, None);
+    meta.insert_token(
+        &token("tok_00000000000000dd"),
+        &[("p".to_string(), Grant::ALL)],
+        std::slice::from_ref(&minted),
+    )
+    .await
+    .unwrap();
+    let duplicate = event(EventType::TokenCreated, None, None);
+    assert!(matches!(
+        meta.insert_token(&token("tok_00000000000000dd"), &[], &[duplicate])
+            .await,
+        Err(MetaError::Conflict)
+    ));
+    let pruned = event(EventType::TokenPruned, None, None);
+    assert!(
+        meta.delete_token("tok_00000000000000dd", std::slice::from_ref(&pruned))
+            .await
+            .unwrap()
+    );
+    let events = all_events(meta).await;
+    assert_eq!(
+        events,
+        vec![pruned, minted, created],
+        "newest first, refusals absent"
+    );
+}
+
+async fn deletions_fill_in_their_event_details_from_what_they_removed(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    meta.commit_version("p", "1.0.0", "k1", 5, "abc", &[])
+        .await
+        .unwrap();
+    meta.reserve_version(&pending("p", "2.0.0", "k2"))
+        .await
+        .unwrap();
+    meta.commit_version("p", "2.0.0", "k2", 6, "def", &[])
+        .await
+        .unwrap();
+    let removed = meta
+        .delete_version(
+            "p",
+            "1.0.0",
+            event(EventType::VersionDeleted, Some("p"), Some("1.0.0")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.blob_key, "k1");
+    let gone = meta
+        .delete_product("p", event(EventType::ProductDeleted, Some("p"), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.versions.len(), 1);
+    let events = all_events(meta).await;
+    assert_eq!(events[0].kind, EventType::ProductDeleted);
+    assert_eq!(events[0].details, json!({ "versions": 1, "grants": 1 }));
+    assert_eq!(events[1].kind, EventType::VersionDeleted);
+    assert_eq!(events[1].details["checksum"], "abc");
+    assert_eq!(events[1].details["size"], 5);
+}
+
+async fn audit_pages_are_newest_first_filtered_and_continue_at_their_cursor(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    product(meta, "q").await;
+    let mut written = Vec::new();
+    for i in 0..7 {
+        let p = if i % 2 == 0 { "p" } else { "q" };
+        let e = event(EventType::GrantSet, Some(p), None);
+        meta.set_grant(
+            p,
+            "tok_00000000000000aa",
+            Grant::ALL,
+            std::slice::from_ref(&e),
+        )
+        .await
+        .unwrap();
+        written.push(e);
+    }
+    let only_p = EventFilter {
+        product: Some("p".into()),
+        ..EventFilter::default()
+    };
+    let first = meta.events_page(&only_p, 3).await.unwrap();
+    let ids: Vec<&str> = first.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [&written[6].id, &written[4].id, &written[2].id]);
+    let next = first.next_before.expect("a cursor after a full page");
+    let second = meta
+        .events_page(
+            &EventFilter {
+                before_id: Some(next),
+                ..only_p.clone()
+            },
+            3,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = second.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [written[0].id.as_str()]);
+    assert_eq!(second.next_before, None);
+    let by_type = EventFilter {
+        kind: Some(EventType::TokenCreated),
+        ..EventFilter::default()
+    };
+    assert!(
+        meta.events_page(&by_type, 10)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    let after = meta.events_after(&written[4].id, 10).await.unwrap();
+    assert_eq!(after, written[5..].to_vec());
+    assert_eq!(meta.newest_event_id().await.unwrap(), written[6].id);
+    assert_eq!(
+        meta.event(&written[3].id).await.unwrap().as_ref(),
+        Some(&written[3])
+    );
+}
+
+async fn old_events_are_pruned(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    let mut old = event(EventType::GrantSet, Some("p"), None);
+    old.id = event_id(now_ms() - 10 * 86_400_000, 1);
+    let new = event(EventType::GrantSet, Some("p"), None);
+    for e in [&old, &new] {
+        meta.set_grant(
+            "p",
+            "tok_00000000000000aa",
+            Grant::ALL,
+            std::slice::from_ref(e),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(meta.prune_events(now_ms() - 86_400_000).await.unwrap(), 1);
+    assert_eq!(all_events(meta).await, vec![new.clone()]);
+    let only_p = EventFilter {
+        product: Some("p".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        meta.events_page(&only_p, 10).await.unwrap().events,
+        vec![new]
+    );
+}
+
+fn webhook(id: &str) -> WebhookRecord {
+    WebhookRecord {
+        id: id.into(),
+        url: "https://example.com/hook".into(),
+        events: vec!["*".into()],
+        product: None,
+        secret: "s".repeat(20),
+        created_at: now_ms(),
+        created_by: "tok_00000000000000aa".into(),
+        cursor: String::new(),
+        lease_owner: None,
+        lease_until: 0,
+    }
+}
+
+async fn a_webhook_lease_is_held_by_one_owner_until_it_lapses(meta: &dyn MetaStore) {
+    meta.insert_webhook(&webhook("wh_00000000000000aa"), &[])
+        .await
+        .unwrap();
+    let now = now_ms();
+    assert!(
+        meta.lease_webhook("wh_00000000000000aa", "a", now, now + 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .lease_webhook("wh_00000000000000aa", "b", now + 10, now + 2000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.lease_webhook("wh_00000000000000aa", "a", now + 20, now + 3000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.lease_webhook("wh_00000000000000aa", "b", now + 3001, now + 4000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .lease_webhook("wh_0000000000000bad", "a", now, now + 1000)
+            .await
+            .unwrap()
+    );
+}
+
+fn delivery(hook: &str, event_id: &str) -> DeliveryRecord {
+    DeliveryRecord {
+        webhook_id: hook.into(),
+        event_id: event_id.into(),
+        event_type: "grant.set".into(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        last_status: None,
+        last_error: None,
+        first_attempt_at: None,
+        last_attempt_at: None,
+        next_attempt_at: now_ms(),
+    }
+}
+
+async fn deliveries_are_queued_once_by_the_lease_holder_and_come_out_in_event_order(
+    meta: &dyn MetaStore,
+) {
+    let id = "wh_00000000000000aa";
+    meta.insert_webhook(&webhook(id), &[]).await.unwrap();
+    let now = now_ms();
+    let (e1, e2) = (event_id(now, 1), event_id(now, 2));
+    assert!(
+        !meta
+            .queue_deliveries(id, "a", &[delivery(id, &e1)], &e1)
+            .await
+            .unwrap(),
+        "no lease, no queuing"
+    );
+    assert!(
+        meta.lease_webhook(id, "a", now, now + 10_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.queue_deliveries(id, "a", &[delivery(id, &e2), delivery(id, &e1)], &e2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(meta.webhook(id).await.unwrap().unwrap().cursor, e2);
+    let head = meta.next_delivery(id).await.unwrap().unwrap();
+    assert_eq!(head.event_id, e1);
+    let mut done = head.clone();
+    done.state = DeliveryState::Delivered;
+    done.attempts = 1;
+    meta.save_delivery(&done).await.unwrap();
+    // Queuing the same event again keeps its state; the cursor never goes back.
+    assert!(
+        meta.queue_deliveries(id, "a", &[delivery(id, &e1)], &e1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(meta.webhook(id).await.unwrap().unwrap().cursor, e2);
+    assert_eq!(
+        meta.delivery(id, &e1).await.unwrap().unwrap().state,
+        DeliveryState::Delivered
+    );
+    assert_eq!(meta.next_delivery(id).await.unwrap().unwrap().event_id, e2);
+    let listed: Vec<String> = meta
+        .deliveries(id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event_id)
+        .collect();
+    assert_eq!(listed, [e2.clone(), e1.clone()], "newest first");
+    assert!(meta.delete_webhook(id, &[]).await.unwrap());
+    assert!(meta.deliveries(id, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        meta.save_delivery(&delivery(id, &e1)).await,
+        Err(MetaError::NotFound)
+    ));
+}
