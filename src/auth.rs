@@ -4,12 +4,11 @@
 //! is stored. The public id (`tok_` + 16 hex chars) is random and independent of the
 //! secret, so it can be shown in listings and grant maps.
 
-use crate::app::AppState;
 use crate::cache::{CacheLookup, TokenCache, TokenDoc};
 use crate::domain::permissions::{Decision, Grant, ProductOp, decide};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaStore, TokenRecord, now_ms};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -178,20 +177,24 @@ pub fn raw_token(parts: &Parts) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// Any state the token service can be taken from (`FromRef`): the extractor needs nothing
+/// else of the application.
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    TokenService: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let tokens = TokenService::from_ref(state);
         let Some(raw) = raw_token(parts) else {
             return Err(ApiError::unauthorized(
                 "missing_token",
                 "an API token is required: send it in the X-Api-Token header",
             ));
         };
-        let Some(doc) = state.tokens.lookup(raw).await? else {
+        let Some(doc) = tokens.lookup(raw).await? else {
             return Err(ApiError::unauthorized(
                 "invalid_token",
                 "the API token is unknown or has been revoked",

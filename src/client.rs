@@ -282,6 +282,20 @@ impl Client {
         resp.json().await.map_err(network)
     }
 
+    /// A JSON answer read into one of the types the server writes it from (`crate::dto`).
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> ClientResult<T> {
+        let value = self.json(req).await?;
+        serde_json::from_value(value).map_err(|e| {
+            fail(
+                Failure::Server,
+                format!("unexpected answer from the server: {e}"),
+            )
+        })
+    }
+
     fn progress(&self, len: u64, what: &str) -> ProgressBar {
         if !self.interactive {
             return ProgressBar::hidden();
@@ -303,7 +317,7 @@ impl Client {
         version: &str,
         file: &Path,
         checksum: Option<&str>,
-    ) -> ClientResult<Value> {
+    ) -> ClientResult<crate::dto::UploadResult> {
         let meta = tokio::fs::metadata(file).await.map_err(|e| {
             fail(
                 Failure::Other,
@@ -363,7 +377,7 @@ impl Client {
         if let Some(c) = checksum {
             req = req.header("X-Checksum-Sha256", c);
         }
-        let result = self.json(req).await;
+        let result = self.typed(req).await;
         bar.finish_and_clear();
         result
     }
@@ -516,8 +530,7 @@ impl Client {
                     .await?;
                 println!(
                     "pushed {product} {version}: {} bytes, {}",
-                    out["size"],
-                    out["checksum"].as_str().unwrap_or("")
+                    out.size, out.checksum
                 );
             }
             ClientCommand::Pull {
@@ -579,11 +592,7 @@ impl Client {
                         encoded.append_pair(key, value);
                     }
                     let path = format!("/audit?{}", encoded.finish());
-                    let req = self.request(Method::GET, &path)?;
-                    let page: AuditPage =
-                        serde_json::from_value(self.json(req).await?).map_err(|e| {
-                            fail(Failure::Server, format!("unexpected audit page: {e}"))
-                        })?;
+                    let page: AuditPage = self.typed(self.request(Method::GET, &path)?).await?;
                     for event in &page.events {
                         if json {
                             println!("{}", serde_json::to_string(event).unwrap_or_default());
@@ -608,19 +617,20 @@ impl Client {
                     if let Some(c) = &cursor {
                         path.push_str(&format!("&cursor={c}"));
                     }
-                    let page = self.json(self.request(Method::GET, &path)?).await?;
-                    for v in page["versions"].as_array().into_iter().flatten() {
+                    let page: crate::dto::VersionPage =
+                        self.typed(self.request(Method::GET, &path)?).await?;
+                    for v in &page.versions {
                         println!(
                             "{}\t{}\t{}\t{}\t{}",
-                            v["version"].as_str().unwrap_or_default(),
-                            v["size"],
-                            v["checksum"].as_str().unwrap_or_default(),
-                            v["uploaded_at"].as_str().unwrap_or_default(),
-                            v["file_name"].as_str().unwrap_or_default()
+                            v.version,
+                            v.info.size,
+                            v.info.checksum,
+                            v.info.uploaded_at,
+                            v.info.file_name
                         );
                     }
-                    match page["next_cursor"].as_str() {
-                        Some(next) => cursor = Some(next.to_string()),
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
                         None => break,
                     }
                 }
@@ -884,10 +894,6 @@ fn exists_error(target: &Path) -> ClientError {
 /// never blocking on a FIFO planted in its place.
 const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK;
 
-/// The `.part` of an earlier pull, opened for reading and appending without following a
-/// symlink; `None` if there is none. Anything but a regular file with one link, owned by
-/// this user, is refused: writing through it would change some other file, or leave the
-/// download writable by whoever planted it.
 /// `GET /audit`'s answer, typed with the server's own event type.
 #[derive(serde::Deserialize)]
 struct AuditPage {
@@ -922,6 +928,10 @@ fn audit_line(event: &crate::domain::events::Event) -> String {
     )
 }
 
+/// The `.part` of an earlier pull, opened for reading and appending without following a
+/// symlink; `None` if there is none. Anything but a regular file with one link, owned by
+/// this user, is refused: writing through it would change some other file, or leave the
+/// download writable by whoever planted it.
 async fn open_existing_part(part: &Path) -> ClientResult<Option<tokio::fs::File>> {
     let opened = tokio::fs::OpenOptions::new()
         .read(true)

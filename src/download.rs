@@ -2,6 +2,7 @@
 //! headers, 304 and HEAD, whatever store the bytes come from.
 
 use crate::blob::ByteRange;
+pub use crate::domain::names::content_disposition;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::VersionRecord;
 use axum::body::Body;
@@ -89,26 +90,6 @@ fn common_headers(record: &VersionRecord) -> ApiResult<HeaderMap> {
     Ok(h)
 }
 
-pub fn content_disposition(file_name: &str) -> String {
-    // Names are sanitised at upload (no quotes or control characters); non-ASCII goes
-    // in the RFC 6266 filename* form.
-    let ascii: String = file_name
-        .chars()
-        .map(|c| if c.is_ascii() && c != '\\' { c } else { '_' })
-        .collect();
-    let encoded: String = file_name
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
-}
-
 /// What the handler must do after looking at the request's conditional/range headers.
 pub enum Plan {
     /// Respond now (304, 416, HEAD).
@@ -170,7 +151,7 @@ pub fn plan(method: &Method, req_headers: &HeaderMap, record: &VersionRecord) ->
                 "range_not_satisfiable",
                 format!("the artifact has {} bytes", record.size),
             )
-            .into_response_with(headers);
+            .with_artifact_headers(headers);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", record.size)) {
                 err.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -194,22 +175,6 @@ pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
-}
-
-impl ApiError {
-    fn into_response_with(self, extra: HeaderMap) -> Response {
-        let mut resp = axum::response::IntoResponse::into_response(self);
-        for (k, v) in extra.iter() {
-            // The body is the JSON error, not the artifact.
-            if k != header::CONTENT_LENGTH
-                && k != header::CONTENT_TYPE
-                && k != header::CONTENT_DISPOSITION
-            {
-                resp.headers_mut().insert(k.clone(), v.clone());
-            }
-        }
-        resp
-    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,15 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// 400 `empty_grant`: a grant without any flag would give nothing (not even visibility).
+    pub fn empty_grant(product: &str) -> Self {
+        Self::bad_request(
+            "empty_grant",
+            format!(
+                "the grant on '{product}' sets no permission; set at least one of maintainer, download, upload, delete (to take access away, use deleteToken)"
+            ),
+        )
+    }
     pub fn product_not_found(product: &str) -> Self {
         Self::not_found(
             "product_not_found",
@@ -125,6 +134,34 @@ pub enum BlobError {
     Busy,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+}
+
+impl ApiError {
+    /// The error response with a download's headers (ETag, digests, ...) added, except
+    /// those that describe the artifact's body: this body is the JSON error.
+    pub fn with_artifact_headers(self, extra: http::HeaderMap) -> axum::response::Response {
+        use http::header;
+        let mut resp = axum::response::IntoResponse::into_response(self);
+        for (k, v) in extra.iter() {
+            if k != header::CONTENT_LENGTH
+                && k != header::CONTENT_TYPE
+                && k != header::CONTENT_DISPOSITION
+            {
+                resp.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        resp
+    }
+}
+
+impl From<crate::domain::names::NameError> for ApiError {
+    fn from(err: crate::domain::names::NameError) -> Self {
+        use crate::domain::names::NameError;
+        match err {
+            NameError::Invalid(msg) => ApiError::bad_request("invalid_name", msg),
+            NameError::Reserved(msg) => ApiError::bad_request("reserved_name", msg),
+        }
+    }
 }
 
 impl From<MetaError> for ApiError {

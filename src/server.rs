@@ -1,7 +1,7 @@
 //! Start-up: connect the configured backends, bootstrap the admin token, clean what a
 //! crash left, serve until SIGTERM/SIGINT with a grace period for running transfers.
 
-use crate::app::{AppState, router};
+use crate::app::AppState;
 use crate::auth::hash_token;
 use crate::blob::BlobStore;
 use crate::blob::fs::FsBlobStore;
@@ -14,6 +14,7 @@ use crate::meta::embedded::EmbeddedMetaStore;
 use crate::meta::metered::MeteredMetaStore;
 use crate::meta::{MetaStore, TokenRecord};
 use crate::ops::{self, Ctx};
+use crate::router::router;
 use crate::signing::UrlSigner;
 use anyhow::Context;
 use std::sync::Arc;

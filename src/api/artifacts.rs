@@ -1,6 +1,6 @@
 //! Artifacts: upload, download (stream or redirect), presign, list, delete.
 
-use super::{ApiPath, ApiQuery, name_error, rfc3339};
+use super::{ApiPath, ApiQuery, rfc3339};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::DownloadMode;
@@ -8,11 +8,12 @@ use crate::domain::names::{validate_product, validate_version};
 use crate::domain::permissions::{Decision, ProductOp, decide};
 use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
+use crate::dto::{ListedVersion, UploadResult, VersionInfo, VersionPage};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::metered::observe;
 use crate::meta::{VersionRecord, now_ms};
 use crate::signing::SignedTarget;
-use crate::upload::{UploadResult, receive};
+use crate::upload::receive;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -20,29 +21,18 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::time::Duration;
 
-#[derive(Debug, Serialize)]
-pub struct VersionInfo {
-    path: String,
-    file_name: String,
-    size: u64,
-    checksum: String,
-    uploaded_at: String,
-    uploaded_by: String,
-}
-
-impl From<&VersionRecord> for VersionInfo {
-    fn from(v: &VersionRecord) -> Self {
-        VersionInfo {
-            path: format!("/product/download/{}/{}", v.product, v.version),
-            file_name: v.file_name.clone(),
-            size: v.size,
-            checksum: format!("sha256:{}", v.checksum),
-            uploaded_at: rfc3339(v.uploaded_at),
-            uploaded_by: v.uploaded_by.clone(),
-        }
+/// What a listing shows of a version record.
+pub fn version_info(v: &VersionRecord) -> VersionInfo {
+    VersionInfo {
+        path: format!("/product/download/{}/{}", v.product, v.version),
+        file_name: v.file_name.clone(),
+        size: v.size,
+        checksum: format!("sha256:{}", v.checksum),
+        uploaded_at: rfc3339(v.uploaded_at),
+        uploaded_by: v.uploaded_by.clone(),
     }
 }
 
@@ -91,7 +81,7 @@ async fn resolve_version(
     version: &str,
     prerelease: bool,
 ) -> ApiResult<VersionRecord> {
-    validate_version(version).map_err(name_error)?;
+    validate_version(version)?;
     if version == "latest" {
         return match latest(app, product, prerelease).await? {
             Some(record) => Ok(record),
@@ -152,7 +142,7 @@ async fn downloadable(
     version: &str,
     prerelease: bool,
 ) -> ApiResult<VersionRecord> {
-    validate_product(product).map_err(name_error)?;
+    validate_product(product)?;
     caller.authorize(product, ProductOp::Download)?;
     let record = resolve_version(app, product, version, prerelease).await?;
     Ok(record)
@@ -406,8 +396,8 @@ pub async fn remove_version(
     product: &str,
     version: &str,
 ) -> ApiResult<()> {
-    validate_product(product).map_err(name_error)?;
-    validate_version(version).map_err(name_error)?;
+    validate_product(product)?;
+    validate_version(version)?;
     caller.authorize(product, ProductOp::DeleteVersion)?;
     let ctx = crate::ops::Ctx::of(caller);
     if crate::ops::versions::delete(app, &ctx, product, version)
@@ -436,21 +426,14 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ListedVersion {
-    version: String,
-    #[serde(flatten)]
-    info: VersionInfo,
-}
-
 /// `GET /product/versions/{product}`: newest first (semver, then by upload time), paginated.
 pub async fn list_versions(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(product): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
-    validate_product(&product).map_err(name_error)?;
+) -> ApiResult<Json<VersionPage>> {
+    validate_product(&product)?;
     caller.authorize(&product, ProductOp::Download)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -477,12 +460,13 @@ pub async fn list_versions(
         .iter()
         .map(|v| ListedVersion {
             version: v.version.clone(),
-            info: VersionInfo::from(v),
+            info: version_info(v),
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({ "versions": page, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(VersionPage {
+        versions: page,
+        next_cursor,
+    }))
 }
 
 /// The cursor is the last listed sort key, opaque to clients.

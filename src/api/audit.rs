@@ -1,7 +1,7 @@
 //! `GET /audit`: the events every change left, newest first, as JSON pages or as an
 //! NDJSON export.
 
-use super::{ApiQuery, name_error};
+use super::ApiQuery;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::events::{Event, EventFilter, EventType, is_event_id};
@@ -52,7 +52,7 @@ fn instant(name: &str, value: &str) -> ApiResult<i64> {
 /// Turns the query into a filter, checking every value's shape.
 fn filter_of(query: &AuditQuery) -> ApiResult<EventFilter> {
     if let Some(product) = &query.product {
-        validate_product(product).map_err(name_error)?;
+        validate_product(product)?;
     }
     let kind = match &query.kind {
         None => None,

@@ -239,15 +239,6 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Maps a name-validation failure to a 400.
-pub fn name_error(err: crate::domain::names::NameError) -> ApiError {
-    use crate::domain::names::NameError;
-    match err {
-        NameError::Invalid(msg) => ApiError::bad_request("invalid_name", msg),
-        NameError::Reserved(msg) => ApiError::bad_request("reserved_name", msg),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,13 @@
 //! Products: access list, create, fetch, delete, and the `modify` actions.
 
-use super::{ApiBytes, ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
-use crate::api::artifacts::{VersionInfo, remove_version};
+use super::{ApiBytes, ApiJson, ApiPath, ApiQuery, rfc3339};
+use crate::api::artifacts::{remove_version, version_info};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::names::validate_product;
 use crate::domain::permissions::{Grant, GrantInput, ProductOp};
 use crate::domain::version::latest_of;
+use crate::dto::VersionInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::ProductView;
 use crate::ops::{self, Ctx};
@@ -50,7 +51,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    validate_product(&req.name).map_err(name_error)?;
+    validate_product(&req.name)?;
     if req.tokens.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -89,7 +90,7 @@ pub async fn fetch(
     ApiPath(product): ApiPath<String>,
     ApiQuery(query): ApiQuery<FetchQuery>,
 ) -> ApiResult<Json<ProductInfo>> {
-    validate_product(&product).map_err(name_error)?;
+    validate_product(&product)?;
     caller.authorize(&product, ProductOp::Fetch)?;
     let ProductView {
         record,
@@ -112,7 +113,7 @@ pub async fn fetch(
         tokens: grants.into_iter().collect(),
         versions: versions
             .iter()
-            .map(|v| (v.version.clone(), VersionInfo::from(v)))
+            .map(|v| (v.version.clone(), version_info(v)))
             .collect(),
         latest: latest.map(|v| v.version),
     }))
@@ -124,21 +125,11 @@ pub async fn delete(
     caller: Caller,
     ApiPath(product): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    validate_product(&product).map_err(name_error)?;
+    validate_product(&product)?;
     caller.authorize(&product, ProductOp::DeleteProduct)?;
     let deleted = ops::products::delete(&app, &Ctx::of(&caller), &product).await?;
     tracing::info!(product = %product, versions = deleted.value.versions.len(), by = %caller.token.id, "product deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// 400 `empty_grant`: a grant without any flag would give nothing (not even visibility).
-pub(crate) fn empty_grant(product: &str) -> ApiError {
-    ApiError::bad_request(
-        "empty_grant",
-        format!(
-            "the grant on '{product}' sets no permission; set at least one of maintainer, download, upload, delete (to take access away, use deleteToken)"
-        ),
-    )
 }
 
 #[derive(Deserialize)]
@@ -161,10 +152,10 @@ pub async fn modify_put(
         return Err(unknown_action(&action, "addToken"));
     }
     let req: AddTokenRequest = parse_body(&body)?;
-    validate_product(&req.product).map_err(name_error)?;
+    validate_product(&req.product)?;
     let permissions = Grant::from(req.permissions);
     if permissions.is_empty() {
-        return Err(empty_grant(&req.product));
+        return Err(ApiError::empty_grant(&req.product));
     }
     caller.authorize(&req.product, ProductOp::ManageTokens)?;
     let target = app
@@ -205,7 +196,7 @@ pub async fn modify_delete(
         }
         "deleteToken" => {
             let req: DeleteTokenRequest = parse_body(&body)?;
-            validate_product(&req.product).map_err(name_error)?;
+            validate_product(&req.product)?;
             caller.authorize(&req.product, ProductOp::ManageTokens)?;
             let target = app
                 .tokens

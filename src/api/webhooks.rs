@@ -1,6 +1,6 @@
 //! Webhooks: create, list, delete, and their deliveries.
 
-use super::{ApiJson, ApiPath, ApiQuery, name_error, rfc3339};
+use super::{ApiJson, ApiPath, ApiQuery, rfc3339};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::events::is_event_id;
@@ -127,7 +127,7 @@ pub async fn create(
     }
     match &req.product {
         Some(product) => {
-            validate_product(product).map_err(name_error)?;
+            validate_product(product)?;
             caller.authorize(product, ProductOp::ManageWebhooks)?;
         }
         None if !caller.is_admin() => {

@@ -516,7 +516,7 @@ impl BlobStore for S3BlobStore {
             .get_object()
             .bucket(&self.inner.bucket)
             .key(self.full_key(key))
-            .response_content_disposition(crate::download::content_disposition(file_name))
+            .response_content_disposition(crate::domain::names::content_disposition(file_name))
             .presigned(config)
             .await
             .map_err(sdk_err)?;

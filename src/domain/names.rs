@@ -79,6 +79,28 @@ pub fn sanitize_file_name(raw: &str) -> Option<String> {
     Some(cleaned.to_string())
 }
 
+/// `Content-Disposition` of a download: the stored name, ASCII-only in `filename` and
+/// RFC 6266 `filename*` for the rest.
+pub fn content_disposition(file_name: &str) -> String {
+    // Names are sanitised at upload (no quotes or control characters); non-ASCII goes
+    // in the RFC 6266 filename* form.
+    let ascii: String = file_name
+        .chars()
+        .map(|c| if c.is_ascii() && c != '\\' { c } else { '_' })
+        .collect();
+    let encoded: String = file_name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
 /// `s` safe to print on a terminal: control and format characters become `?`.
 pub fn terminal_safe(s: &str) -> String {
     s.chars()

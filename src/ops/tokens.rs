@@ -54,7 +54,7 @@ pub async fn mint(
     mut req: Mint,
 ) -> ApiResult<Changed<(String, TokenRecord)>> {
     if let Some((product, _)) = req.grants.iter().find(|(_, g)| g.is_empty()) {
-        return Err(crate::api::products::empty_grant(product));
+        return Err(ApiError::empty_grant(product));
     }
     if !caller.is_admin() {
         if req.admin || req.grants.is_empty() {

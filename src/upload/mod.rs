@@ -31,7 +31,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use multipart::{ENVELOPE_LIMIT, FormError, FormReader};
-use serde::Serialize;
 use staging::{BackgroundHasher, Staging, pass_on};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,14 +105,7 @@ impl Drop for EarlyFileSlot {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct UploadResult {
-    pub product: String,
-    pub version: String,
-    pub file_name: String,
-    pub size: u64,
-    pub checksum: String,
-}
+pub use crate::dto::UploadResult;
 
 /// Parses `hex` or `sha256:hex` into lowercase hex.
 pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {
@@ -412,7 +404,7 @@ pub async fn receive(
             guard.cleanup().await;
         }
         if err.status != StatusCode::REQUEST_TIMEOUT {
-            form.drain_small_rest().await;
+            form.drain_rest().await;
         }
     }
     result
@@ -451,7 +443,7 @@ where
                     return Err(duplicate("product"));
                 }
                 let value = read_text(form, "product", limit).await?;
-                validate_product(&value).map_err(crate::api::name_error)?;
+                validate_product(&value)?;
                 product = Some(value);
             }
             "version" => {
@@ -459,7 +451,7 @@ where
                     return Err(duplicate("version"));
                 }
                 let value = read_text(form, "version", limit).await?;
-                validate_new_version(&value).map_err(crate::api::name_error)?;
+                validate_new_version(&value)?;
                 version = Some(value);
             }
             "checksum" => {

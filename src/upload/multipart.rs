@@ -265,10 +265,11 @@ where
         }
     }
 
-    /// Reads what is left of a refused body, up to a small cap and time, so a client still
-    /// sending a small form sees the error response instead of a reset connection.
-    pub async fn drain_small_rest(&mut self) {
-        const CAP: usize = 1024 * 1024;
+    /// Reads (and drops) what is left of a refused body, for at most 2 s and 64 MiB, so a
+    /// client still sending sees the error response instead of a connection reset (a close
+    /// with unread data sends an RST, which destroys the response on its way).
+    pub async fn drain_rest(&mut self) {
+        const CAP: usize = 64 * 1024 * 1024;
         let mut seen = 0usize;
         let drain = async {
             while seen <= CAP {
