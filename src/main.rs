@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use depot::client::{Client, ClientCommand, Connection, ProductCommand, RemoteTokenCommand};
 use depot::config::{RawSettings, Settings};
 use std::path::PathBuf;
@@ -69,9 +69,23 @@ enum TokenCommand {
     Remote(RemoteTokenCommand),
 }
 
+/// The command line, with `depot serve --help` listing every route the server answers
+/// (from `api::ROUTES`, so the list cannot drift from the router).
+fn parse_cli() -> Cli {
+    let mut routes = String::from(
+        "Routes (each also under /api; see openapi/openapi.yaml or GET /openapi.json):\n",
+    );
+    for (method, path) in depot::api::ROUTES {
+        routes.push_str(&format!("  {method:<7}{path}\n"));
+    }
+    let command = Cli::command().mut_subcommand("serve", |serve| serve.after_long_help(routes));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
 fn main() -> ExitCode {
     limit_heap_retention();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1008,3 +1008,20 @@ async fn the_server_log_never_shows_tokens_the_cli_sent() {
     // TestApp's drop checks the server's stderr and stdout for every remembered token.
     app.assert_no_secrets_logged();
 }
+
+#[test]
+fn serve_help_lists_every_route_the_server_answers() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_depot"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run depot serve --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (method, path) in depot::api::ROUTES {
+        assert!(
+            help.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [*method, *path]),
+            "`depot serve --help` does not list {method} {path}"
+        );
+    }
+}
