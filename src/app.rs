@@ -24,7 +24,7 @@ pub struct AppState {
     pub tokens: TokenService,
     pub signer: UrlSigner,
     pub shutdown: Shutdown,
-    pub uploads: crate::upload::UploadLimits,
+    pub uploads: crate::ops::upload::UploadLimits,
 }
 
 impl AppState {
@@ -35,7 +35,7 @@ impl AppState {
         cache: Arc<dyn TokenCache>,
         signer: UrlSigner,
     ) -> Self {
-        let uploads = crate::upload::UploadLimits::new(
+        let uploads = crate::ops::upload::UploadLimits::new(
             settings.max_concurrent_uploads,
             settings.max_early_file_uploads_per_token,
         );

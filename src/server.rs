@@ -187,11 +187,7 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
         let current = match state.meta.token_by_hash(&hash_token(raw)).await? {
             Some(t) if t.admin => {
                 if !t.bootstrap {
-                    state.meta.set_token_bootstrap(&t.id, true).await?;
-                    state
-                        .tokens
-                        .invalidate_hashes(std::slice::from_ref(&t.hash))
-                        .await;
+                    ops::tokens::mark_bootstrap(state, &t).await?;
                 }
                 t.id
             }
@@ -238,11 +234,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     bootstrap_admin(&state).await?;
     if embedded {
         // This process owns the embedded database: every pending upload is a crash leftover.
-        let report = crate::janitor::sweep(&state, Duration::ZERO).await?;
+        let report = crate::ops::janitor::sweep(&state, Duration::ZERO).await?;
         tracing::info!(?report, "start-up cleanup");
     }
-    crate::janitor::spawn(state.clone());
-    crate::webhooks::spawn(state.clone())?;
+    crate::ops::janitor::spawn(state.clone());
+    crate::ops::delivery::spawn(state.clone())?;
     let limits = ConnectionLimits::fit(&state.settings)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

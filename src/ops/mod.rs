@@ -5,15 +5,24 @@
 //! A change takes a [`Ctx`] (who acts, for which request) and hands the store the events
 //! that describe it, to be stored in the same transaction; it returns them in
 //! [`Changed`]. There is no way to make a change without its events.
+//!
+//! Nothing outside `ops` (and the stores themselves) calls a store's writing methods; a
+//! test below holds the rest of the source to that. Besides the changes by area (tokens,
+//! products, grants, versions, webhooks) this holds the three that run on their own: the
+//! upload (`upload/`: admission, reservation and its lease, streaming, commit), the janitor
+//! and webhook delivery (`delivery`).
 
 use crate::auth::Caller;
 use crate::domain::events::{Actor, Event, EventType, SystemActor, event_id};
 use serde_json::Value;
 use std::sync::Mutex;
 
+pub mod delivery;
 pub mod grants;
+pub mod janitor;
 pub mod products;
 pub mod tokens;
+pub mod upload;
 pub mod versions;
 pub mod webhooks;
 
@@ -97,6 +106,70 @@ fn next_event_id() -> (i64, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `MetaStore` methods that write.
+    const WRITES: &[&str] = &[
+        "insert_token(",
+        "delete_token(",
+        "set_token_bootstrap(",
+        "set_grant(",
+        "remove_grant(",
+        "create_product(",
+        "delete_product(",
+        "reserve_version(",
+        "commit_version(",
+        "remove_pending_version(",
+        "delete_version(",
+        "renew_lease(",
+        "remove_lapsed_version(",
+        "insert_webhook(",
+        "delete_webhook(",
+        "lease_webhook(",
+        "queue_deliveries(",
+        "save_delivery(",
+        "prune_events(",
+    ];
+
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_outside_ops_and_the_stores_writes_to_the_metadata_store() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut offenders = Vec::new();
+        for file in files {
+            let rel = file
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if rel.starts_with("ops/") || rel.starts_with("meta/") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for write in WRITES {
+                    if line.contains(&format!(".{write}")) {
+                        offenders.push(format!("src/{rel}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "store writes outside ops/: {offenders:#?}"
+        );
+    }
 
     #[test]
     fn event_ids_made_in_a_row_are_strictly_increasing() {

@@ -146,6 +146,16 @@ pub async fn create(
     Ok(Changed::new((raw, record), vec![created]))
 }
 
+/// Marks an existing admin token as the one registered from `DEPOT_ADMIN_TOKEN` (a
+/// bookkeeping flag for the next rotation, not a change anyone sees: no event).
+pub async fn mark_bootstrap(app: &AppState, token: &TokenRecord) -> Result<(), MetaError> {
+    app.meta.set_token_bootstrap(&token.id, true).await?;
+    app.tokens
+        .invalidate_hashes(std::slice::from_ref(&token.hash))
+        .await;
+    Ok(())
+}
+
 /// Revokes the bootstrap token of an earlier `DEPOT_ADMIN_TOKEN`, alone: the tokens it
 /// minted stay (rotating the admin secret must not cut off every pipeline).
 pub async fn revoke_rotated(

@@ -16,6 +16,7 @@
 //! which aborts the blob and removes the pending record; the janitor handles what a
 //! crash leaves.
 
+pub mod lease;
 mod multipart;
 mod staging;
 
@@ -151,8 +152,8 @@ struct UploadGuard {
     writer: Option<Box<dyn BlobWriter>>,
     blob_finished: bool,
     reservation: Option<Reservation>,
-    progress: crate::upload_lease::Progress,
-    lease: Option<crate::upload_lease::LeaseKeeper>,
+    progress: crate::ops::upload::lease::Progress,
+    lease: Option<crate::ops::upload::lease::LeaseKeeper>,
 }
 
 impl Drop for UploadGuard {
@@ -229,7 +230,7 @@ impl UploadGuard {
             uploaded_by: caller.token.id.clone(),
             sort_key: sort_key(version, now),
             kind: kind_of(version),
-            lease_until: Some(crate::upload_lease::lease_until(&self.app)),
+            lease_until: Some(crate::ops::upload::lease::lease_until(&self.app)),
         };
         // The insert runs to completion even if the client hangs up meanwhile (a MongoDB
         // operation dropped mid-flight costs its connection, see `api::run_to_completion`);
@@ -237,7 +238,7 @@ impl UploadGuard {
         // blob key, so never another upload's).
         let app = self.app.clone();
         let insert = crate::cleanup::spawn_tracked(async move {
-            crate::upload_lease::reserve(&app, &record).await
+            crate::ops::upload::lease::reserve(&app, &record).await
         });
         let reservation = self.reservation.insert(Reservation {
             product: product.into(),
@@ -266,8 +267,9 @@ impl UploadGuard {
             });
         }
         let (key, progress) = (&self.blob_key, self.progress.clone());
-        let keeper =
-            crate::upload_lease::LeaseKeeper::start(&self.app, product, version, key, progress);
+        let keeper = crate::ops::upload::lease::LeaseKeeper::start(
+            &self.app, product, version, key, progress,
+        );
         self.lease = Some(keeper);
         Ok(())
     }
@@ -331,7 +333,7 @@ async fn stream_file<S, E>(
     form: &mut FormReader<S>,
     writer: &mut dyn BlobWriter,
     limit: u64,
-    progress: &crate::upload_lease::Progress,
+    progress: &crate::ops::upload::lease::Progress,
 ) -> ApiResult<(u64, String)>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,

@@ -2,7 +2,7 @@
 //! objects no record points at, and unfinished writes (partial files, multipart uploads).
 //!
 //! Two loops: a short one for pending records whose lease lapsed (their upload died or
-//! stalled, see `upload_lease`), so their version is free again within a minute or two,
+//! stalled, see `ops::upload::lease`), so their version is free again within a minute or two,
 //! and the full sweep every `DEPOT_JANITOR_INTERVAL_SECONDS` for everything older than
 //! the grace. Only keys of Depot's own shape (`blob::is_depot_key`) under its prefix are
 //! ever listed or removed: a bucket or data directory shared with other tools keeps
