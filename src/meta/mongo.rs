@@ -301,6 +301,31 @@ impl MongoMetaStore {
         Ok(r.matched_count > 0)
     }
 
+    /// Deletes the document `parent` matches and every document of `dependents` that
+    /// `dependent` matches, with `events`, in one transaction. False (nothing written)
+    /// when `parent` matches nothing.
+    async fn delete_with_dependents<P: Send + Sync, D: Send + Sync>(
+        &self,
+        parents: &Collection<P>,
+        parent: Document,
+        dependents: &Collection<D>,
+        dependent: Document,
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        in_transaction!(self, s, {
+            let deleted = parents.delete_one(parent.clone()).session(&mut s).await?;
+            if deleted.deleted_count == 0 {
+                return Ok(Ok(false));
+            }
+            dependents
+                .delete_many(dependent.clone())
+                .session(&mut s)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(true))
+        })
+    }
+
     async fn insert_events_in(
         &self,
         s: &mut mongodb::ClientSession,
@@ -398,22 +423,14 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn delete_token(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
-        in_transaction!(self, s, {
-            let deleted = self
-                .tokens
-                .delete_one(doc! { "id": id })
-                .session(&mut s)
-                .await?;
-            if deleted.deleted_count == 0 {
-                return Ok(Ok(false));
-            }
-            self.grants
-                .delete_many(doc! { "token_id": id })
-                .session(&mut s)
-                .await?;
-            self.insert_events_in(&mut s, events).await?;
-            Ok(Ok(true))
-        })
+        self.delete_with_dependents(
+            &self.tokens,
+            doc! { "id": id },
+            &self.grants,
+            doc! { "token_id": id },
+            events,
+        )
+        .await
     }
 
     async fn set_token_bootstrap(&self, id: &str, bootstrap: bool) -> MetaResult<bool> {
@@ -876,22 +893,14 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn delete_webhook(&self, id: &str, events: &[Event]) -> MetaResult<bool> {
-        in_transaction!(self, s, {
-            let r = self
-                .webhooks
-                .delete_one(doc! { "id": id })
-                .session(&mut s)
-                .await?;
-            if r.deleted_count == 0 {
-                return Ok(Ok(false));
-            }
-            self.deliveries
-                .delete_many(doc! { "webhook_id": id })
-                .session(&mut s)
-                .await?;
-            self.insert_events_in(&mut s, events).await?;
-            Ok(Ok(true))
-        })
+        self.delete_with_dependents(
+            &self.webhooks,
+            doc! { "id": id },
+            &self.deliveries,
+            doc! { "webhook_id": id },
+            events,
+        )
+        .await
     }
 
     async fn lease_webhook(
