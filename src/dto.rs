@@ -2,8 +2,11 @@
 //! so a renamed field breaks the build, not a script.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// `POST /product/upload`'s 201 body.
+/// The 201 body of `POST /product/upload` (a published version; `file_name`, `size` and
+/// `checksum` describe its primary file, `files` every file) and of
+/// `PUT /product/upload/{product}/{version}/{file}` (one file added to a draft).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadResult {
     pub product: String,
@@ -12,9 +15,47 @@ pub struct UploadResult {
     pub size: u64,
     /// `sha256:<hex>`.
     pub checksum: String,
+    /// `published` or `draft`.
+    #[serde(default)]
+    pub state: String,
+    /// Every file the request stored (the seed upload); absent for a draft file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileInfo>,
 }
 
-/// One version as product fetch and the version listing show it.
+/// One file of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    /// `sha256:<hex>`.
+    pub checksum: String,
+    pub uploaded_at: String,
+    /// Public id of the token that uploaded it.
+    pub uploaded_by: String,
+}
+
+/// `POST /product/publish/{product}/{version}`'s optional body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// When given, the draft's files must be exactly these names (409 `files_mismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `PUT /product/labels/{product}/{version}`'s 200 body: the version's labels after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelsResult {
+    pub product: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One version as product fetch and the version listing show it: `path`, `file_name`,
+/// `size` and `checksum` are its primary file's (the seed's shape), `files` all of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
     pub path: String,
@@ -24,6 +65,13 @@ pub struct VersionInfo {
     pub checksum: String,
     pub uploaded_at: String,
     pub uploaded_by: String,
+    /// `published` or `draft` (drafts are listed only for tokens that may upload).
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: Vec<FileInfo>,
 }
 
 /// An entry of `GET /product/versions/{product}`.

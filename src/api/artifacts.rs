@@ -33,6 +33,9 @@ pub fn version_info(v: &VersionRecord) -> VersionInfo {
         checksum: format!("sha256:{}", v.checksum),
         uploaded_at: rfc3339(v.uploaded_at),
         uploaded_by: v.uploaded_by.clone(),
+        state: "published".into(),
+        labels: Default::default(),
+        files: Vec::new(),
     }
 }
 

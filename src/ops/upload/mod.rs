@@ -609,6 +609,8 @@ where
         file_name: streamed.file_name,
         size: streamed.size,
         checksum: format!("sha256:{}", streamed.digest),
+        state: "published".into(),
+        files: Vec::new(),
     })
 }
 
