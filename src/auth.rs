@@ -138,6 +138,15 @@ impl Caller {
                 .any(|grant| ProductOp::Upload.allowed_by(grant))
     }
 
+    /// Whether the caller sees a product's drafts: admins, and tokens that may upload to
+    /// it or maintain it.
+    pub fn sees_drafts(&self, product: &str) -> bool {
+        self.is_admin()
+            || self
+                .grant(product)
+                .is_some_and(|g| g.upload || g.maintainer)
+    }
+
     pub fn require_admin(&self) -> ApiResult<()> {
         if self.is_admin() {
             Ok(())

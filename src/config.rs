@@ -126,6 +126,9 @@ pub struct RawSettings {
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
     #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
+    /// Seconds a draft version may stay untouched (no file added or removed) before the janitor deletes it [default: 604800 (7 days), range 60-31536000]
+    #[arg(long, env = "DEPOT_DRAFT_TTL_SECONDS")]
+    pub draft_ttl_seconds: Option<u64>,
     /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
     #[arg(long, env = "DEPOT_HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<u64>,
@@ -179,6 +182,7 @@ pub struct Settings {
     pub max_early_file_uploads_per_token: usize,
     pub upload_lease_seconds: u64,
     pub audit_retention_days: u64,
+    pub draft_ttl_seconds: u64,
     pub webhook_allow_private: bool,
     pub header_timeout_seconds: u64,
     pub keepalive_timeout_seconds: u64,
@@ -284,6 +288,7 @@ impl RawSettings {
             s3_buffer_wait_seconds,
             upload_lease_seconds,
             audit_retention_days,
+            draft_ttl_seconds,
             webhook_allow_private,
             header_timeout_seconds,
             keepalive_timeout_seconds,
@@ -463,6 +468,13 @@ impl Settings {
             1,
             36_500,
         )?;
+        let draft_ttl_seconds = ranged(
+            "DEPOT_DRAFT_TTL_SECONDS",
+            raw.draft_ttl_seconds,
+            7 * 86_400,
+            60,
+            365 * 86_400,
+        )?;
         let upload_lease_seconds = ranged(
             "DEPOT_UPLOAD_LEASE_SECONDS",
             raw.upload_lease_seconds,
@@ -517,6 +529,7 @@ impl Settings {
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             upload_lease_seconds,
             audit_retention_days,
+            draft_ttl_seconds,
             webhook_allow_private: raw.webhook_allow_private.unwrap_or(false),
             shutdown_grace_seconds,
             header_timeout_seconds,

@@ -88,3 +88,16 @@ pub struct VersionPage {
     pub versions: Vec<ListedVersion>,
     pub next_cursor: Option<String>,
 }
+
+/// What the API shows of a stored file.
+pub fn file_info(f: &crate::meta::FileRecord) -> FileInfo {
+    FileInfo {
+        name: f.name.clone(),
+        size: f.size,
+        checksum: format!("sha256:{}", f.checksum),
+        uploaded_at: chrono::DateTime::from_timestamp_millis(f.uploaded_at)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        uploaded_by: f.uploaded_by.clone(),
+    }
+}

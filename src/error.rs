@@ -122,6 +122,42 @@ pub enum MetaError {
     /// A pending record whose upload still runs (its lease is live) holds the key.
     #[error("held by an upload in progress")]
     Pending,
+    /// A rule of a version's files refused the change (nothing was written).
+    #[error("{0}")]
+    Asset(AssetRefusal),
+}
+
+/// Why a store refused a change to a version's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetRefusal {
+    /// The draft already has a file of that name.
+    FileExists,
+    /// The draft holds `MAX_FILES` files.
+    TooManyFiles,
+    /// The version is published: its files no longer change.
+    Published,
+    /// A publish listed other files than the draft holds.
+    FilesMismatch,
+    /// A publish of a draft without files.
+    EmptyVersion,
+    /// The version has no file of that name.
+    FileNotFound,
+    /// A label change that breaks the label rules (message says which).
+    InvalidLabel(String),
+}
+
+impl std::fmt::Display for AssetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AssetRefusal::FileExists => "the version already has a file of that name",
+            AssetRefusal::TooManyFiles => "the version holds as many files as allowed",
+            AssetRefusal::Published => "the version is published",
+            AssetRefusal::FilesMismatch => "the files differ from the draft's",
+            AssetRefusal::EmptyVersion => "the draft has no file",
+            AssetRefusal::FileNotFound => "no such file",
+            AssetRefusal::InvalidLabel(m) => m,
+        })
+    }
 }
 
 /// Errors of the blob store.
@@ -173,6 +209,7 @@ impl From<MetaError> for ApiError {
                 "version_pending",
                 "another upload of this version is in progress",
             ),
+            MetaError::Asset(refusal) => refusal.into(),
             MetaError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "metadata store error");
                 ApiError::new(
@@ -182,6 +219,52 @@ impl From<MetaError> for ApiError {
                 )
             }
         }
+    }
+}
+
+impl From<AssetRefusal> for ApiError {
+    fn from(refusal: AssetRefusal) -> Self {
+        match refusal {
+            AssetRefusal::FileExists => ApiError::conflict(
+                "file_exists",
+                "the version already has a file of that name; files are never replaced",
+            ),
+            AssetRefusal::TooManyFiles => ApiError::conflict(
+                "too_many_files",
+                format!(
+                    "a version holds at most {} files",
+                    crate::domain::assets::MAX_FILES
+                ),
+            ),
+            AssetRefusal::Published => ApiError::conflict(
+                "version_published",
+                "the version is published and immutable: no file is added, replaced or removed",
+            ),
+            AssetRefusal::FilesMismatch => ApiError::conflict(
+                "files_mismatch",
+                "the listed files are not exactly the draft's files; nothing was published",
+            ),
+            AssetRefusal::EmptyVersion => ApiError::conflict(
+                "empty_version",
+                "the draft has no file; upload at least one before publishing",
+            ),
+            AssetRefusal::FileNotFound => {
+                ApiError::not_found("file_not_found", "the version has no file of that name")
+            }
+            AssetRefusal::InvalidLabel(m) => ApiError::bad_request("invalid_label", m),
+        }
+    }
+}
+
+impl From<crate::domain::assets::AssetError> for ApiError {
+    fn from(err: crate::domain::assets::AssetError) -> Self {
+        use crate::domain::assets::AssetError;
+        let code = match err {
+            AssetError::InvalidName(_) => "invalid_name",
+            AssetError::ReservedName => "reserved_name",
+            AssetError::InvalidLabel(_) => "invalid_label",
+        };
+        ApiError::bad_request(code, err.to_string())
     }
 }
 

@@ -8,11 +8,18 @@ use crate::domain::names::{validate_product, validate_version};
 use crate::domain::permissions::{Decision, ProductOp, decide};
 use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
-use crate::dto::{ListedVersion, UploadResult, VersionInfo, VersionPage};
+use crate::domain::assets::{
+    CHECKSUMS_FILE, Label, MAX_FILES, MAX_LABELS, check_file_name, checksums_file, labels_map,
+    new_labels, parse_label_filter,
+};
+use crate::dto::{
+    LabelsResult, ListedVersion, PublishRequest, UploadResult, VersionInfo, VersionPage, file_info,
+};
+use crate::error::AssetRefusal;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::metered::observe;
-use crate::meta::{VersionRecord, now_ms};
-use crate::ops::upload::receive;
+use crate::meta::{VersionRecord, VersionState, now_ms};
+use crate::ops::upload::{receive, receive_draft_file};
 use crate::signing::SignedTarget;
 use axum::Json;
 use axum::body::Body;
@@ -22,35 +29,46 @@ use axum::response::Response;
 use base64::Engine;
 use futures::StreamExt;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// What a listing shows of a version record.
+/// What a listing shows of a version record: the primary file's fields (the seed's
+/// shape; a draft's first file), its state, labels and every file.
 pub fn version_info(v: &VersionRecord) -> VersionInfo {
+    let files = v.all_files();
+    let primary = files.first();
     VersionInfo {
         path: format!("/product/download/{}/{}", v.product, v.version),
-        file_name: v.file_name.clone(),
-        size: v.size,
-        checksum: format!("sha256:{}", v.checksum),
+        file_name: primary.map(|f| f.name.clone()).unwrap_or_default(),
+        size: primary.map_or(0, |f| f.size),
+        checksum: primary
+            .map(|f| format!("sha256:{}", f.checksum))
+            .unwrap_or_default(),
         uploaded_at: rfc3339(v.uploaded_at),
         uploaded_by: v.uploaded_by.clone(),
-        state: "published".into(),
-        labels: Default::default(),
-        files: Vec::new(),
+        state: state_name(v.state).into(),
+        labels: labels_map(&v.labels),
+        files: files.iter().map(file_info).collect(),
     }
 }
 
-/// `POST /product/upload`.
-pub async fn upload(
-    State(app): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
+fn state_name(state: VersionState) -> &'static str {
+    match state {
+        VersionState::Draft => "draft",
+        VersionState::Pending => "pending",
+        VersionState::Committed => "published",
+    }
+}
+
+/// Runs an upload as a counted transfer: after the shutdown grace period it is aborted,
+/// which drops it and so runs its cleanup before the process exits. Counts the outcome.
+async fn run_upload(
+    app: &AppState,
+    upload: impl Future<Output = ApiResult<UploadResult>>,
 ) -> ApiResult<(StatusCode, Json<UploadResult>)> {
-    // Counted as a running transfer; after the shutdown grace period it is aborted,
-    // which drops `receive` and so runs its cleanup before the process exits.
     let _transfer = app.shutdown.transfers.token();
     let outcome = tokio::select! {
-        outcome = receive(&app, &caller, &headers, body) => outcome,
+        outcome = upload => outcome,
         _ = app.shutdown.abort.cancelled() => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -59,7 +77,12 @@ pub async fn upload(
     };
     match outcome {
         Ok(result) => {
-            metrics::counter!("depot_uploaded_bytes_total").increment(result.size);
+            let bytes = if result.files.is_empty() {
+                result.size
+            } else {
+                result.files.iter().map(|f| f.size).sum()
+            };
+            metrics::counter!("depot_uploaded_bytes_total").increment(bytes);
             metrics::counter!("depot_uploads_total").increment(1);
             Ok((StatusCode::CREATED, Json(result)))
         }
@@ -70,30 +93,177 @@ pub async fn upload(
     }
 }
 
+/// `POST /product/upload`.
+pub async fn upload(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<UploadResult>)> {
+    run_upload(&app, receive(&app, &caller, &headers, body)).await
+}
+
+/// `PUT /product/upload/{product}/{version}/{file}`: one file into a draft.
+pub async fn upload_file(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath((product, version, file)): ApiPath<(String, String, String)>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<UploadResult>)> {
+    let target = (product.as_str(), version.as_str(), file.as_str());
+    run_upload(
+        &app,
+        receive_draft_file(&app, &caller, target, &headers, body),
+    )
+    .await
+}
+
+/// `POST /product/publish/{product}/{version}`: seals a draft, optionally checking its
+/// file list and setting labels.
+pub async fn publish(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+    super::ApiBytes(body): super::ApiBytes,
+) -> ApiResult<Json<ListedVersion>> {
+    validate_product(&product)?;
+    validate_version(&version)?;
+    caller.authorize(&product, ProductOp::Upload)?;
+    let request: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("invalid publish body: {e}"))
+        })?
+    };
+    if request.files.as_ref().is_some_and(|f| f.len() > MAX_FILES) {
+        return Err(AssetRefusal::FilesMismatch.into());
+    }
+    let labels = new_labels(&request.labels)?;
+    let ctx = crate::ops::Ctx::of(&caller);
+    let published = crate::ops::versions::publish(
+        &app,
+        &ctx,
+        &product,
+        &version,
+        request.files.as_deref(),
+        &labels,
+    )
+    .await
+    .map_err(|err| match err.code {
+        "conflict" => ApiError::conflict(
+            "version_exists",
+            format!("version '{version}' of '{product}' is published already"),
+        ),
+        "not_found" => ApiError::not_found(
+            "version_not_found",
+            format!("product '{product}' has no draft '{version}'"),
+        ),
+        _ => err,
+    })?;
+    let record = published.value;
+    tracing::info!(product = %product, version = %version, files = record.files.len(), by = %caller.token.id, "version published");
+    Ok(Json(ListedVersion {
+        version: record.version.clone(),
+        info: version_info(&record),
+    }))
+}
+
+/// `PUT /product/labels/{product}/{version}`: key -> value (`null` removes).
+pub async fn set_labels(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath((product, version)): ApiPath<(String, String)>,
+    super::ApiJson(changes): super::ApiJson<BTreeMap<String, Option<String>>>,
+) -> ApiResult<Json<LabelsResult>> {
+    validate_product(&product)?;
+    validate_version(&version)?;
+    caller.authorize(&product, ProductOp::Label)?;
+    if changes.len() > 2 * MAX_LABELS {
+        return Err(ApiError::bad_request(
+            "invalid_label",
+            format!("a version carries at most {MAX_LABELS} labels"),
+        ));
+    }
+    let ctx = crate::ops::Ctx::of(&caller);
+    let labels = crate::ops::versions::set_labels(&app, &ctx, &product, &version, &changes)
+        .await
+        .map_err(|err| match err.code {
+            "not_found" => ApiError::version_not_found(&product, &version),
+            _ => err,
+        })?;
+    Ok(Json(LabelsResult {
+        product,
+        version,
+        labels: labels_map(&labels),
+    }))
+}
+
+/// `DELETE /product/delete/{product}/{version}/{file}`: a file out of a draft.
+pub async fn delete_file(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath((product, version, file)): ApiPath<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    validate_product(&product)?;
+    validate_version(&version)?;
+    check_file_name(&file)?;
+    if caller.authorize(&product, ProductOp::Upload).is_err() {
+        caller.authorize(&product, ProductOp::DeleteVersion)?;
+    }
+    let ctx = crate::ops::Ctx::of(&caller);
+    crate::ops::versions::remove_file(&app, &ctx, &product, &version, &file)
+        .await
+        .map_err(|err| match err.code {
+            "not_found" => ApiError::not_found(
+                "version_not_found",
+                format!("product '{product}' has no draft '{version}'"),
+            ),
+            _ => err,
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct DownloadQuery {
     redirect: Option<bool>,
     #[serde(default)]
     prerelease: bool,
+    /// `key=value`: `latest` among the versions carrying this label.
+    label: Option<String>,
 }
 
-/// Finds a committed version; `latest` resolves to the highest release.
+impl DownloadQuery {
+    fn label(&self) -> ApiResult<Option<Label>> {
+        Ok(self.label.as_deref().map(parse_label_filter).transpose()?)
+    }
+}
+
+/// Finds a published version, or a draft the caller may see; `latest` resolves to the
+/// highest release (carrying `label`, when given).
 async fn resolve_version(
     app: &AppState,
+    caller: &Caller,
     product: &str,
     version: &str,
     prerelease: bool,
+    label: Option<&Label>,
 ) -> ApiResult<VersionRecord> {
     validate_version(version)?;
     if version == "latest" {
-        return match latest(app, product, prerelease).await? {
+        return match latest(app, product, prerelease, label).await? {
             Some(record) => Ok(record),
             None => Err(version_missing(app, product, version).await),
         };
     }
     match app.meta.version(product, version).await? {
-        Some(record) => Ok(record),
-        None => Err(version_missing(app, product, version).await),
+        Some(record)
+            if record.state == VersionState::Committed || caller.sees_drafts(product) =>
+        {
+            Ok(record)
+        }
+        _ => Err(version_missing(app, product, version).await),
     }
 }
 
@@ -103,19 +273,20 @@ pub(crate) async fn latest(
     app: &AppState,
     product: &str,
     prerelease: bool,
+    label: Option<&Label>,
 ) -> ApiResult<Option<VersionRecord>> {
     let wanted: &[VersionKind] = if prerelease {
         &[VersionKind::Release, VersionKind::PreRelease]
     } else {
         &[VersionKind::Release]
     };
-    if let Some(found) = app.meta.first_version_of_kind(product, wanted).await? {
+    if let Some(found) = app.meta.first_version_of_kind(product, wanted, label).await? {
         return Ok(Some(found));
     }
     if !prerelease
         && app
             .meta
-            .first_version_of_kind(product, &[VersionKind::PreRelease])
+            .first_version_of_kind(product, &[VersionKind::PreRelease], label)
             .await?
             .is_some()
     {
@@ -123,7 +294,7 @@ pub(crate) async fn latest(
     }
     Ok(app
         .meta
-        .first_version_of_kind(product, &[VersionKind::Other])
+        .first_version_of_kind(product, &[VersionKind::Other], label)
         .await?)
 }
 
@@ -143,12 +314,41 @@ async fn downloadable(
     caller: &Caller,
     product: &str,
     version: &str,
-    prerelease: bool,
+    query: &DownloadQuery,
 ) -> ApiResult<VersionRecord> {
     validate_product(product)?;
     caller.authorize(product, ProductOp::Download)?;
-    let record = resolve_version(app, product, version, prerelease).await?;
-    Ok(record)
+    let label = query.label()?;
+    resolve_version(app, caller, product, version, query.prerelease, label.as_ref()).await
+}
+
+/// The version's file `name` (`None`: its primary file), as a record whose primary
+/// fields describe that file, which is what the download path serves.
+fn served_file(record: VersionRecord, name: Option<&str>) -> ApiResult<VersionRecord> {
+    let file = match name {
+        Some(name) => record.file(name),
+        None => record.primary(),
+    };
+    match file {
+        Some(file) => Ok(record.with_primary(&file)),
+        None => Err(AssetRefusal::FileNotFound.into()),
+    }
+}
+
+/// Which concrete version (and file) a download served: a client that asked for
+/// `latest` learns what it got.
+fn served_headers(resp: &mut Response, record: &VersionRecord, file: Option<&str>) {
+    let mut location = format!("/product/download/{}/{}", record.product, record.version);
+    if let Some(file) = file {
+        location.push('/');
+        location.push_str(file);
+    }
+    if let Ok(v) = HeaderValue::from_str(&record.version) {
+        resp.headers_mut().insert("x-depot-version", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
 }
 
 /// A URL that downloads the version without a token: presigned by the blob store when
@@ -159,6 +359,7 @@ async fn direct_url(
     caller: &Caller,
     headers: &HeaderMap,
     record: &VersionRecord,
+    file: Option<&str>,
 ) -> ApiResult<(String, i64)> {
     let ttl = app.settings.presign_ttl_seconds;
     let expires = now_ms() / 1000 + ttl as i64;
@@ -182,9 +383,10 @@ async fn direct_url(
         token_id,
         expires,
     });
+    let file = file.map(|f| format!("/{f}")).unwrap_or_default();
     Ok((
         format!(
-            "{base}/signed/{}/{}?expires={expires}&token_id={token_id}&signature={signature}",
+            "{base}/signed/{}/{}{file}?expires={expires}&token_id={token_id}&signature={signature}",
             record.product, record.version
         ),
         expires,
@@ -289,7 +491,7 @@ async fn serve(
     }
 }
 
-/// `GET|HEAD /product/download/{product}/{version}`.
+/// `GET|HEAD /product/download/{product}/{version}`: the version's primary file.
 pub async fn download(
     State(app): State<AppState>,
     caller: Caller,
@@ -298,12 +500,58 @@ pub async fn download(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
-    let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
+    download_one(&app, &caller, &method, &headers, (&product, &version, None), &query).await
+}
+
+/// `GET|HEAD /product/download/{product}/{version}/{file}`: one file, or the generated
+/// `SHA256SUMS` of every file.
+pub async fn download_file(
+    State(app): State<AppState>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    ApiPath((product, version, file)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
+) -> ApiResult<Response> {
+    if file == CHECKSUMS_FILE {
+        let record = downloadable(&app, &caller, &product, &version, &query).await?;
+        let files = record.all_files();
+        let body = checksums_file(files.iter().map(|f| (f.name.as_str(), f.checksum.as_str())));
+        let mut resp = Response::new(if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(body.clone())
+        });
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        served_headers(&mut resp, &record, Some(CHECKSUMS_FILE));
+        return Ok(resp);
+    }
+    check_file_name(&file)?;
+    let target = (product.as_str(), version.as_str(), Some(file.as_str()));
+    download_one(&app, &caller, &method, &headers, target, &query).await
+}
+
+async fn download_one(
+    app: &AppState,
+    caller: &Caller,
+    method: &Method,
+    headers: &HeaderMap,
+    (product, version, file): (&str, &str, Option<&str>),
+    query: &DownloadQuery,
+) -> ApiResult<Response> {
+    let record = downloadable(app, caller, product, version, query).await?;
+    let record = served_file(record, file)?;
     let redirect = query
         .redirect
         .unwrap_or(app.settings.download_mode == DownloadMode::Redirect);
-    if redirect {
-        let (url, _) = direct_url(&app, &caller, &headers, &record).await?;
+    let mut resp = if redirect {
+        let (url, _) = direct_url(app, caller, headers, &record, file).await?;
         let mut resp = build(StatusCode::FOUND, HeaderMap::new(), Body::empty());
         resp.headers_mut().insert(
             header::LOCATION,
@@ -311,9 +559,12 @@ pub async fn download(
         );
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return Ok(resp);
-    }
-    serve(&app, &method, &headers, &record).await
+        resp
+    } else {
+        serve(app, method, headers, &record).await?
+    };
+    served_headers(&mut resp, &record, file);
+    Ok(resp)
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +585,27 @@ pub async fn signed_download(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<SignedQuery>,
 ) -> ApiResult<Response> {
+    signed_one(&app, &method, &headers, (&product, &version, None), &query).await
+}
+
+/// `GET /signed/{product}/{version}/{file}`: one file of a version, as above.
+pub async fn signed_file_download(
+    State(app): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    ApiPath((product, version, file)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<SignedQuery>,
+) -> ApiResult<Response> {
+    signed_one(&app, &method, &headers, (&product, &version, Some(&file)), &query).await
+}
+
+async fn signed_one(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    (product, version, file): (&str, &str, Option<&str>),
+    query: &SignedQuery,
+) -> ApiResult<Response> {
     let invalid = || {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -341,16 +613,22 @@ pub async fn signed_download(
             "the download link is invalid or has expired",
         )
     };
-    let record = if validate_product(&product).is_ok() && validate_version(&version).is_ok() {
-        app.meta.version(&product, &version).await?
+    let record = if validate_product(product).is_ok()
+        && validate_version(version).is_ok()
+        && file.is_none_or(|f| check_file_name(f).is_ok())
+    {
+        app.meta
+            .version(product, version)
+            .await?
+            .and_then(|r| served_file(r, file).ok())
     } else {
         None
     };
     // The MAC is checked whether or not the version exists (constant time either way).
     let valid = app.signer.verify(
         &SignedTarget {
-            product: &product,
-            version: &version,
+            product,
+            version,
             blob_key: record.as_ref().map_or("", |r| r.blob_key.as_str()),
             token_id: &query.token_id,
             expires: query.expires,
@@ -372,7 +650,13 @@ pub async fn signed_download(
     if decide(token.admin, grant, ProductOp::Download) != Decision::Allow {
         return Err(invalid());
     }
-    serve(&app, &method, &headers, &record).await
+    let sees_drafts = token.admin || grant.is_some_and(|g| g.upload || g.maintainer);
+    if record.state != VersionState::Committed && !sees_drafts {
+        return Err(invalid());
+    }
+    let mut resp = serve(app, method, headers, &record).await?;
+    served_headers(&mut resp, &record, file);
+    Ok(resp)
 }
 
 /// `GET /product/presign/{product}/{version}`: a URL for consumers that fetch later.
@@ -383,8 +667,31 @@ pub async fn presign(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let record = downloadable(&app, &caller, &product, &version, query.prerelease).await?;
-    let (url, expires) = direct_url(&app, &caller, &headers, &record).await?;
+    presign_one(&app, &caller, &headers, (&product, &version, None), &query).await
+}
+
+/// `GET /product/presign/{product}/{version}/{file}`: the same for one file.
+pub async fn presign_file(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath((product, version, file)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    check_file_name(&file)?;
+    presign_one(&app, &caller, &headers, (&product, &version, Some(&file)), &query).await
+}
+
+async fn presign_one(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    (product, version, file): (&str, &str, Option<&str>),
+    query: &DownloadQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let record = downloadable(app, caller, product, version, query).await?;
+    let record = served_file(record, file)?;
+    let (url, expires) = direct_url(app, caller, headers, &record, file).await?;
     Ok(Json(serde_json::json!({
         "url": url,
         "expires_at": rfc3339(expires * 1000),
@@ -403,7 +710,13 @@ pub async fn remove_version(
     validate_version(version)?;
     caller.authorize(product, ProductOp::DeleteVersion)?;
     let ctx = crate::ops::Ctx::of(caller);
-    if crate::ops::versions::delete(app, &ctx, product, version)
+    if let Some(draft) = app.meta.version(product, version).await?
+        && draft.state == VersionState::Draft
+        && !caller.sees_drafts(product)
+    {
+        return Err(version_missing(app, product, version).await);
+    }
+    if crate::ops::versions::delete(app, &ctx, product, version, None, None)
         .await?
         .is_none()
     {
@@ -427,6 +740,8 @@ pub async fn delete_version(
 pub struct ListQuery {
     limit: Option<usize>,
     cursor: Option<String>,
+    /// `key=value`: only versions carrying this label.
+    label: Option<String>,
 }
 
 /// `GET /product/versions/{product}`: newest first (semver, then by upload time), paginated.
@@ -446,13 +761,20 @@ pub async fn list_versions(
         ));
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let label = query.label.as_deref().map(parse_label_filter).transpose()?;
     if app.meta.product(&product).await?.is_none() {
         return Err(ApiError::product_not_found(&product));
     }
     // One more than asked tells whether another page follows.
     let mut versions = app
         .meta
-        .versions_page(&product, after.as_deref(), limit + 1)
+        .versions_page(
+            &product,
+            after.as_deref(),
+            limit + 1,
+            caller.sees_drafts(&product),
+            label.as_ref(),
+        )
         .await?;
     let more = versions.len() > limit;
     versions.truncate(limit);

@@ -50,6 +50,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/product/presign/{product}/{version}"),
     ("GET", "/product/versions/{product}"),
     ("GET", "/signed/{product}/{version}"),
+    ("PUT", "/product/upload/{product}/{version}/{file}"),
+    ("POST", "/product/publish/{product}/{version}"),
+    ("DELETE", "/product/delete/{product}/{version}/{file}"),
+    ("GET", "/product/download/{product}/{version}/{file}"),
+    ("GET", "/product/presign/{product}/{version}/{file}"),
+    ("GET", "/signed/{product}/{version}/{file}"),
+    ("PUT", "/product/labels/{product}/{version}"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
     ("PUT", "/webhooks"),
@@ -64,6 +71,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub const HEAD_ROUTES: &[&str] = &[
     "/product/download/{product}/{version}",
     "/signed/{product}/{version}",
+    "/product/download/{product}/{version}/{file}",
+    "/signed/{product}/{version}/{file}",
 ];
 
 /// The handler of one entry of [`ROUTES`]. Every handler but the upload's runs to
@@ -71,7 +80,10 @@ pub const HEAD_ROUTES: &[&str] = &[
 /// does, and its guard cleans up.
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
     let handler = route_handler(method, path);
-    if (method, path) == ("POST", "/product/upload") {
+    if matches!(
+        (method, path),
+        ("POST", "/product/upload") | ("PUT", "/product/upload/{product}/{version}/{file}")
+    ) {
         handler
     } else {
         handler.layer(axum::middleware::from_fn(run_to_completion))
@@ -116,6 +128,17 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/product/presign/{product}/{version}") => get(artifacts::presign),
         ("GET", "/product/versions/{product}") => get(artifacts::list_versions),
         ("GET", "/signed/{product}/{version}") => get(artifacts::signed_download),
+        ("PUT", "/product/upload/{product}/{version}/{file}") => {
+            put(artifacts::upload_file).layer(DefaultBodyLimit::disable())
+        }
+        ("POST", "/product/publish/{product}/{version}") => post(artifacts::publish),
+        ("DELETE", "/product/delete/{product}/{version}/{file}") => {
+            delete(artifacts::delete_file)
+        }
+        ("GET", "/product/download/{product}/{version}/{file}") => get(artifacts::download_file),
+        ("GET", "/product/presign/{product}/{version}/{file}") => get(artifacts::presign_file),
+        ("GET", "/signed/{product}/{version}/{file}") => get(artifacts::signed_file_download),
+        ("PUT", "/product/labels/{product}/{version}") => put(artifacts::set_labels),
         ("GET", "/audit") => get(audit::audit),
         ("POST", "/ui/login") => post(ui::login),
         ("PUT", "/webhooks") => put(webhooks::create),

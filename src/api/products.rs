@@ -101,9 +101,18 @@ pub async fn fetch(
         .product_view(&product)
         .await?
         .ok_or_else(|| ApiError::product_not_found(&product))?;
+    // Drafts only for those who may see them; never `latest`.
+    let drafts = caller.sees_drafts(&product);
+    let versions: Vec<_> = versions
+        .into_iter()
+        .filter(|v| drafts || v.state != crate::meta::VersionState::Draft)
+        .collect();
     // Every version is loaded already: pick `latest` among them rather than asking again.
     let latest = latest_of(
-        versions.iter().map(|v| (v.kind, v.sort_key.as_str(), v)),
+        versions
+            .iter()
+            .filter(|v| v.state == crate::meta::VersionState::Committed)
+            .map(|v| (v.kind, v.sort_key.as_str(), v)),
         query.prerelease,
     )
     .cloned();

@@ -39,6 +39,18 @@ pub enum EventType {
     WebhookCreated,
     #[serde(rename = "webhook.deleted")]
     WebhookDeleted,
+    /// The first file of a new draft version arrived.
+    #[serde(rename = "draft.created")]
+    DraftCreated,
+    /// A file was added to a draft.
+    #[serde(rename = "file.uploaded")]
+    FileUploaded,
+    /// A file was removed from a draft.
+    #[serde(rename = "file.deleted")]
+    FileDeleted,
+    /// A version's labels changed.
+    #[serde(rename = "version.labeled")]
+    VersionLabeled,
 }
 
 impl EventType {
@@ -54,6 +66,10 @@ impl EventType {
         EventType::UploadAbandoned,
         EventType::WebhookCreated,
         EventType::WebhookDeleted,
+        EventType::DraftCreated,
+        EventType::FileUploaded,
+        EventType::FileDeleted,
+        EventType::VersionLabeled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +85,10 @@ impl EventType {
             EventType::UploadAbandoned => "upload.abandoned",
             EventType::WebhookCreated => "webhook.created",
             EventType::WebhookDeleted => "webhook.deleted",
+            EventType::DraftCreated => "draft.created",
+            EventType::FileUploaded => "file.uploaded",
+            EventType::FileDeleted => "file.deleted",
+            EventType::VersionLabeled => "version.labeled",
         }
     }
 

@@ -1,4 +1,5 @@
 //! Domain rules with no I/O: names, permissions, version ordering, token formats.
+pub mod assets;
 pub mod events;
 pub mod names;
 pub mod permissions;

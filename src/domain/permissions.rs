@@ -70,6 +70,8 @@ pub enum ProductOp {
     ReadAudit,
     /// Create, list and delete the product's webhooks.
     ManageWebhooks,
+    /// Change a version's labels (promote it to a channel).
+    Label,
 }
 
 impl ProductOp {
@@ -77,9 +79,10 @@ impl ProductOp {
         match self {
             ProductOp::Fetch => true,
             ProductOp::DeleteProduct | ProductOp::DeleteVersion => grant.maintainer || grant.delete,
-            ProductOp::ManageTokens | ProductOp::ReadAudit | ProductOp::ManageWebhooks => {
-                grant.maintainer
-            }
+            ProductOp::ManageTokens
+            | ProductOp::ReadAudit
+            | ProductOp::ManageWebhooks
+            | ProductOp::Label => grant.maintainer,
             ProductOp::Upload => grant.upload,
             ProductOp::Download => grant.download,
         }
@@ -95,6 +98,7 @@ impl ProductOp {
             ProductOp::Download => "download (needs download)",
             ProductOp::ReadAudit => "read this product's audit log (needs maintainer)",
             ProductOp::ManageWebhooks => "manage this product's webhooks (needs maintainer)",
+            ProductOp::Label => "change version labels (needs maintainer)",
         }
     }
 }
@@ -144,6 +148,7 @@ mod tests {
             (ManageTokens, &["maintainer"]),
             (ReadAudit, &["maintainer"]),
             (ManageWebhooks, &["maintainer"]),
+            (Label, &["maintainer"]),
             (Upload, &["upload"]),
             (Download, &["download"]),
             (Fetch, &["maintainer", "download", "upload", "delete"]),

@@ -4,6 +4,8 @@
 //! blocking pool.
 
 use super::*;
+use crate::domain::assets::has_label;
+use crate::error::AssetRefusal;
 use crate::domain::version::VersionKind;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -140,6 +142,27 @@ impl EmbeddedMetaStore {
 }
 
 /// Stores `events` in the transaction of the change they describe.
+fn get_version(
+    versions: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> MetaResult<Option<VersionRecord>> {
+    match versions.get(key).map_err(unavailable)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_version(
+    versions: &mut redb::Table<&'static str, &'static [u8]>,
+    key: &str,
+    record: &VersionRecord,
+) -> MetaResult<()> {
+    versions
+        .insert(key, encode(record)?.as_slice())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 fn record_events(txn: &redb::WriteTransaction, events: &[Event]) -> MetaResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -496,7 +519,7 @@ impl MetaStore for EmbeddedMetaStore {
             Some(few) => few
                 .into_iter()
                 .map(|(_, r)| r)
-                .filter(|r| r.state == VersionState::Committed)
+                .filter(|r| r.state != VersionState::Pending)
                 .collect(),
             None => self.list_versions(name).await?,
         };
@@ -559,9 +582,9 @@ impl MetaStore for EmbeddedMetaStore {
                 versions
                     .remove(key2(&name, &version).as_str())
                     .map_err(unavailable)?;
-                blob_keys
-                    .remove(record.blob_key.as_str())
-                    .map_err(unavailable)?;
+                for blob_key in record.blob_keys() {
+                    blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
+                }
                 deleted.versions.push(record);
             }
             event.details = product_deleted_details(&deleted);
@@ -618,18 +641,17 @@ impl MetaStore for EmbeddedMetaStore {
         product: &str,
         version: &str,
         blob_key: &str,
-        size: u64,
-        checksum: &str,
+        files: &[FileRecord],
+        labels: &[Label],
         events: &[Event],
     ) -> MetaResult<()> {
         let key = key2(product, version);
-        let (blob_key, checksum) = (blob_key.to_string(), checksum.to_string());
-        let events = events.to_vec();
+        let blob_key = blob_key.to_string();
+        let (files, labels, events) = (files.to_vec(), labels.to_vec(), events.to_vec());
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let mut record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
-                Some(v) => decode(v.value())?,
-                None => return Err(MetaError::NotFound),
+            let Some(record) = get_version(&versions, &key)? else {
+                return Err(MetaError::NotFound);
             };
             if record.blob_key != blob_key {
                 return Err(MetaError::NotFound);
@@ -639,13 +661,167 @@ impl MetaStore for EmbeddedMetaStore {
                 // with its events.
                 return Ok(());
             }
+            let primary = files.first().ok_or(MetaError::Asset(
+                AssetRefusal::EmptyVersion,
+            ))?;
+            let mut record = record.with_primary(primary);
             record.state = VersionState::Committed;
-            record.size = size;
-            record.checksum = checksum;
-            versions
-                .insert(key.as_str(), encode(&record)?.as_slice())
-                .map_err(unavailable)?;
+            record.lease_until = None;
+            record.files = files;
+            record.labels = labels;
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            for f in &record.files {
+                blob_keys
+                    .insert(f.blob_key.as_str(), key.as_str())
+                    .map_err(unavailable)?;
+            }
+            put_version(&mut versions, &key, &record)?;
             record_events(txn, &events)
+        })
+        .await
+    }
+
+    async fn add_draft_file(
+        &self,
+        draft: &VersionRecord,
+        file: &FileRecord,
+        created_events: &[Event],
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        let (draft, file) = (draft.clone(), file.clone());
+        let (created_events, events) = (created_events.to_vec(), events.to_vec());
+        self.write(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products
+                .get(draft.product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Err(MetaError::NotFound);
+            }
+            let key = key2(&draft.product, &draft.version);
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let (mut record, created) = match get_version(&versions, &key)? {
+                None => (draft, true),
+                Some(r) => match r.state {
+                    VersionState::Draft => (r, false),
+                    VersionState::Pending if r.lease_lapsed(file.uploaded_at) => (draft, true),
+                    VersionState::Pending => return Err(MetaError::Pending),
+                    VersionState::Committed => return Err(MetaError::Conflict),
+                },
+            };
+            check_can_add(
+                record.files.iter().map(|f| f.name.as_str()),
+                &file.name,
+            )
+            .map_err(MetaError::Asset)?;
+            record.updated_at = record.updated_at.max(file.uploaded_at);
+            record.files.push(file.clone());
+            put_version(&mut versions, &key, &record)?;
+            txn.open_table(BLOB_KEYS)
+                .map_err(unavailable)?
+                .insert(file.blob_key.as_str(), key.as_str())
+                .map_err(unavailable)?;
+            if created {
+                record_events(txn, &created_events)?;
+            }
+            record_events(txn, &events)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn remove_draft_file(
+        &self,
+        product: &str,
+        version: &str,
+        name: &str,
+        events: &[Event],
+    ) -> MetaResult<FileRecord> {
+        let key = key2(product, version);
+        let name = name.to_string();
+        let events = events.to_vec();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut record = match get_version(&versions, &key)? {
+                Some(r) if r.state == VersionState::Draft => r,
+                Some(r) if r.state == VersionState::Committed => {
+                    return Err(MetaError::Asset(AssetRefusal::Published));
+                }
+                _ => return Err(MetaError::NotFound),
+            };
+            let Some(at) = record.files.iter().position(|f| f.name == name) else {
+                return Err(MetaError::Asset(AssetRefusal::FileNotFound));
+            };
+            let removed = record.files.remove(at);
+            record.updated_at = record.updated_at.max(now_ms());
+            put_version(&mut versions, &key, &record)?;
+            txn.open_table(BLOB_KEYS)
+                .map_err(unavailable)?
+                .remove(removed.blob_key.as_str())
+                .map_err(unavailable)?;
+            record_events(txn, &events)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn publish_draft(
+        &self,
+        product: &str,
+        version: &str,
+        files: Option<&[String]>,
+        labels: &[Label],
+        now_ms: i64,
+        mut event: Event,
+    ) -> MetaResult<VersionRecord> {
+        let key = key2(product, version);
+        let files = files.map(<[String]>::to_vec);
+        let labels = labels.to_vec();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let draft = match get_version(&versions, &key)? {
+                Some(r) if r.state == VersionState::Draft => r,
+                Some(r) if r.state == VersionState::Committed => return Err(MetaError::Conflict),
+                Some(_) => return Err(MetaError::Pending),
+                None => return Err(MetaError::NotFound),
+            };
+            let record = seal(draft, files.as_deref(), labels, now_ms)
+                .map_err(MetaError::Asset)?;
+            put_version(&mut versions, &key, &record)?;
+            event.details = published_details(&record);
+            record_events(txn, std::slice::from_ref(&event))?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn set_labels(
+        &self,
+        product: &str,
+        version: &str,
+        changes: &std::collections::BTreeMap<String, Option<String>>,
+        mut event: Event,
+    ) -> MetaResult<Vec<Label>> {
+        let key = key2(product, version);
+        let changes = changes.clone();
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let mut record = match get_version(&versions, &key)? {
+                Some(r) if r.state != VersionState::Pending => r,
+                _ => return Err(MetaError::NotFound),
+            };
+            let (labels, change) =
+                crate::domain::assets::apply_label_changes(&record.labels, &changes)
+                    .map_err(|e| MetaError::Asset(AssetRefusal::InvalidLabel(e.to_string())))?;
+            if change.set.is_empty() && change.removed.is_empty() {
+                return Ok(labels);
+            }
+            record.labels = labels.clone();
+            put_version(&mut versions, &key, &record)?;
+            event.details = labels_details(&change);
+            record_events(txn, std::slice::from_ref(&event))?;
+            Ok(labels)
         })
         .await
     }
@@ -689,7 +865,7 @@ impl MetaStore for EmbeddedMetaStore {
             match versions.get(key.as_str()).map_err(unavailable)? {
                 Some(v) => {
                     let record: VersionRecord = decode(v.value())?;
-                    Ok((record.state == VersionState::Committed).then_some(record))
+                    Ok((record.state != VersionState::Pending).then_some(record))
                 }
                 None => Ok(None),
             }
@@ -715,7 +891,7 @@ impl MetaStore for EmbeddedMetaStore {
         Ok(all
             .into_iter()
             .map(|(_, r)| r)
-            .filter(|r| r.state == VersionState::Committed)
+            .filter(|r| r.state != VersionState::Pending)
             .collect())
     }
 
@@ -724,11 +900,17 @@ impl MetaStore for EmbeddedMetaStore {
         product: &str,
         after: Option<&str>,
         limit: usize,
+        drafts: bool,
+        label: Option<&Label>,
     ) -> MetaResult<Vec<VersionRecord>> {
         // A local scan and sort of one product's versions takes milliseconds even for
         // tens of thousands; no second index needed.
         let mut versions = self.list_versions(product).await?;
-        versions.retain(|v| after.is_none_or(|a| v.sort_key.as_str() > a));
+        versions.retain(|v| {
+            after.is_none_or(|a| v.sort_key.as_str() > a)
+                && (drafts || v.state == VersionState::Committed)
+                && has_label(&v.labels, label)
+        });
         versions.sort_by(|a, b| a.sort_key.cmp(&b.sort_key));
         versions.truncate(limit);
         Ok(versions)
@@ -738,11 +920,16 @@ impl MetaStore for EmbeddedMetaStore {
         &self,
         product: &str,
         kinds: &[VersionKind],
+        label: Option<&Label>,
     ) -> MetaResult<Option<VersionRecord>> {
         let versions = self.list_versions(product).await?;
         Ok(versions
             .into_iter()
-            .filter(|v| kinds.contains(&v.kind))
+            .filter(|v| {
+                v.state == VersionState::Committed
+                    && kinds.contains(&v.kind)
+                    && has_label(&v.labels, label)
+            })
             .min_by(|a, b| a.sort_key.cmp(&b.sort_key)))
     }
 
@@ -750,24 +937,28 @@ impl MetaStore for EmbeddedMetaStore {
         &self,
         product: &str,
         version: &str,
+        idle_before: Option<i64>,
         mut event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
         let key = key2(product, version);
         self.write(move |txn| {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let record: VersionRecord = match versions.get(key.as_str()).map_err(unavailable)? {
-                Some(v) => decode(v.value())?,
-                None => return Ok(None),
+            let Some(record) = get_version(&versions, &key)? else {
+                return Ok(None);
             };
-            if record.state != VersionState::Committed {
+            let deletable = match idle_before {
+                None => record.state != VersionState::Pending,
+                Some(before) => record.state == VersionState::Draft && record.updated_at < before,
+            };
+            if !deletable {
                 return Ok(None);
             }
             versions.remove(key.as_str()).map_err(unavailable)?;
-            txn.open_table(BLOB_KEYS)
-                .map_err(unavailable)?
-                .remove(record.blob_key.as_str())
-                .map_err(unavailable)?;
-            event.details = version_details(&record);
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            for blob_key in record.blob_keys() {
+                blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
+            }
+            event.details = deleted_details(&record, &event.details);
             record_events(txn, std::slice::from_ref(&event))?;
             Ok(Some(record))
         })
@@ -776,6 +967,11 @@ impl MetaStore for EmbeddedMetaStore {
 
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
         self.versions_where(move |r| r.state == VersionState::Pending && r.uploaded_at < before_ms)
+            .await
+    }
+
+    async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
+        self.versions_where(move |r| r.state == VersionState::Draft && r.updated_at < before_ms)
             .await
     }
 

@@ -2,10 +2,11 @@
 //! implementation (`embedded` on redb, `mongo` on MongoDB). Implementations keep every
 //! change that must be atomic inside one transaction or one single-document write.
 
+use crate::domain::assets::Label;
 use crate::domain::events::{Event, EventFilter};
 use crate::domain::permissions::Grant;
 use crate::domain::version::VersionKind;
-use crate::error::MetaError;
+use crate::error::{AssetRefusal, MetaError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -74,9 +75,32 @@ pub struct ProductRecord {
 pub enum VersionState {
     /// Reserved by an upload in flight: invisible to readers, blocks duplicates.
     Pending,
+    /// Being filled file by file (`PUT /product/upload/{p}/{v}/{file}`); visible only to
+    /// tokens that may upload, never `latest`, until published.
+    Draft,
+    /// Published: immutable. (Stored as `committed`, its name from before drafts.)
     Committed,
 }
 
+/// One file of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 hex.
+    pub checksum: String,
+    /// Where the blob store keeps the bytes; unique per upload attempt.
+    pub blob_key: String,
+    /// Unix milliseconds.
+    pub uploaded_at: i64,
+    /// Public id of the uploading token.
+    pub uploaded_by: String,
+}
+
+/// A version. `file_name`, `size`, `checksum` and `blob_key` describe its *primary* file
+/// (the one the seed's one-file download serves: its first committed file); `files` holds
+/// every file in commit order. Records from before several files per version have no
+/// `files`: [`VersionRecord::all_files`] reads them as their one primary file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub product: String,
@@ -85,7 +109,8 @@ pub struct VersionRecord {
     pub size: u64,
     /// SHA-256 hex of the artifact (empty while pending).
     pub checksum: String,
-    /// Where the blob store keeps the bytes; unique per upload attempt.
+    /// Where the blob store keeps the bytes; unique per upload attempt. While pending: the
+    /// reservation's key (its first file's), which commit and cleanup match on.
     pub blob_key: String,
     pub state: VersionState,
     /// Unix milliseconds.
@@ -104,9 +129,62 @@ pub struct VersionRecord {
     /// committed ones) leaves a pending record to the janitor's grace.
     #[serde(default)]
     pub lease_until: Option<i64>,
+    #[serde(default)]
+    pub files: Vec<FileRecord>,
+    /// Sorted by key.
+    #[serde(default)]
+    pub labels: Vec<Label>,
+    /// Unix milliseconds of the last change to a draft (its expiry counts from here).
+    #[serde(default)]
+    pub updated_at: i64,
 }
 
 impl VersionRecord {
+    /// Every file, in commit order; a record from before `files` existed has its one.
+    pub fn all_files(&self) -> std::borrow::Cow<'_, [FileRecord]> {
+        if self.files.is_empty() && self.state == VersionState::Committed {
+            std::borrow::Cow::Owned(vec![FileRecord {
+                name: self.file_name.clone(),
+                size: self.size,
+                checksum: self.checksum.clone(),
+                blob_key: self.blob_key.clone(),
+                uploaded_at: self.uploaded_at,
+                uploaded_by: self.uploaded_by.clone(),
+            }])
+        } else {
+            std::borrow::Cow::Borrowed(&self.files)
+        }
+    }
+
+    /// The file of that name.
+    pub fn file(&self, name: &str) -> Option<FileRecord> {
+        self.all_files().iter().find(|f| f.name == name).cloned()
+    }
+
+    /// The primary file: the only one, else the first committed.
+    pub fn primary(&self) -> Option<FileRecord> {
+        self.all_files().first().cloned()
+    }
+
+    /// Makes `file` the one the primary fields describe (on publish, and to serve one file
+    /// of a version through the one-file download path).
+    pub fn with_primary(mut self, file: &FileRecord) -> Self {
+        self.file_name = file.name.clone();
+        self.size = file.size;
+        self.checksum = file.checksum.clone();
+        self.blob_key = file.blob_key.clone();
+        self
+    }
+
+    /// Every blob key the record points at (pending reservation, primary, files).
+    pub fn blob_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.files.iter().map(|f| f.blob_key.clone()).collect();
+        if !self.blob_key.is_empty() && !keys.contains(&self.blob_key) {
+            keys.push(self.blob_key.clone());
+        }
+        keys
+    }
+
     /// A pending record whose uploader stopped renewing its lease before `now_ms`.
     pub fn lease_lapsed(&self, now_ms: i64) -> bool {
         self.state == VersionState::Pending && self.lease_until.is_some_and(|until| until < now_ms)
@@ -269,16 +347,62 @@ pub trait MetaStore: Send + Sync {
     /// upload left. `Conflict` when the version is committed, `Pending` when another
     /// upload of it holds a live reservation, `NotFound` when the product does not exist.
     async fn reserve_version(&self, record: &VersionRecord) -> MetaResult<Option<VersionRecord>>;
-    /// Flips a pending reservation (matched by blob key) to committed with its final size and digest.
+    /// Flips a pending reservation (matched by blob key) to published with its files
+    /// (the first is the primary) and labels.
     async fn commit_version(
         &self,
         product: &str,
         version: &str,
         blob_key: &str,
-        size: u64,
-        checksum: &str,
+        files: &[FileRecord],
+        labels: &[Label],
         events: &[Event],
     ) -> MetaResult<()>;
+    /// Adds a committed file to the draft `draft.version`, creating the draft from `draft`
+    /// when the version does not exist (then `created_events` are stored too). True when
+    /// it created the draft. `Conflict` when the version is published, `Pending` while a
+    /// one-request upload of it runs, `Asset(FileExists | TooManyFiles)`, `NotFound` when
+    /// the product does not exist.
+    async fn add_draft_file(
+        &self,
+        draft: &VersionRecord,
+        file: &FileRecord,
+        created_events: &[Event],
+        events: &[Event],
+    ) -> MetaResult<bool>;
+    /// Removes a file from a draft and returns it. `Asset(Published)` on a published
+    /// version, `Asset(FileNotFound)`, `NotFound` without such a draft.
+    async fn remove_draft_file(
+        &self,
+        product: &str,
+        version: &str,
+        name: &str,
+        events: &[Event],
+    ) -> MetaResult<FileRecord>;
+    /// Seals a draft: published, with `labels`, its primary file set and `sort_key`
+    /// recomputed for `now_ms`. `files`, when given, must name exactly the draft's files
+    /// (`Asset(FilesMismatch)`); a draft without files is `Asset(EmptyVersion)`;
+    /// `Conflict` when already published; `NotFound` without a draft. The store completes
+    /// `event.details` ([`published_details`]).
+    async fn publish_draft(
+        &self,
+        product: &str,
+        version: &str,
+        files: Option<&[String]>,
+        labels: &[Label],
+        now_ms: i64,
+        event: Event,
+    ) -> MetaResult<VersionRecord>;
+    /// Applies label changes (`None` removes) to a draft or published version and returns
+    /// the new labels. The event (completed with [`labels_details`]) is stored only when
+    /// something changed. `NotFound` without such a version.
+    async fn set_labels(
+        &self,
+        product: &str,
+        version: &str,
+        changes: &std::collections::BTreeMap<String, Option<String>>,
+        event: Event,
+    ) -> MetaResult<Vec<Label>>;
     /// Drops a pending reservation (matched by blob key); committed records are untouched.
     /// The events are stored only when a record was removed.
     async fn remove_pending_version(
@@ -288,32 +412,41 @@ pub trait MetaStore: Send + Sync {
         blob_key: &str,
         events: &[Event],
     ) -> MetaResult<()>;
-    /// A committed version.
+    /// A published version or a draft (never a pending reservation).
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>>;
-    /// All committed versions of a product, in no particular order.
+    /// All published versions and drafts of a product, in no particular order.
     async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>>;
-    /// Up to `limit` committed versions in listing order (ascending `sort_key`), starting
-    /// after the sort key `after`.
+    /// Up to `limit` versions in listing order (ascending `sort_key`), starting after the
+    /// sort key `after`: published ones, drafts too when `drafts`, and only those
+    /// carrying `label` when one is given.
     async fn versions_page(
         &self,
         product: &str,
         after: Option<&str>,
         limit: usize,
+        drafts: bool,
+        label: Option<&Label>,
     ) -> MetaResult<Vec<VersionRecord>>;
-    /// The first committed version in listing order whose kind is one of `kinds`.
+    /// The first published version in listing order whose kind is one of `kinds` (and
+    /// that carries `label`, when given).
     async fn first_version_of_kind(
         &self,
         product: &str,
         kinds: &[VersionKind],
+        label: Option<&Label>,
     ) -> MetaResult<Option<VersionRecord>>;
-    /// Deletes a committed version's record and returns it. The store completes
+    /// Deletes a published version or a draft and returns its record; with `idle_before`,
+    /// only a draft last changed before then (the janitor's expiry). The store completes
     /// `event.details` from the record ([`version_details`]).
     async fn delete_version(
         &self,
         product: &str,
         version: &str,
+        idle_before: Option<i64>,
         event: Event,
     ) -> MetaResult<Option<VersionRecord>>;
+    /// Drafts last changed before `before_ms`.
+    async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Pending reservations older than `before_ms` (left by crashes).
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Whether any version record (pending or committed) points at this blob key.
@@ -390,14 +523,48 @@ pub trait MetaStore: Send + Sync {
     async fn prune_events(&self, before_ms: i64) -> MetaResult<u64>;
 }
 
-/// `details` of `version.published` / `version.deleted`: the file as stored.
+/// `details` of `version.deleted`: the primary file as stored, the state and the file count.
 pub fn version_details(r: &VersionRecord) -> serde_json::Value {
     serde_json::json!({
         "file_name": r.file_name,
         "size": r.size,
         "checksum": r.checksum,
         "uploaded_by": r.uploaded_by,
+        "state": if r.state == VersionState::Draft { "draft" } else { "published" },
+        "files": r.all_files().len(),
     })
+}
+
+/// `details` of `version.deleted` as stored: [`version_details`] plus what the caller
+/// already put there (the janitor's `reason`).
+pub fn deleted_details(r: &VersionRecord, given: &serde_json::Value) -> serde_json::Value {
+    let mut details = version_details(r);
+    if let (Some(out), Some(given)) = (details.as_object_mut(), given.as_object()) {
+        out.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    details
+}
+
+/// `details` of `version.published`: the primary file, every file and the labels.
+pub fn published_details(r: &VersionRecord) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = r
+        .all_files()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name, "size": f.size, "checksum": f.checksum}))
+        .collect();
+    serde_json::json!({
+        "file_name": r.file_name,
+        "size": r.size,
+        "checksum": r.checksum,
+        "uploaded_by": r.uploaded_by,
+        "files": files,
+        "labels": crate::domain::assets::labels_map(&r.labels),
+    })
+}
+
+/// `details` of `version.labeled`: what was set and what removed.
+pub fn labels_details(change: &crate::domain::assets::LabelChange) -> serde_json::Value {
+    serde_json::json!({ "set": change.set, "removed": change.removed })
 }
 
 /// `details` of `product.deleted`: how much went with it.
@@ -406,6 +573,52 @@ pub fn product_deleted_details(d: &DeletedProduct) -> serde_json::Value {
         "versions": d.versions.len(),
         "grants": d.token_ids.len(),
     })
+}
+
+/// Whether a draft holding `existing` files may take one more named `name`.
+pub fn check_can_add<'a>(
+    mut existing: impl ExactSizeIterator<Item = &'a str>,
+    name: &str,
+) -> Result<(), AssetRefusal> {
+    if existing.len() >= crate::domain::assets::MAX_FILES {
+        return Err(AssetRefusal::TooManyFiles);
+    }
+    if existing.any(|n| n == name) {
+        return Err(AssetRefusal::FileExists);
+    }
+    Ok(())
+}
+
+/// A draft sealed into a published version at `now_ms`: its files checked against the
+/// publish's list, its first file the primary, `labels` merged over its own, its listing
+/// position that of a version published now.
+pub fn seal(
+    draft: VersionRecord,
+    files: Option<&[String]>,
+    labels: Vec<Label>,
+    now_ms: i64,
+) -> Result<VersionRecord, AssetRefusal> {
+    if let Some(listed) = files
+        && !crate::domain::assets::same_files(listed, draft.files.iter().map(|f| f.name.as_str()))
+    {
+        return Err(AssetRefusal::FilesMismatch);
+    }
+    let Some(primary) = draft.files.first().cloned() else {
+        return Err(AssetRefusal::EmptyVersion);
+    };
+    let changes = labels
+        .into_iter()
+        .map(|l| (l.key, Some(l.value)))
+        .collect();
+    let (labels, _) = crate::domain::assets::apply_label_changes(&draft.labels, &changes)
+        .map_err(|e| AssetRefusal::InvalidLabel(e.to_string()))?;
+    let mut record = draft.with_primary(&primary);
+    record.state = VersionState::Committed;
+    record.labels = labels;
+    record.uploaded_at = now_ms;
+    record.updated_at = now_ms;
+    record.sort_key = crate::domain::version::sort_key(&record.version, now_ms);
+    Ok(record)
 }
 
 pub fn now_ms() -> i64 {

@@ -13,6 +13,7 @@
 
 use super::*;
 use crate::domain::version::VersionKind;
+use crate::error::AssetRefusal;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -144,6 +145,11 @@ fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     matches!(&*err.kind, ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == 11000)
 }
 
+/// Matches a version carrying this label (labels are stored as `{key, value}` pairs).
+fn label_match(label: &Label) -> Document {
+    doc! { "$elemMatch": { "key": &label.key, "value": &label.value } }
+}
+
 fn version_filter(product: &str, version: &str) -> Document {
     doc! { "product": product, "version": version }
 }
@@ -206,6 +212,12 @@ impl MongoMetaStore {
             .await?;
         self.versions
             .create_index(index(doc! { "blob_key": 1 }, false))
+            .await?;
+        self.versions
+            .create_index(index(doc! { "files.blob_key": 1 }, false))
+            .await?;
+        self.versions
+            .create_index(index(doc! { "state": 1, "updated_at": 1 }, false))
             .await?;
         self.versions
             .create_index(index(doc! { "state": 1, "uploaded_at": 1 }, false))
@@ -640,12 +652,18 @@ impl MetaStore for MongoMetaStore {
         product: &str,
         version: &str,
         blob_key: &str,
-        size: u64,
-        checksum: &str,
+        files: &[FileRecord],
+        labels: &[Label],
         events: &[Event],
     ) -> MetaResult<()> {
-        let size =
-            i64::try_from(size).map_err(|_| MetaError::Unavailable("size out of range".into()))?;
+        let Some(primary) = files.first() else {
+            return Err(MetaError::Asset(AssetRefusal::EmptyVersion));
+        };
+        let bson_error = |e: mongodb::bson::ser::Error| MetaError::Unavailable(e.to_string());
+        let files_bson = mongodb::bson::to_bson(files).map_err(bson_error)?;
+        let labels_bson = mongodb::bson::to_bson(labels).map_err(bson_error)?;
+        let size = i64::try_from(primary.size)
+            .map_err(|_| MetaError::Unavailable("size out of range".into()))?;
         in_transaction!(self, s, {
             // A deletion of the product that overlaps deletes this very record, so the two
             // conflict on it and one of them is retried (commits of one product must not
@@ -660,7 +678,16 @@ impl MetaStore for MongoMetaStore {
                 .versions
                 .update_one(
                     filter,
-                    doc! { "$set": { "state": "committed", "size": size, "checksum": checksum } },
+                    doc! { "$set": {
+                        "state": "committed",
+                        "file_name": &primary.name,
+                        "size": size,
+                        "checksum": &primary.checksum,
+                        "blob_key": &primary.blob_key,
+                        "files": files_bson.clone(),
+                        "labels": labels_bson.clone(),
+                        "lease_until": mongodb::bson::Bson::Null,
+                    } },
                 )
                 .session(&mut s)
                 .await?;
@@ -670,7 +697,7 @@ impl MetaStore for MongoMetaStore {
                 // a lost reservation, or the caller's cleanup would delete a committed
                 // version's blob. Its events went in with that first attempt.
                 let mut mine = version_filter(product, version);
-                mine.insert("blob_key", blob_key);
+                mine.insert("blob_key", &primary.blob_key);
                 mine.insert("state", "committed");
                 let already = self.versions.count_documents(mine).session(&mut s).await?;
                 return Ok(if already == 0 {
@@ -681,6 +708,203 @@ impl MetaStore for MongoMetaStore {
             }
             self.insert_events_in(&mut s, events).await?;
             Ok(Ok(()))
+        })
+    }
+
+    async fn add_draft_file(
+        &self,
+        draft: &VersionRecord,
+        file: &FileRecord,
+        created_events: &[Event],
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        let file_bson =
+            mongodb::bson::to_bson(file).map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        // Two first files of one new draft both try to create it: the loser's insert meets
+        // the winner's record and goes round again to add its file to it.
+        for _ in 0..3 {
+            let outcome = in_transaction!(self, s, {
+                if !self.product_exists_in(&mut s, &draft.product).await? {
+                    return Ok(Err(MetaError::NotFound));
+                }
+                let filter = version_filter(&draft.product, &draft.version);
+                let existing = self
+                    .versions
+                    .find_one(filter.clone())
+                    .session(&mut s)
+                    .await?;
+                let created = match existing {
+                    None => {
+                        let mut record = draft.clone();
+                        record.files = vec![file.clone()];
+                        record.updated_at = record.updated_at.max(file.uploaded_at);
+                        match self.versions.insert_one(&record).session(&mut s).await {
+                            Err(e) if is_duplicate_key(&e) => return Ok(Err(MetaError::Pending)),
+                            other => other?,
+                        };
+                        true
+                    }
+                    Some(r) => {
+                        match r.state {
+                            VersionState::Draft => {}
+                            VersionState::Committed => return Ok(Err(MetaError::Conflict)),
+                            VersionState::Pending => return Ok(Err(MetaError::Pending)),
+                        }
+                        if let Err(refused) =
+                            check_can_add(r.files.iter().map(|f| f.name.as_str()), &file.name)
+                        {
+                            return Ok(Err(MetaError::Asset(refused)));
+                        }
+                        let mut only_draft = filter.clone();
+                        only_draft.insert("state", "draft");
+                        self.versions
+                            .update_one(
+                                only_draft,
+                                doc! {
+                                    "$push": { "files": file_bson.clone() },
+                                    "$max": { "updated_at": file.uploaded_at },
+                                },
+                            )
+                            .session(&mut s)
+                            .await?;
+                        false
+                    }
+                };
+                if created {
+                    self.insert_events_in(&mut s, created_events).await?;
+                }
+                self.insert_events_in(&mut s, events).await?;
+                Ok(Ok(created))
+            });
+            match outcome {
+                // The lost creation race (or a pending record whose lease lapsed): look again.
+                Err(MetaError::Pending) => {
+                    let now = file.uploaded_at;
+                    match self.versions.find_one(version_filter(&draft.product, &draft.version)).await.map_err(unavailable)? {
+                        Some(r) if r.state == VersionState::Pending && !r.lease_lapsed(now) => return Err(MetaError::Pending),
+                        Some(r) if r.state == VersionState::Pending => {
+                            // A dead one-request upload's reservation: the janitor's to remove.
+                            return Err(MetaError::Pending);
+                        }
+                        _ => continue,
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(MetaError::Pending)
+    }
+
+    async fn remove_draft_file(
+        &self,
+        product: &str,
+        version: &str,
+        name: &str,
+        events: &[Event],
+    ) -> MetaResult<FileRecord> {
+        in_transaction!(self, s, {
+            let filter = version_filter(product, version);
+            let record = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+                Some(r) if r.state == VersionState::Draft => r,
+                Some(r) if r.state == VersionState::Committed => {
+                    return Ok(Err(MetaError::Asset(AssetRefusal::Published)));
+                }
+                _ => return Ok(Err(MetaError::NotFound)),
+            };
+            let Some(removed) = record.files.iter().find(|f| f.name == name).cloned() else {
+                return Ok(Err(MetaError::Asset(AssetRefusal::FileNotFound)));
+            };
+            let mut only_draft = filter;
+            only_draft.insert("state", "draft");
+            self.versions
+                .update_one(
+                    only_draft,
+                    doc! {
+                        "$pull": { "files": { "name": name } },
+                        "$max": { "updated_at": now_ms() },
+                    },
+                )
+                .session(&mut s)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(removed))
+        })
+    }
+
+    async fn publish_draft(
+        &self,
+        product: &str,
+        version: &str,
+        files: Option<&[String]>,
+        labels: &[Label],
+        now_ms: i64,
+        event: Event,
+    ) -> MetaResult<VersionRecord> {
+        in_transaction!(self, s, {
+            let filter = version_filter(product, version);
+            let draft = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+                Some(r) if r.state == VersionState::Draft => r,
+                Some(r) if r.state == VersionState::Committed => {
+                    return Ok(Err(MetaError::Conflict));
+                }
+                Some(_) => return Ok(Err(MetaError::Pending)),
+                None => return Ok(Err(MetaError::NotFound)),
+            };
+            let record = match seal(draft, files, labels.to_vec(), now_ms) {
+                Ok(record) => record,
+                Err(refused) => return Ok(Err(MetaError::Asset(refused))),
+            };
+            let mut only_draft = filter;
+            only_draft.insert("state", "draft");
+            self.versions
+                .replace_one(only_draft, &record)
+                .session(&mut s)
+                .await?;
+            let mut event = event.clone();
+            event.details = published_details(&record);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(record))
+        })
+    }
+
+    async fn set_labels(
+        &self,
+        product: &str,
+        version: &str,
+        changes: &std::collections::BTreeMap<String, Option<String>>,
+        event: Event,
+    ) -> MetaResult<Vec<Label>> {
+        in_transaction!(self, s, {
+            let filter = version_filter(product, version);
+            let record = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+                Some(r) if r.state != VersionState::Pending => r,
+                _ => return Ok(Err(MetaError::NotFound)),
+            };
+            let (labels, change) =
+                match crate::domain::assets::apply_label_changes(&record.labels, changes) {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        return Ok(Err(MetaError::Asset(AssetRefusal::InvalidLabel(
+                            e.to_string(),
+                        ))));
+                    }
+                };
+            if change.set.is_empty() && change.removed.is_empty() {
+                return Ok(Ok(labels));
+            }
+            let labels_bson = mongodb::bson::to_bson(&labels)?;
+            let mut unchanged = filter;
+            unchanged.insert("state", mongodb::bson::to_bson(&record.state)?);
+            self.versions
+                .update_one(unchanged, doc! { "$set": { "labels": labels_bson } })
+                .session(&mut s)
+                .await?;
+            let mut event = event.clone();
+            event.details = labels_details(&change);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(labels))
         })
     }
 
@@ -716,14 +940,14 @@ impl MetaStore for MongoMetaStore {
 
     async fn version(&self, product: &str, version: &str) -> MetaResult<Option<VersionRecord>> {
         let mut filter = version_filter(product, version);
-        filter.insert("state", "committed");
+        filter.insert("state", doc! { "$in": ["committed", "draft"] });
         self.versions.find_one(filter).await.map_err(unavailable)
     }
 
     async fn list_versions(&self, product: &str) -> MetaResult<Vec<VersionRecord>> {
         let cursor = self
             .versions
-            .find(doc! { "product": product, "state": "committed" })
+            .find(doc! { "product": product, "state": { "$in": ["committed", "draft"] } })
             .await
             .map_err(unavailable)?;
         cursor.try_collect().await.map_err(unavailable)
@@ -734,8 +958,18 @@ impl MetaStore for MongoMetaStore {
         product: &str,
         after: Option<&str>,
         limit: usize,
+        drafts: bool,
+        label: Option<&Label>,
     ) -> MetaResult<Vec<VersionRecord>> {
-        let mut filter = doc! { "product": product, "state": "committed" };
+        let mut filter = doc! { "product": product };
+        if drafts {
+            filter.insert("state", doc! { "$in": ["committed", "draft"] });
+        } else {
+            filter.insert("state", "committed");
+        }
+        if let Some(label) = label {
+            filter.insert("labels", label_match(label));
+        }
         if let Some(after) = after {
             filter.insert("sort_key", doc! { "$gt": after });
         }
@@ -753,13 +987,18 @@ impl MetaStore for MongoMetaStore {
         &self,
         product: &str,
         kinds: &[VersionKind],
+        label: Option<&Label>,
     ) -> MetaResult<Option<VersionRecord>> {
         let kinds: Vec<mongodb::bson::Bson> = kinds
             .iter()
             .filter_map(|k| mongodb::bson::to_bson(k).ok())
             .collect();
+        let mut filter = doc! { "product": product, "state": "committed", "kind": { "$in": kinds } };
+        if let Some(label) = label {
+            filter.insert("labels", label_match(label));
+        }
         self.versions
-            .find_one(doc! { "product": product, "state": "committed", "kind": { "$in": kinds } })
+            .find_one(filter)
             .sort(doc! { "sort_key": 1 })
             .await
             .map_err(unavailable)
@@ -769,10 +1008,17 @@ impl MetaStore for MongoMetaStore {
         &self,
         product: &str,
         version: &str,
+        idle_before: Option<i64>,
         event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
         let mut filter = version_filter(product, version);
-        filter.insert("state", "committed");
+        match idle_before {
+            None => filter.insert("state", doc! { "$in": ["committed", "draft"] }),
+            Some(before) => {
+                filter.insert("updated_at", doc! { "$lt": before });
+                filter.insert("state", "draft")
+            }
+        };
         in_transaction!(self, s, {
             let Some(record) = self
                 .versions
@@ -783,11 +1029,20 @@ impl MetaStore for MongoMetaStore {
                 return Ok(Ok(None));
             };
             let mut event = event.clone();
-            event.details = version_details(&record);
+            event.details = deleted_details(&record, &event.details);
             self.insert_events_in(&mut s, std::slice::from_ref(&event))
                 .await?;
             Ok(Ok(Some(record)))
         })
+    }
+
+    async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
+        let cursor = self
+            .versions
+            .find(doc! { "state": "draft", "updated_at": { "$lt": before_ms } })
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
     }
 
     async fn stale_pending_versions(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {
@@ -856,7 +1111,7 @@ impl MetaStore for MongoMetaStore {
         Ok(self
             .versions
             .clone_with_type::<Document>()
-            .find_one(doc! { "blob_key": key })
+            .find_one(doc! { "$or": [{ "blob_key": key }, { "files.blob_key": key }] })
             .projection(doc! { "_id": 1 })
             .await
             .map_err(unavailable)?

@@ -1,5 +1,6 @@
 //! Cleans what failed or crashed uploads leave behind: pending version records, blob
-//! objects no record points at, and unfinished writes (partial files, multipart uploads).
+//! objects no record points at, and unfinished writes (partial files, multipart uploads);
+//! and deletes drafts left untouched for `DEPOT_DRAFT_TTL_SECONDS`.
 //!
 //! Two loops: a short one for pending records whose lease lapsed (their upload died or
 //! stalled, see `ops::upload::lease`), so their version is free again within a minute or two,
@@ -23,6 +24,8 @@ pub struct SweepReport {
     pub pending_removed: usize,
     pub orphans_removed: usize,
     pub partials_removed: usize,
+    /// Drafts untouched for `DEPOT_DRAFT_TTL_SECONDS`.
+    pub drafts_expired: usize,
     /// Audit events older than `DEPOT_AUDIT_RETENTION_DAYS`.
     pub events_pruned: u64,
 }
@@ -58,6 +61,22 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
         }
     }
     report.partials_removed = app.blobs.remove_partials_before(cutoff).await?;
+    let idle_before = crate::meta::now_ms() - app.settings.draft_ttl_seconds as i64 * 1000;
+    for draft in app.meta.idle_drafts(idle_before).await? {
+        let expired = crate::ops::versions::delete(
+            app,
+            &janitor,
+            &draft.product,
+            &draft.version,
+            Some(idle_before),
+            Some("draft_expired"),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        if expired.is_some() {
+            report.drafts_expired += 1;
+        }
+    }
     let retention_ms = app.settings.audit_retention_days as i64 * 86_400_000;
     report.events_pruned = app
         .meta

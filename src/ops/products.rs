@@ -47,11 +47,8 @@ pub async fn delete(app: &AppState, ctx: &Ctx, name: &str) -> ApiResult<Changed<
         .await?
         .ok_or_else(|| ApiError::product_not_found(name))?;
     app.tokens.invalidate_ids(&deleted.token_ids).await?;
-    for version in &deleted.versions {
-        if let Err(err) = app.blobs.delete(&version.blob_key).await {
-            tracing::warn!(key = %version.blob_key, error = %err, "blob delete failed; left for the janitor");
-        }
-    }
+    let keys: Vec<String> = deleted.versions.iter().flat_map(|v| v.blob_keys()).collect();
+    crate::ops::versions::delete_blobs(app, keys).await;
     let mut event = event;
     event.details = crate::meta::product_deleted_details(&deleted);
     Ok(Changed::new(deleted, vec![event]))

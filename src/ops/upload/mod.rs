@@ -27,7 +27,11 @@ use crate::domain::names::{sanitize_file_name, validate_new_version, validate_pr
 use crate::domain::permissions::ProductOp;
 use crate::domain::version::{kind_of, sort_key};
 use crate::error::{ApiError, ApiResult, BUSY_RETRY_AFTER_SECONDS, BlobError, MetaError};
-use crate::meta::{VersionRecord, VersionState, now_ms};
+use crate::domain::assets::{AssetError, CHECKSUMS_FILE, MAX_FILES, check_file_name, new_labels};
+use crate::error::AssetRefusal;
+use crate::meta::{FileRecord, VersionRecord, VersionState, check_can_add, now_ms};
+use futures::StreamExt;
+use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -128,6 +132,8 @@ pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {
 struct Reservation {
     product: String,
     version: String,
+    /// The pending record's blob key (its first file's).
+    key: String,
     /// The insert of the pending record while it runs: a cleanup waits for it, so its
     /// removal cannot come first and leave the record behind.
     insert: Option<tokio::task::JoinHandle<crate::meta::MetaResult<()>>>,
@@ -145,12 +151,17 @@ impl Reservation {
     }
 }
 
+/// One file's blob: being written, or finished (stored, not yet committed).
+struct StoredBlob {
+    key: String,
+    writer: Option<Box<dyn BlobWriter>>,
+    finished: bool,
+}
+
 /// Owns everything an unfinished upload has created and removes it unless disarmed.
 struct UploadGuard {
     app: AppState,
-    blob_key: String,
-    writer: Option<Box<dyn BlobWriter>>,
-    blob_finished: bool,
+    blobs: Vec<StoredBlob>,
     reservation: Option<Reservation>,
     progress: crate::ops::upload::lease::Progress,
     lease: Option<crate::ops::upload::lease::LeaseKeeper>,
@@ -169,20 +180,22 @@ impl UploadGuard {
     /// The work that removes what this upload created, or `None` when there is nothing
     /// to remove (nothing created yet, or handed over to the commit). Disarms the guard.
     fn take_cleanup(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let writer = self.writer.take();
+        let blobs = std::mem::take(&mut self.blobs);
         let reservation = self.reservation.take();
-        let finished = std::mem::take(&mut self.blob_finished);
-        if writer.is_none() && reservation.is_none() && !finished {
+        if blobs.is_empty() && reservation.is_none() {
             return None;
         }
         let app = self.app.clone();
-        let key = self.blob_key.clone();
         Some(async move {
-            if let Some(writer) = writer {
-                writer.abort().await;
-            }
-            if finished && let Err(err) = app.blobs.delete(&key).await {
-                tracing::warn!(key = %key, error = %err, "could not delete blob of failed upload; left for the janitor");
+            for blob in blobs {
+                if let Some(writer) = blob.writer {
+                    writer.abort().await;
+                }
+                if blob.finished
+                    && let Err(err) = app.blobs.delete(&blob.key).await
+                {
+                    tracing::warn!(key = %blob.key, error = %err, "could not delete blob of failed upload; left for the janitor");
+                }
             }
             // The record goes last, so the janitor can still see a blob that failed to delete.
             if let Some(mut r) = reservation {
@@ -190,7 +203,7 @@ impl UploadGuard {
                 let _ = r.wait_insert().await;
                 if let Err(err) = app
                     .meta
-                    .remove_pending_version(&r.product, &r.version, &key, &[])
+                    .remove_pending_version(&r.product, &r.version, &r.key, &[])
                     .await
                 {
                     tracing::warn!(product = %r.product, version = %r.version, error = %err, "could not remove pending record; left for the janitor");
@@ -209,12 +222,36 @@ impl UploadGuard {
 }
 
 impl UploadGuard {
+    fn new(app: &AppState) -> Self {
+        UploadGuard {
+            app: app.clone(),
+            blobs: Vec::new(),
+            reservation: None,
+            progress: Default::default(),
+            lease: None,
+        }
+    }
+
+    /// Opens a writer for a new blob under `key`; the guard owns it from here on.
+    async fn open_blob(&mut self, key: String) -> ApiResult<&mut StoredBlob> {
+        let writer = self.app.blobs.writer(&key).await?;
+        self.blobs.push(StoredBlob {
+            key,
+            writer: Some(writer),
+            finished: false,
+        });
+        self.blobs
+            .last_mut()
+            .ok_or_else(|| ApiError::internal("blob just added is missing"))
+    }
+
     async fn reserve(
         &mut self,
         caller: &Caller,
         product: &str,
         version: &str,
         file_name: &str,
+        key: &str,
     ) -> ApiResult<()> {
         caller.authorize(product, ProductOp::Upload)?;
         let now = now_ms();
@@ -224,13 +261,16 @@ impl UploadGuard {
             file_name: file_name.to_string(),
             size: 0,
             checksum: String::new(),
-            blob_key: self.blob_key.clone(),
+            blob_key: key.to_string(),
             state: VersionState::Pending,
             uploaded_at: now,
             uploaded_by: caller.token.id.clone(),
             sort_key: sort_key(version, now),
             kind: kind_of(version),
             lease_until: Some(crate::ops::upload::lease::lease_until(&self.app)),
+            files: Vec::new(),
+            labels: Vec::new(),
+            updated_at: now,
         };
         // The insert runs to completion even if the client hangs up meanwhile (a MongoDB
         // operation dropped mid-flight costs its connection, see `api::run_to_completion`);
@@ -243,6 +283,7 @@ impl UploadGuard {
         let reservation = self.reservation.insert(Reservation {
             product: product.into(),
             version: version.into(),
+            key: key.into(),
             insert: Some(insert),
         });
         if let Err(err) = reservation
@@ -252,23 +293,18 @@ impl UploadGuard {
         {
             self.reservation = None;
             return Err(match err {
-                MetaError::Conflict => ApiError::conflict(
-                    "version_exists",
-                    format!(
-                        "product '{product}' already has a version '{version}'; versions are immutable"
-                    ),
-                ),
+                MetaError::Conflict => version_exists(product, version),
                 MetaError::NotFound => ApiError::product_not_found(product),
-                MetaError::Pending => ApiError::conflict(
-                    "version_pending",
-                    "another upload of this version is in progress; retry when it has finished",
-                ),
+                MetaError::Pending => version_pending(),
                 other => other.into(),
             });
         }
-        let (key, progress) = (&self.blob_key, self.progress.clone());
         let keeper = crate::ops::upload::lease::LeaseKeeper::start(
-            &self.app, product, version, key, progress,
+            &self.app,
+            product,
+            version,
+            key,
+            self.progress.clone(),
         );
         self.lease = Some(keeper);
         Ok(())
@@ -327,22 +363,73 @@ struct Streamed {
     size: u64,
     digest: String,
     file_name: String,
+    key: String,
 }
 
-async fn stream_file<S, E>(
-    form: &mut FormReader<S>,
-    writer: &mut dyn BlobWriter,
+/// Form fields `label.<key>` set the new version's labels.
+const LABEL_FIELD_PREFIX: &str = "label.";
+
+/// Where a file's bytes come from: a multipart part, or a raw request body.
+trait ChunkSource: Send {
+    /// The next piece of the file; `None` at its end.
+    fn next_chunk(&mut self) -> impl Future<Output = ApiResult<Option<Bytes>>> + Send;
+}
+
+/// The current part of a multipart form.
+struct FormPart<'a, S> {
+    form: &'a mut FormReader<S>,
     limit: u64,
-    progress: &crate::ops::upload::lease::Progress,
-) -> ApiResult<(u64, String)>
+}
+
+impl<S, E> ChunkSource for FormPart<'_, S>
 where
-    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
+    async fn next_chunk(&mut self) -> ApiResult<Option<Bytes>> {
+        let limit = self.limit;
+        self.form.chunk().await.map_err(|e| form_error(e, limit))
+    }
+}
+
+/// A raw request body, with the idle timeout a form read has.
+struct RawBody<'a> {
+    body: &'a mut axum::body::BodyDataStream,
+    idle: Duration,
+    limit: u64,
+}
+
+impl ChunkSource for RawBody<'_> {
+    async fn next_chunk(&mut self) -> ApiResult<Option<Bytes>> {
+        match tokio::time::timeout(self.idle, self.body.next()).await {
+            Err(_) => Err(form_error(FormError::Idle, self.limit)),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+            Ok(Some(Err(e))) => Err(ApiError::bad_request(
+                "invalid_body",
+                format!("reading the request body failed: {e}"),
+            )),
+        }
+    }
+}
+
+/// Streams one file from `source` into the blob's writer, hashing on the way, and finishes
+/// the blob: its size and SHA-256 hex.
+async fn stream_file(
+    source: &mut impl ChunkSource,
+    blob: &mut StoredBlob,
+    limit: u64,
+    progress: &crate::ops::upload::lease::Progress,
+) -> ApiResult<(u64, String)> {
+    let writer = blob
+        .writer
+        .as_mut()
+        .ok_or_else(|| ApiError::internal("upload writer missing"))?
+        .as_mut();
     let hasher = BackgroundHasher::new();
     let mut staging = Staging::new();
     let mut size: u64 = 0;
-    while let Some(chunk) = form.chunk().await.map_err(|e| form_error(e, limit))? {
+    while let Some(chunk) = source.next_chunk().await? {
         size += chunk.len() as u64;
         progress.bump(chunk.len());
         if size > limit {
@@ -361,7 +448,18 @@ where
     if let Some(block) = staging.rest() {
         pass_on(block, &hasher, writer).await?;
     }
-    Ok((size, hasher.finish().await?))
+    let digest = hasher.finish().await?;
+    let writer = blob
+        .writer
+        .take()
+        .ok_or_else(|| ApiError::internal("upload writer missing"))?;
+    writer.finish(&digest).await.map_err(|err| match err {
+        // The janitor removed the unfinished write (a partial file).
+        BlobError::NotFound => upload_expired(),
+        other => other.into(),
+    })?;
+    blob.finished = true;
+    Ok((size, digest))
 }
 
 /// The janitor treats a pending version older than its grace as left by a crash and
@@ -420,22 +518,17 @@ async fn receive_into<S, E>(
     guard: &mut Option<UploadGuard>,
 ) -> ApiResult<UploadResult>
 where
-    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send,
     E: std::fmt::Display,
 {
     let limit = app.settings.max_upload_bytes;
-    let mut expected: Option<String> = None;
-    if let Some(v) = headers.get("x-checksum-sha256") {
-        let raw = v.to_str().map_err(|_| {
-            ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII")
-        })?;
-        expected = Some(parse_expected_digest(raw)?);
-    }
+    let expected = expected_digest(headers)?;
     let mut field_checksum: Option<String> = None;
     let mut product: Option<String> = None;
     let mut version: Option<String> = None;
-    let mut streamed: Option<Streamed> = None;
-    // Held while a file that came before the name fields streams without a reservation.
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut streamed: Vec<Streamed> = Vec::new();
+    // Held while files that came before the name fields stream without a reservation.
     let mut early_slot: Option<EarlyFileSlot> = None;
 
     while let Some(part) = form.next_part().await.map_err(|e| form_error(e, limit))? {
@@ -463,9 +556,17 @@ where
                 let value = read_text(form, "checksum", limit).await?;
                 field_checksum = Some(parse_expected_digest(&value)?);
             }
+            name if name.starts_with(LABEL_FIELD_PREFIX) => {
+                let key = name[LABEL_FIELD_PREFIX.len()..].to_string();
+                if labels.contains_key(&key) {
+                    return Err(duplicate(name));
+                }
+                let value = read_text(form, name, limit).await?;
+                labels.insert(key, value);
+            }
             "file" => {
-                if streamed.is_some() {
-                    return Err(duplicate("file"));
+                if streamed.len() >= MAX_FILES {
+                    return Err(AssetRefusal::TooManyFiles.into());
                 }
                 let file_name = part
                     .file_name
@@ -480,36 +581,38 @@ where
                     })
                     .transpose()?
                     .unwrap_or_else(|| "artifact".to_string());
-                let blob_key = new_blob_key(product.as_deref(), version.as_deref());
-                let g = guard.insert(UploadGuard {
-                    app: app.clone(),
-                    blob_key,
-                    writer: None,
-                    blob_finished: false,
-                    reservation: None,
-                    progress: Default::default(),
-                    lease: None,
-                });
-                if let (Some(p), Some(v)) = (&product, &version) {
-                    // Fail fast (permission, duplicate) before reading the body.
-                    g.reserve(caller, p, v, &file_name).await?;
-                } else {
-                    // Not a byte stored for a token that can upload nowhere; the streams
-                    // whose product is not known yet are few per token.
-                    if !caller.may_upload_somewhere() {
-                        return Err(ApiError::forbidden(
-                            "your token may not upload to any product",
-                        ));
-                    }
-                    early_slot = Some(app.uploads.early_file(&caller.token.id)?);
+                if file_name == CHECKSUMS_FILE {
+                    return Err(AssetError::ReservedName.into());
                 }
-                let writer = g.writer.insert(app.blobs.writer(&g.blob_key).await?);
-                let progress = &g.progress;
-                let (size, digest) = stream_file(form, writer.as_mut(), limit, progress).await?;
-                streamed = Some(Streamed {
+                if streamed.iter().any(|f| f.file_name == file_name) {
+                    return Err(AssetRefusal::FileExists.into());
+                }
+                let key = new_blob_key(product.as_deref(), version.as_deref());
+                let g = guard.get_or_insert_with(|| UploadGuard::new(app));
+                if g.reservation.is_none() {
+                    if let (Some(p), Some(v)) = (&product, &version) {
+                        // Fail fast (permission, duplicate) before reading the body.
+                        g.reserve(caller, p, v, &file_name, &key).await?;
+                    } else if early_slot.is_none() {
+                        // Not a byte stored for a token that can upload nowhere; the
+                        // streams whose product is not known yet are few per token.
+                        if !caller.may_upload_somewhere() {
+                            return Err(ApiError::forbidden(
+                                "your token may not upload to any product",
+                            ));
+                        }
+                        early_slot = Some(app.uploads.early_file(&caller.token.id)?);
+                    }
+                }
+                let progress = g.progress.clone();
+                let blob = g.open_blob(key.clone()).await?;
+                let mut source = FormPart { form, limit };
+                let (size, digest) = stream_file(&mut source, blob, limit, &progress).await?;
+                streamed.push(Streamed {
                     size,
                     digest,
                     file_name,
+                    key,
                 });
             }
             // Unknown fields are skipped (within the form's budget), as form handlers do.
@@ -519,70 +622,82 @@ where
 
     let product = product.ok_or_else(|| missing("product"))?;
     let version = version.ok_or_else(|| missing("version"))?;
-    let (Some(guard), Some(streamed)) = (guard.as_mut(), streamed) else {
+    let (Some(guard), Some(first)) = (guard.as_mut(), streamed.first()) else {
         return Err(missing("file"));
     };
+    let labels = new_labels(&labels)?;
     if guard.reservation.is_none() {
+        let key = first.key.clone();
         guard
-            .reserve(caller, &product, &version, &streamed.file_name)
+            .reserve(caller, &product, &version, &first.file_name, &key)
             .await?;
     }
     drop(early_slot);
-    if let Some(bad) = [expected, field_checksum]
-        .iter()
-        .flatten()
-        .find(|e| **e != streamed.digest)
-    {
+    let expected: Vec<String> = [expected, field_checksum].into_iter().flatten().collect();
+    if !expected.is_empty() && streamed.len() > 1 {
         return Err(ApiError::bad_request(
-            "checksum_mismatch",
-            format!(
-                "the upload's SHA-256 is {} but {bad} was expected; nothing was stored",
-                streamed.digest
-            ),
+            "invalid_checksum",
+            "a checksum field or X-Checksum-Sha256 header applies to a one-file upload; \
+             upload several files with PUT /product/upload/{product}/{version}/{file}, one checksum each",
         ));
     }
-    let writer = guard
-        .writer
-        .take()
-        .ok_or_else(|| ApiError::internal("upload writer missing"))?;
-    writer
-        .finish(&streamed.digest)
-        .await
-        .map_err(|err| match err {
-            // The janitor removed the unfinished write (a partial file).
-            BlobError::NotFound => upload_expired(),
-            other => other.into(),
-        })?;
-    guard.blob_finished = true;
-    // The commit, too, runs to completion if the client hangs up; it takes the guard's
-    // cleanup along for the case where it fails (a cleanup racing a commit that went
-    // through would delete a committed version's blob).
-    let cleanup = guard.take_cleanup();
+    if let Some(bad) = expected.iter().find(|e| **e != first.digest) {
+        return Err(checksum_mismatch(&first.digest, bad));
+    }
+    let now = now_ms();
+    let files: Vec<FileRecord> = streamed
+        .into_iter()
+        .map(|f| FileRecord {
+            name: f.file_name,
+            size: f.size,
+            checksum: f.digest,
+            blob_key: f.key,
+            uploaded_at: now,
+            uploaded_by: caller.token.id.clone(),
+        })
+        .collect();
+    let reservation_key = guard
+        .reservation
+        .as_ref()
+        .map(|r| r.key.clone())
+        .unwrap_or_default();
     let published = crate::ops::versions::published_event(
         &crate::ops::Ctx::of(caller),
-        &product,
-        &version,
-        &streamed.file_name,
-        streamed.size,
-        &streamed.digest,
-        &caller.token.id,
+        &VersionRecord {
+            product: product.clone(),
+            version: version.clone(),
+            file_name: String::new(),
+            size: 0,
+            checksum: String::new(),
+            blob_key: String::new(),
+            state: VersionState::Committed,
+            uploaded_at: now,
+            uploaded_by: caller.token.id.clone(),
+            sort_key: String::new(),
+            kind: kind_of(&version),
+            lease_until: None,
+            files: files.clone(),
+            labels: labels.clone(),
+            updated_at: now,
+        }
+        .with_primary(&files[0]),
     );
+    // The commit, too, runs to completion if the client hangs up; it takes the guard's
+    // cleanup along for the case where it fails (a cleanup racing a commit that went
+    // through would delete a committed version's blobs).
+    let cleanup = guard.take_cleanup();
     let commit = {
         let (app, product, version) = (app.clone(), product.clone(), version.clone());
-        let (key, size, digest) = (
-            guard.blob_key.clone(),
-            streamed.size,
-            streamed.digest.clone(),
-        );
+        let files = files.clone();
         crate::cleanup::spawn_tracked(async move {
             let committed = app
                 .meta
                 .commit_version(
                     &product,
                     &version,
-                    &key,
-                    size,
-                    &digest,
+                    &reservation_key,
+                    &files,
+                    &labels,
                     std::slice::from_ref(&published),
                 )
                 .await;
@@ -602,16 +717,184 @@ where
             MetaError::NotFound => upload_expired(),
             other => other.into(),
         })?;
-    tracing::info!(product = %product, version = %version, size = streamed.size, by = %caller.token.id, "version uploaded");
+    let size: u64 = files.iter().map(|f| f.size).sum();
+    tracing::info!(product = %product, version = %version, files = files.len(), size, by = %caller.token.id, "version uploaded");
+    let primary = &files[0];
     Ok(UploadResult {
-        product,
-        version,
-        file_name: streamed.file_name,
-        size: streamed.size,
-        checksum: format!("sha256:{}", streamed.digest),
+        product: product.clone(),
+        version: version.clone(),
+        file_name: primary.name.clone(),
+        size: primary.size,
+        checksum: format!("sha256:{}", primary.checksum),
         state: "published".into(),
-        files: Vec::new(),
+        files: files.iter().map(crate::dto::file_info).collect(),
     })
+}
+
+/// The digest `X-Checksum-Sha256` announces, if any.
+fn expected_digest(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    headers
+        .get("x-checksum-sha256")
+        .map(|v| {
+            let raw = v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_checksum", "X-Checksum-Sha256 is not ASCII")
+            })?;
+            parse_expected_digest(raw)
+        })
+        .transpose()
+}
+
+fn checksum_mismatch(actual: &str, expected: &str) -> ApiError {
+    ApiError::bad_request(
+        "checksum_mismatch",
+        format!("the upload's SHA-256 is {actual} but {expected} was expected; nothing was stored"),
+    )
+}
+
+/// `PUT /product/upload/{product}/{version}/{file}`: one file, the raw request body, into
+/// a draft (created with its first file). No reservation: files of one draft upload side
+/// by side, and the commit decides (a name taken meanwhile is 409 `file_exists`, a
+/// version published meanwhile 409 `version_exists`); the guard removes the blob of a
+/// refused or failed upload.
+pub async fn receive_draft_file(
+    app: &AppState,
+    caller: &Caller,
+    (product, version, file_name): (&str, &str, &str),
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<UploadResult> {
+    let _slot = app.uploads.admit()?;
+    validate_product(product)?;
+    validate_new_version(version)?;
+    check_file_name(file_name)?;
+    caller.authorize(product, ProductOp::Upload)?;
+    let limit = app.settings.max_upload_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let expected = expected_digest(headers)?;
+    // Fail fast, before a byte is stored; the commit checks all of it again.
+    if app.meta.product(product).await?.is_none() {
+        return Err(ApiError::product_not_found(product));
+    }
+    if let Some(existing) = app.meta.version(product, version).await? {
+        if existing.state == VersionState::Committed {
+            return Err(version_exists(product, version));
+        }
+        check_can_add(existing.files.iter().map(|f| f.name.as_str()), file_name)?;
+    }
+    let idle = Duration::from_secs(app.settings.upload_idle_timeout_seconds);
+    let mut body = body.into_data_stream();
+    let mut guard = UploadGuard::new(app);
+    let result = async {
+        let key = new_blob_key(Some(product), Some(version));
+        let progress = guard.progress.clone();
+        let blob = guard.open_blob(key.clone()).await?;
+        let mut source = RawBody {
+            body: &mut body,
+            idle,
+            limit,
+        };
+        let (size, digest) = stream_file(&mut source, blob, limit, &progress).await?;
+        if let Some(bad) = expected.as_deref().filter(|e| *e != digest) {
+            return Err(checksum_mismatch(&digest, bad));
+        }
+        let now = now_ms();
+        let file = FileRecord {
+            name: file_name.to_string(),
+            size,
+            checksum: digest,
+            blob_key: key,
+            uploaded_at: now,
+            uploaded_by: caller.token.id.clone(),
+        };
+        let draft = VersionRecord {
+            product: product.to_string(),
+            version: version.to_string(),
+            file_name: String::new(),
+            size: 0,
+            checksum: String::new(),
+            blob_key: String::new(),
+            state: VersionState::Draft,
+            uploaded_at: now,
+            uploaded_by: caller.token.id.clone(),
+            sort_key: sort_key(version, now),
+            kind: kind_of(version),
+            lease_until: None,
+            files: Vec::new(),
+            labels: Vec::new(),
+            updated_at: now,
+        };
+        let ctx = crate::ops::Ctx::of(caller);
+        let (created, uploaded) =
+            crate::ops::versions::draft_file_events(&ctx, product, version, &file);
+        let cleanup = guard.take_cleanup();
+        let commit = {
+            let (app, file) = (app.clone(), file.clone());
+            crate::cleanup::spawn_tracked(async move {
+                let added = app
+                    .meta
+                    .add_draft_file(
+                        &draft,
+                        &file,
+                        std::slice::from_ref(&created),
+                        std::slice::from_ref(&uploaded),
+                    )
+                    .await;
+                if added.is_err()
+                    && let Some(cleanup) = cleanup
+                {
+                    cleanup.await;
+                }
+                added
+            })
+        };
+        commit
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|err| match err {
+                MetaError::Conflict => version_exists(product, version),
+                MetaError::NotFound => ApiError::product_not_found(product),
+                MetaError::Pending => version_pending(),
+                other => other.into(),
+            })?;
+        tracing::info!(product = %product, version = %version, file = %file.name, size = file.size, by = %caller.token.id, "draft file uploaded");
+        Ok(UploadResult {
+            product: product.to_string(),
+            version: version.to_string(),
+            file_name: file.name,
+            size: file.size,
+            checksum: format!("sha256:{}", file.checksum),
+            state: "draft".into(),
+            files: Vec::new(),
+        })
+    }
+    .await;
+    if let Err(err) = &result {
+        guard.cleanup().await;
+        if err.status != StatusCode::REQUEST_TIMEOUT {
+            multipart::drain(&mut body).await;
+        }
+    }
+    result
+}
+
+fn version_exists(product: &str, version: &str) -> ApiError {
+    ApiError::conflict(
+        "version_exists",
+        format!("product '{product}' already has a version '{version}'; versions are immutable"),
+    )
+}
+
+fn version_pending() -> ApiError {
+    ApiError::conflict(
+        "version_pending",
+        "another upload of this version is in progress; retry when it has finished",
+    )
 }
 
 fn missing(field: &str) -> ApiError {

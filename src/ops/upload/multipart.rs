@@ -18,8 +18,28 @@ use std::time::Duration;
 /// Bytes a request may spend outside the file field: preamble, boundary lines, part
 /// headers and text fields together.
 pub const ENVELOPE_LIMIT: usize = 64 * 1024;
-/// Parts other than the file a form may have.
-pub const MAX_TEXT_PARTS: usize = 16;
+/// Parts other than files a form may have: the name fields, a checksum, up to 32 labels.
+pub const MAX_TEXT_PARTS: usize = 48;
+/// Reads and drops what is left of a refused request's body, for up to 2 s or 64 MiB, so
+/// the client gets to read the error response (closing a socket with unread data sends
+/// an RST that can destroy the response before the client reads it).
+pub async fn drain<S, E>(body: &mut S)
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    const CAP: usize = 64 * 1024 * 1024;
+    let mut seen = 0usize;
+    let drained = async {
+        while seen <= CAP {
+            match body.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+}
+
 /// RFC 2046: a boundary is 1 to 70 characters.
 const MAX_BOUNDARY: usize = 70;
 /// Headers one part may have.
@@ -269,17 +289,7 @@ where
     /// client still sending sees the error response instead of a connection reset (a close
     /// with unread data sends an RST, which destroys the response on its way).
     pub async fn drain_rest(&mut self) {
-        const CAP: usize = 64 * 1024 * 1024;
-        let mut seen = 0usize;
-        let drain = async {
-            while seen <= CAP {
-                match self.body.next().await {
-                    Some(Ok(chunk)) => seen += chunk.len(),
-                    _ => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        drain(&mut self.body).await;
     }
 
     fn count(&mut self, len: usize) -> Result<(), FormError> {
@@ -594,14 +604,14 @@ mod tests {
     }
 
     #[test]
-    fn more_than_sixteen_text_parts_are_refused() {
-        let names: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+    fn more_text_parts_than_the_limit_are_refused() {
+        let names: Vec<String> = (0..=MAX_TEXT_PARTS).map(|i| format!("f{i}")).collect();
         let fields: Vec<(&str, Option<&str>, &[u8])> = names
             .iter()
             .map(|n| (n.as_str(), None, &b"v"[..]))
             .collect();
         assert_eq!(parse(&form(&fields), &[]), Err(FormError::TooManyParts));
-        assert!(parse(&form(&fields[..16]), &[]).is_ok());
+        assert!(parse(&form(&fields[..MAX_TEXT_PARTS]), &[]).is_ok());
     }
 
     #[test]
