@@ -3,15 +3,17 @@
 //! and on MongoDB when `DEPOT_TEST_MONGO_URL` is set (scripts/test.sh sets it; with
 //! `DEPOT_TEST_BACKEND=production` it is required).
 
+use depot::domain::assets::Label;
 use depot::domain::events::{Actor, Event, EventFilter, EventType, event_id, rfc3339_ms};
 use depot::domain::permissions::Grant;
+use depot::domain::version::VersionKind;
 use depot::domain::version::{kind_of, sort_key};
-use depot::error::MetaError;
+use depot::error::{AssetRefusal, MetaError};
 use depot::meta::embedded::EmbeddedMetaStore;
 use depot::meta::mongo::MongoMetaStore;
 use depot::meta::{
-    DeliveryRecord, DeliveryState, MetaStore, ProductRecord, TokenRecord, VersionRecord,
-    VersionState, WebhookRecord, now_ms,
+    DeliveryRecord, DeliveryState, FileRecord, MetaStore, ProductRecord, TokenRecord,
+    VersionRecord, VersionState, WebhookRecord, now_ms,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +91,13 @@ contract!(
     old_events_are_pruned,
     a_webhook_lease_is_held_by_one_owner_until_it_lapses,
     deliveries_are_queued_once_by_the_lease_holder_and_come_out_in_event_order,
+    the_first_file_creates_the_draft_once_and_each_file_records_its_events,
+    a_draft_refuses_a_taken_name_and_a_published_version_any_file,
+    publishing_checks_the_file_list_and_seals_the_draft_with_its_labels,
+    a_file_leaves_a_draft_but_never_a_published_version,
+    labels_change_with_one_event_and_an_unchanged_set_records_none,
+    only_drafts_idle_past_the_cutoff_expire_and_drafts_are_never_latest,
+    a_one_request_upload_of_several_files_publishes_them_all_with_the_first_as_primary,
 );
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -139,6 +148,33 @@ fn pending(product: &str, version: &str, blob_key: &str) -> VersionRecord {
         sort_key: sort_key(version, now),
         kind: kind_of(version),
         lease_until: Some(now + 60_000),
+        files: Vec::new(),
+        labels: Vec::new(),
+        updated_at: now,
+    }
+}
+
+fn file(name: &str, blob_key: &str, size: u64, checksum: &str) -> FileRecord {
+    FileRecord {
+        name: name.into(),
+        size,
+        checksum: checksum.into(),
+        blob_key: blob_key.into(),
+        uploaded_at: now_ms(),
+        uploaded_by: "tok_00000000000000aa".into(),
+    }
+}
+
+fn one_file(blob_key: &str, size: u64, checksum: &str) -> Vec<FileRecord> {
+    vec![file("a.bin", blob_key, size, checksum)]
+}
+
+fn draft(product: &str, version: &str) -> VersionRecord {
+    VersionRecord {
+        state: VersionState::Draft,
+        lease_until: None,
+        blob_key: String::new(),
+        ..pending(product, version, "")
     }
 }
 
@@ -183,7 +219,7 @@ async fn a_second_reservation_of_a_version_is_pending_and_after_commit_a_conflic
         meta.reserve_version(&pending("p", "1.0.0", "k2")).await,
         Err(MetaError::Pending)
     ));
-    meta.commit_version("p", "1.0.0", "k1", 3, "abc", &[])
+    meta.commit_version("p", "1.0.0", "k1", &one_file("k1", 3, "abc"), &[], &[])
         .await
         .unwrap();
     assert!(matches!(
@@ -217,8 +253,8 @@ async fn a_commit_repeated_with_the_same_blob_key_succeeds_once_and_records_one_
         "p",
         "1.0.0",
         "k1",
-        3,
-        "abc",
+        &one_file("k1", 3, "abc"),
+        &[],
         std::slice::from_ref(&published),
     )
     .await
@@ -228,8 +264,8 @@ async fn a_commit_repeated_with_the_same_blob_key_succeeds_once_and_records_one_
         "p",
         "1.0.0",
         "k1",
-        3,
-        "abc",
+        &one_file("k1", 3, "abc"),
+        &[],
         std::slice::from_ref(&published),
     )
     .await
@@ -245,12 +281,20 @@ async fn a_commit_with_another_blob_key_is_not_found(meta: &dyn MetaStore) {
         .unwrap();
     let e = event(EventType::VersionPublished, Some("p"), Some("1.0.0"));
     assert!(matches!(
-        meta.commit_version("p", "1.0.0", "other", 3, "abc", std::slice::from_ref(&e))
-            .await,
+        meta.commit_version(
+            "p",
+            "1.0.0",
+            "other",
+            &one_file("other", 3, "abc"),
+            &[],
+            std::slice::from_ref(&e)
+        )
+        .await,
         Err(MetaError::NotFound)
     ));
     assert!(matches!(
-        meta.commit_version("p", "2.0.0", "k1", 3, "abc", &[]).await,
+        meta.commit_version("p", "2.0.0", "k1", &one_file("k1", 3, "abc"), &[], &[])
+            .await,
         Err(MetaError::NotFound)
     ));
     assert!(
@@ -263,7 +307,10 @@ async fn a_commit_with_another_blob_key_is_not_found(meta: &dyn MetaStore) {
 async fn missing_things_are_not_found_and_record_no_event(meta: &dyn MetaStore) {
     product(meta, "p").await;
     let e = || event(EventType::VersionDeleted, Some("p"), Some("9.9.9"));
-    assert_eq!(meta.delete_version("p", "9.9.9", e()).await.unwrap(), None);
+    assert_eq!(
+        meta.delete_version("p", "9.9.9", None, e()).await.unwrap(),
+        None
+    );
     assert!(meta.delete_product("nope", e()).await.unwrap().is_none());
     assert!(
         !meta
@@ -414,19 +461,20 @@ async fn deletions_fill_in_their_event_details_from_what_they_removed(meta: &dyn
     meta.reserve_version(&pending("p", "1.0.0", "k1"))
         .await
         .unwrap();
-    meta.commit_version("p", "1.0.0", "k1", 5, "abc", &[])
+    meta.commit_version("p", "1.0.0", "k1", &one_file("k1", 5, "abc"), &[], &[])
         .await
         .unwrap();
     meta.reserve_version(&pending("p", "2.0.0", "k2"))
         .await
         .unwrap();
-    meta.commit_version("p", "2.0.0", "k2", 6, "def", &[])
+    meta.commit_version("p", "2.0.0", "k2", &one_file("k2", 6, "def"), &[], &[])
         .await
         .unwrap();
     let removed = meta
         .delete_version(
             "p",
             "1.0.0",
+            None,
             event(EventType::VersionDeleted, Some("p"), Some("1.0.0")),
         )
         .await
@@ -653,4 +701,349 @@ async fn deliveries_are_queued_once_by_the_lease_holder_and_come_out_in_event_or
         meta.save_delivery(&delivery(id, &e1)).await,
         Err(MetaError::NotFound)
     ));
+}
+
+async fn the_first_file_creates_the_draft_once_and_each_file_records_its_events(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    let created = event(EventType::DraftCreated, Some("p"), Some("1.0.0"));
+    let up1 = event(EventType::FileUploaded, Some("p"), Some("1.0.0"));
+    let up2 = event(EventType::FileUploaded, Some("p"), Some("1.0.0"));
+    let never = event(EventType::DraftCreated, Some("p"), Some("1.0.0"));
+    assert!(
+        meta.add_draft_file(
+            &draft("p", "1.0.0"),
+            &file("a", "k1", 1, "aa"),
+            std::slice::from_ref(&created),
+            std::slice::from_ref(&up1)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !meta
+            .add_draft_file(
+                &draft("p", "1.0.0"),
+                &file("b", "k2", 2, "bb"),
+                std::slice::from_ref(&never),
+                std::slice::from_ref(&up2)
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        all_events(meta).await,
+        vec![up2, up1, created],
+        "newest first"
+    );
+    let v = meta.version("p", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(v.state, VersionState::Draft);
+    let names: Vec<&str> = v.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(meta.blob_key_in_use("k2").await.unwrap());
+    assert!(matches!(
+        meta.add_draft_file(&draft("nope", "1.0.0"), &file("a", "k9", 1, "aa"), &[], &[])
+            .await,
+        Err(MetaError::NotFound)
+    ));
+}
+
+async fn a_draft_refuses_a_taken_name_and_a_published_version_any_file(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.add_draft_file(&draft("p", "1.0.0"), &file("a", "k1", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    let refused = event(EventType::FileUploaded, Some("p"), Some("1.0.0"));
+    assert!(matches!(
+        meta.add_draft_file(
+            &draft("p", "1.0.0"),
+            &file("a", "k2", 1, "aa"),
+            &[],
+            std::slice::from_ref(&refused)
+        )
+        .await,
+        Err(MetaError::Asset(AssetRefusal::FileExists))
+    ));
+    meta.reserve_version(&pending("p", "2.0.0", "k3"))
+        .await
+        .unwrap();
+    meta.commit_version("p", "2.0.0", "k3", &one_file("k3", 1, "cc"), &[], &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.add_draft_file(&draft("p", "2.0.0"), &file("b", "k4", 1, "aa"), &[], &[])
+            .await,
+        Err(MetaError::Conflict)
+    ));
+    meta.reserve_version(&pending("p", "3.0.0", "k5"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.add_draft_file(&draft("p", "3.0.0"), &file("b", "k6", 1, "aa"), &[], &[])
+            .await,
+        Err(MetaError::Pending)
+    ));
+    assert!(matches!(
+        meta.reserve_version(&pending("p", "1.0.0", "k7")).await,
+        Err(MetaError::Conflict)
+    ));
+    assert!(all_events(meta).await.is_empty());
+}
+
+async fn publishing_checks_the_file_list_and_seals_the_draft_with_its_labels(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    let e = || event(EventType::VersionPublished, Some("p"), Some("1.0.0"));
+    assert!(matches!(
+        meta.publish_draft("p", "1.0.0", None, &[], now_ms(), e())
+            .await,
+        Err(MetaError::NotFound)
+    ));
+    for (name, key) in [("b", "k1"), ("a", "k2")] {
+        meta.add_draft_file(&draft("p", "1.0.0"), &file(name, key, 1, "aa"), &[], &[])
+            .await
+            .unwrap();
+    }
+    let wrong = vec!["a".to_string()];
+    assert!(matches!(
+        meta.publish_draft("p", "1.0.0", Some(&wrong), &[], now_ms(), e())
+            .await,
+        Err(MetaError::Asset(AssetRefusal::FilesMismatch))
+    ));
+    assert!(meta.version("p", "1.0.0").await.unwrap().unwrap().state == VersionState::Draft);
+    let label = Label {
+        key: "channel".into(),
+        value: "beta".into(),
+    };
+    let right = vec!["a".to_string(), "b".to_string()];
+    let published = e();
+    let record = meta
+        .publish_draft(
+            "p",
+            "1.0.0",
+            Some(&right),
+            std::slice::from_ref(&label),
+            now_ms(),
+            published.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.state, VersionState::Committed);
+    assert_eq!(
+        record.file_name, "b",
+        "the first committed file is the primary"
+    );
+    assert_eq!(record.labels, vec![label.clone()]);
+    let stored = meta.version("p", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(stored, record);
+    assert_eq!(
+        meta.first_version_of_kind("p", &[VersionKind::Release], Some(&label))
+            .await
+            .unwrap()
+            .map(|v| v.version),
+        Some("1.0.0".to_string())
+    );
+    assert!(matches!(
+        meta.publish_draft("p", "1.0.0", None, &[], now_ms(), e())
+            .await,
+        Err(MetaError::Conflict)
+    ));
+    let events = all_events(meta).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, published.id);
+    assert_eq!(events[0].details["files"].as_array().map(Vec::len), Some(2));
+    assert_eq!(events[0].details["labels"]["channel"], "beta");
+    // An empty draft cannot be published.
+    meta.add_draft_file(&draft("p", "2.0.0"), &file("x", "k3", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    meta.remove_draft_file("p", "2.0.0", "x", &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.publish_draft("p", "2.0.0", None, &[], now_ms(), e())
+            .await,
+        Err(MetaError::Asset(AssetRefusal::EmptyVersion))
+    ));
+}
+
+async fn a_file_leaves_a_draft_but_never_a_published_version(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.add_draft_file(&draft("p", "1.0.0"), &file("a", "k1", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    let removed_event = event(EventType::FileDeleted, Some("p"), Some("1.0.0"));
+    let removed = meta
+        .remove_draft_file("p", "1.0.0", "a", std::slice::from_ref(&removed_event))
+        .await
+        .unwrap();
+    assert_eq!(removed.blob_key, "k1");
+    assert!(!meta.blob_key_in_use("k1").await.unwrap());
+    assert!(matches!(
+        meta.remove_draft_file("p", "1.0.0", "a", &[]).await,
+        Err(MetaError::Asset(AssetRefusal::FileNotFound))
+    ));
+    meta.reserve_version(&pending("p", "2.0.0", "k2"))
+        .await
+        .unwrap();
+    meta.commit_version("p", "2.0.0", "k2", &one_file("k2", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.remove_draft_file("p", "2.0.0", "a.bin", &[]).await,
+        Err(MetaError::Asset(AssetRefusal::Published))
+    ));
+    assert!(matches!(
+        meta.remove_draft_file("p", "9.0.0", "a", &[]).await,
+        Err(MetaError::NotFound)
+    ));
+    assert_eq!(all_events(meta).await, vec![removed_event]);
+}
+
+async fn labels_change_with_one_event_and_an_unchanged_set_records_none(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    meta.commit_version("p", "1.0.0", "k1", &one_file("k1", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    let changes = std::collections::BTreeMap::from([
+        ("channel".to_string(), Some("stable".to_string())),
+        ("gone".to_string(), None),
+    ]);
+    let labeled = event(EventType::VersionLabeled, Some("p"), Some("1.0.0"));
+    let labels = meta
+        .set_labels("p", "1.0.0", &changes, labeled.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        labels,
+        vec![Label {
+            key: "channel".into(),
+            value: "stable".into()
+        }]
+    );
+    let again = event(EventType::VersionLabeled, Some("p"), Some("1.0.0"));
+    meta.set_labels("p", "1.0.0", &changes, again)
+        .await
+        .unwrap();
+    let events = all_events(meta).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].details["set"]["channel"], "stable");
+    let bad = std::collections::BTreeMap::from([("Bad Key".to_string(), Some("x".to_string()))]);
+    let e = event(EventType::VersionLabeled, Some("p"), Some("1.0.0"));
+    assert!(matches!(
+        meta.set_labels("p", "1.0.0", &bad, e).await,
+        Err(MetaError::Asset(AssetRefusal::InvalidLabel(_)))
+    ));
+    let e = event(EventType::VersionLabeled, Some("p"), Some("9.0.0"));
+    assert!(matches!(
+        meta.set_labels("p", "9.0.0", &changes, e).await,
+        Err(MetaError::NotFound)
+    ));
+}
+
+async fn only_drafts_idle_past_the_cutoff_expire_and_drafts_are_never_latest(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    meta.add_draft_file(&draft("p", "9.0.0"), &file("a", "k1", 1, "aa"), &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.first_version_of_kind("p", &[VersionKind::Release], None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        meta.versions_page("p", None, 10, false, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        meta.versions_page("p", None, 10, true, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let long_ago = now_ms() - 60_000;
+    assert!(meta.idle_drafts(long_ago).await.unwrap().is_empty());
+    let e = || event(EventType::VersionDeleted, Some("p"), Some("9.0.0"));
+    assert_eq!(
+        meta.delete_version("p", "9.0.0", Some(long_ago), e())
+            .await
+            .unwrap(),
+        None
+    );
+    let later = now_ms() + 1;
+    assert_eq!(meta.idle_drafts(later).await.unwrap().len(), 1);
+    let expired = meta
+        .delete_version("p", "9.0.0", Some(later), e())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(expired.blob_keys(), vec!["k1".to_string()]);
+    assert!(!meta.blob_key_in_use("k1").await.unwrap());
+}
+
+async fn a_one_request_upload_of_several_files_publishes_them_all_with_the_first_as_primary(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    let files = vec![
+        file("x.tar.gz", "k1", 3, "aa"),
+        file("x.sig", "k2", 4, "bb"),
+    ];
+    let label = Label {
+        key: "os".into(),
+        value: "linux".into(),
+    };
+    meta.commit_version(
+        "p",
+        "1.0.0",
+        "k1",
+        &files,
+        std::slice::from_ref(&label),
+        &[],
+    )
+    .await
+    .unwrap();
+    let v = meta.version("p", "1.0.0").await.unwrap().unwrap();
+    assert_eq!(
+        (v.file_name.as_str(), v.size, v.blob_key.as_str()),
+        ("x.tar.gz", 3, "k1")
+    );
+    assert_eq!(v.all_files().len(), 2);
+    assert_eq!(v.labels, vec![label.clone()]);
+    assert!(meta.blob_key_in_use("k2").await.unwrap());
+    assert_eq!(
+        meta.versions_page("p", None, 10, false, Some(&label))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let other = Label {
+        key: "os".into(),
+        value: "mac".into(),
+    };
+    assert!(
+        meta.versions_page("p", None, 10, false, Some(&other))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = event(EventType::VersionDeleted, Some("p"), Some("1.0.0"));
+    let removed = meta
+        .delete_version("p", "1.0.0", None, e)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.blob_keys().len(), 2);
+    assert!(!meta.blob_key_in_use("k2").await.unwrap());
 }

@@ -4,14 +4,14 @@ use super::{ApiPath, ApiQuery, rfc3339};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::DownloadMode;
-use crate::domain::names::{validate_product, validate_version};
-use crate::domain::permissions::{Decision, ProductOp, decide};
-use crate::domain::version::VersionKind;
-use crate::download::{Plan, build, plan};
 use crate::domain::assets::{
     CHECKSUMS_FILE, Label, MAX_FILES, MAX_LABELS, check_file_name, checksums_file, labels_map,
     new_labels, parse_label_filter,
 };
+use crate::domain::names::{validate_product, validate_version};
+use crate::domain::permissions::{Decision, ProductOp, decide};
+use crate::domain::version::VersionKind;
+use crate::download::{Plan, build, plan};
 use crate::dto::{
     LabelsResult, ListedVersion, PublishRequest, UploadResult, VersionInfo, VersionPage, file_info,
 };
@@ -258,9 +258,7 @@ async fn resolve_version(
         };
     }
     match app.meta.version(product, version).await? {
-        Some(record)
-            if record.state == VersionState::Committed || caller.sees_drafts(product) =>
-        {
+        Some(record) if record.state == VersionState::Committed || caller.sees_drafts(product) => {
             Ok(record)
         }
         _ => Err(version_missing(app, product, version).await),
@@ -280,7 +278,11 @@ pub(crate) async fn latest(
     } else {
         &[VersionKind::Release]
     };
-    if let Some(found) = app.meta.first_version_of_kind(product, wanted, label).await? {
+    if let Some(found) = app
+        .meta
+        .first_version_of_kind(product, wanted, label)
+        .await?
+    {
         return Ok(Some(found));
     }
     if !prerelease
@@ -319,7 +321,15 @@ async fn downloadable(
     validate_product(product)?;
     caller.authorize(product, ProductOp::Download)?;
     let label = query.label()?;
-    resolve_version(app, caller, product, version, query.prerelease, label.as_ref()).await
+    resolve_version(
+        app,
+        caller,
+        product,
+        version,
+        query.prerelease,
+        label.as_ref(),
+    )
+    .await
 }
 
 /// The version's file `name` (`None`: its primary file), as a record whose primary
@@ -500,7 +510,15 @@ pub async fn download(
     ApiPath((product, version)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
-    download_one(&app, &caller, &method, &headers, (&product, &version, None), &query).await
+    download_one(
+        &app,
+        &caller,
+        &method,
+        &headers,
+        (&product, &version, None),
+        &query,
+    )
+    .await
 }
 
 /// `GET|HEAD /product/download/{product}/{version}/{file}`: one file, or the generated
@@ -596,7 +614,14 @@ pub async fn signed_file_download(
     ApiPath((product, version, file)): ApiPath<(String, String, String)>,
     ApiQuery(query): ApiQuery<SignedQuery>,
 ) -> ApiResult<Response> {
-    signed_one(&app, &method, &headers, (&product, &version, Some(&file)), &query).await
+    signed_one(
+        &app,
+        &method,
+        &headers,
+        (&product, &version, Some(&file)),
+        &query,
+    )
+    .await
 }
 
 async fn signed_one(
@@ -679,7 +704,14 @@ pub async fn presign_file(
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     check_file_name(&file)?;
-    presign_one(&app, &caller, &headers, (&product, &version, Some(&file)), &query).await
+    presign_one(
+        &app,
+        &caller,
+        &headers,
+        (&product, &version, Some(&file)),
+        &query,
+    )
+    .await
 }
 
 async fn presign_one(

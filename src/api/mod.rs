@@ -132,9 +132,7 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
             put(artifacts::upload_file).layer(DefaultBodyLimit::disable())
         }
         ("POST", "/product/publish/{product}/{version}") => post(artifacts::publish),
-        ("DELETE", "/product/delete/{product}/{version}/{file}") => {
-            delete(artifacts::delete_file)
-        }
+        ("DELETE", "/product/delete/{product}/{version}/{file}") => delete(artifacts::delete_file),
         ("GET", "/product/download/{product}/{version}/{file}") => get(artifacts::download_file),
         ("GET", "/product/presign/{product}/{version}/{file}") => get(artifacts::presign_file),
         ("GET", "/signed/{product}/{version}/{file}") => get(artifacts::signed_file_download),

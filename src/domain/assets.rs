@@ -64,8 +64,9 @@ pub fn is_label_key(key: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
 }
 
 fn check_label(key: &str, value: &str) -> Result<(), AssetError> {
@@ -156,9 +157,9 @@ pub fn labels_map(labels: &[Label]) -> BTreeMap<String, String> {
 
 /// `key=value` from a `?label=` query parameter.
 pub fn parse_label_filter(raw: &str) -> Result<Label, AssetError> {
-    let (key, value) = raw.split_once('=').ok_or_else(|| {
-        AssetError::InvalidLabel("the label filter must be key=value".into())
-    })?;
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| AssetError::InvalidLabel("the label filter must be key=value".into()))?;
     check_label(key, value)?;
     Ok(Label {
         key: key.into(),
@@ -197,10 +198,27 @@ mod tests {
 
     #[test]
     fn label_keys_follow_the_documented_pattern() {
-        for ok in ["channel", "a", "0", "build.id", "os_arch-1", &"k".repeat(64)] {
+        for ok in [
+            "channel",
+            "a",
+            "0",
+            "build.id",
+            "os_arch-1",
+            &"k".repeat(64),
+        ] {
             assert!(is_label_key(ok), "{ok}");
         }
-        for bad in ["", "Channel", "-x", ".x", "_x", "a b", "a/b", "é", &"k".repeat(65)] {
+        for bad in [
+            "",
+            "Channel",
+            "-x",
+            ".x",
+            "_x",
+            "a b",
+            "a/b",
+            "é",
+            &"k".repeat(65),
+        ] {
             assert!(!is_label_key(bad), "{bad}");
         }
     }
@@ -208,8 +226,14 @@ mod tests {
     #[test]
     fn label_changes_set_remove_and_report_only_what_changed() {
         let current = vec![
-            Label { key: "channel".into(), value: "beta".into() },
-            Label { key: "keep".into(), value: "yes".into() },
+            Label {
+                key: "channel".into(),
+                value: "beta".into(),
+            },
+            Label {
+                key: "keep".into(),
+                value: "yes".into(),
+            },
         ];
         let changes = BTreeMap::from([
             ("channel".to_string(), Some("stable".to_string())),
@@ -236,8 +260,9 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_in_count_and_length() {
-        let many: BTreeMap<String, String> =
-            (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: BTreeMap<String, String> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         assert!(new_labels(&many).is_err());
         let long = BTreeMap::from([("k".to_string(), "v".repeat(MAX_LABEL_VALUE + 1))]);
         assert!(new_labels(&long).is_err());
@@ -260,7 +285,10 @@ mod tests {
     fn label_filters_parse_key_equals_value() {
         assert_eq!(
             parse_label_filter("channel=stable").unwrap(),
-            Label { key: "channel".into(), value: "stable".into() }
+            Label {
+                key: "channel".into(),
+                value: "stable".into()
+            }
         );
         assert_eq!(parse_label_filter("a=b=c").unwrap().value, "b=c");
         assert!(parse_label_filter("channel").is_err());

@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::domain::assets::has_label;
-use crate::error::AssetRefusal;
 use crate::domain::version::VersionKind;
+use crate::error::AssetRefusal;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -661,9 +661,9 @@ impl MetaStore for EmbeddedMetaStore {
                 // with its events.
                 return Ok(());
             }
-            let primary = files.first().ok_or(MetaError::Asset(
-                AssetRefusal::EmptyVersion,
-            ))?;
+            let primary = files
+                .first()
+                .ok_or(MetaError::Asset(AssetRefusal::EmptyVersion))?;
             let mut record = record.with_primary(primary);
             record.state = VersionState::Committed;
             record.lease_until = None;
@@ -710,11 +710,8 @@ impl MetaStore for EmbeddedMetaStore {
                     VersionState::Committed => return Err(MetaError::Conflict),
                 },
             };
-            check_can_add(
-                record.files.iter().map(|f| f.name.as_str()),
-                &file.name,
-            )
-            .map_err(MetaError::Asset)?;
+            check_can_add(record.files.iter().map(|f| f.name.as_str()), &file.name)
+                .map_err(MetaError::Asset)?;
             record.updated_at = record.updated_at.max(file.uploaded_at);
             record.files.push(file.clone());
             put_version(&mut versions, &key, &record)?;
@@ -786,8 +783,7 @@ impl MetaStore for EmbeddedMetaStore {
                 Some(_) => return Err(MetaError::Pending),
                 None => return Err(MetaError::NotFound),
             };
-            let record = seal(draft, files.as_deref(), labels, now_ms)
-                .map_err(MetaError::Asset)?;
+            let record = seal(draft, files.as_deref(), labels, now_ms).map_err(MetaError::Asset)?;
             put_version(&mut versions, &key, &record)?;
             event.details = published_details(&record);
             record_events(txn, std::slice::from_ref(&event))?;

@@ -606,10 +606,7 @@ pub fn seal(
     let Some(primary) = draft.files.first().cloned() else {
         return Err(AssetRefusal::EmptyVersion);
     };
-    let changes = labels
-        .into_iter()
-        .map(|l| (l.key, Some(l.value)))
-        .collect();
+    let changes = labels.into_iter().map(|l| (l.key, Some(l.value))).collect();
     let (labels, _) = crate::domain::assets::apply_label_changes(&draft.labels, &changes)
         .map_err(|e| AssetRefusal::InvalidLabel(e.to_string()))?;
     let mut record = draft.with_primary(&primary);

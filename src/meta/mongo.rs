@@ -621,7 +621,8 @@ impl MetaStore for MongoMetaStore {
                             {
                                 // Our own insert, retried by the driver after a network error.
                                 Some(r) if r.blob_key == record.blob_key => None,
-                                Some(r) if r.state == VersionState::Committed => {
+                                // Published, or a draft being filled file by file.
+                                Some(r) if r.state != VersionState::Pending => {
                                     return Err(MetaError::Conflict);
                                 }
                                 Some(_) => return Err(MetaError::Pending),
@@ -780,8 +781,15 @@ impl MetaStore for MongoMetaStore {
                 // The lost creation race (or a pending record whose lease lapsed): look again.
                 Err(MetaError::Pending) => {
                     let now = file.uploaded_at;
-                    match self.versions.find_one(version_filter(&draft.product, &draft.version)).await.map_err(unavailable)? {
-                        Some(r) if r.state == VersionState::Pending && !r.lease_lapsed(now) => return Err(MetaError::Pending),
+                    match self
+                        .versions
+                        .find_one(version_filter(&draft.product, &draft.version))
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        Some(r) if r.state == VersionState::Pending && !r.lease_lapsed(now) => {
+                            return Err(MetaError::Pending);
+                        }
                         Some(r) if r.state == VersionState::Pending => {
                             // A dead one-request upload's reservation: the janitor's to remove.
                             return Err(MetaError::Pending);
@@ -804,7 +812,12 @@ impl MetaStore for MongoMetaStore {
     ) -> MetaResult<FileRecord> {
         in_transaction!(self, s, {
             let filter = version_filter(product, version);
-            let record = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+            let record = match self
+                .versions
+                .find_one(filter.clone())
+                .session(&mut s)
+                .await?
+            {
                 Some(r) if r.state == VersionState::Draft => r,
                 Some(r) if r.state == VersionState::Committed => {
                     return Ok(Err(MetaError::Asset(AssetRefusal::Published)));
@@ -842,7 +855,12 @@ impl MetaStore for MongoMetaStore {
     ) -> MetaResult<VersionRecord> {
         in_transaction!(self, s, {
             let filter = version_filter(product, version);
-            let draft = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+            let draft = match self
+                .versions
+                .find_one(filter.clone())
+                .session(&mut s)
+                .await?
+            {
                 Some(r) if r.state == VersionState::Draft => r,
                 Some(r) if r.state == VersionState::Committed => {
                     return Ok(Err(MetaError::Conflict));
@@ -877,7 +895,12 @@ impl MetaStore for MongoMetaStore {
     ) -> MetaResult<Vec<Label>> {
         in_transaction!(self, s, {
             let filter = version_filter(product, version);
-            let record = match self.versions.find_one(filter.clone()).session(&mut s).await? {
+            let record = match self
+                .versions
+                .find_one(filter.clone())
+                .session(&mut s)
+                .await?
+            {
                 Some(r) if r.state != VersionState::Pending => r,
                 _ => return Ok(Err(MetaError::NotFound)),
             };
@@ -993,7 +1016,8 @@ impl MetaStore for MongoMetaStore {
             .iter()
             .filter_map(|k| mongodb::bson::to_bson(k).ok())
             .collect();
-        let mut filter = doc! { "product": product, "state": "committed", "kind": { "$in": kinds } };
+        let mut filter =
+            doc! { "product": product, "state": "committed", "kind": { "$in": kinds } };
         if let Some(label) = label {
             filter.insert("labels", label_match(label));
         }

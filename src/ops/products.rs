@@ -47,7 +47,11 @@ pub async fn delete(app: &AppState, ctx: &Ctx, name: &str) -> ApiResult<Changed<
         .await?
         .ok_or_else(|| ApiError::product_not_found(name))?;
     app.tokens.invalidate_ids(&deleted.token_ids).await?;
-    let keys: Vec<String> = deleted.versions.iter().flat_map(|v| v.blob_keys()).collect();
+    let keys: Vec<String> = deleted
+        .versions
+        .iter()
+        .flat_map(|v| v.blob_keys())
+        .collect();
     crate::ops::versions::delete_blobs(app, keys).await;
     let mut event = event;
     event.details = crate::meta::product_deleted_details(&deleted);

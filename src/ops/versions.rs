@@ -32,7 +32,12 @@ fn file_details(file: &FileRecord) -> serde_json::Value {
 
 /// The events of one file added to a draft: `draft.created` (stored only if this file
 /// creates the draft) and `file.uploaded`.
-pub fn draft_file_events(ctx: &Ctx, product: &str, version: &str, file: &FileRecord) -> (Event, Event) {
+pub fn draft_file_events(
+    ctx: &Ctx,
+    product: &str,
+    version: &str,
+    file: &FileRecord,
+) -> (Event, Event) {
     let created = ctx.event(
         EventType::DraftCreated,
         Some(product),
@@ -86,7 +91,10 @@ pub async fn set_labels(
         Some(version),
         json!({}),
     );
-    Ok(app.meta.set_labels(product, version, changes, event).await?)
+    Ok(app
+        .meta
+        .set_labels(product, version, changes, event)
+        .await?)
 }
 
 /// Removes a file from a draft: the record (with its event) first, then the blob.
