@@ -126,7 +126,7 @@ pub struct RawSettings {
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
     #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
-    /// Seconds a draft version may stay untouched (no file added or removed) before the janitor deletes it [default: 604800 (7 days), range 60-31536000]
+    /// Seconds a draft version may stay untouched (no file added or removed) before the janitor deletes it [default: 604800 (7 days), range 1-31536000]
     #[arg(long, env = "DEPOT_DRAFT_TTL_SECONDS")]
     pub draft_ttl_seconds: Option<u64>,
     /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
@@ -472,7 +472,7 @@ impl Settings {
             "DEPOT_DRAFT_TTL_SECONDS",
             raw.draft_ttl_seconds,
             7 * 86_400,
-            60,
+            1,
             365 * 86_400,
         )?;
         let upload_lease_seconds = ranged(
