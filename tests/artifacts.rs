@@ -618,8 +618,9 @@ async fn malformed_upload_bodies_are_400_json_errors() {
         .header("Content-Type", form.content_type())
         .body(form.unterminated());
     app.send(req).await.assert_error(400, "invalid_body");
-    // Two file fields.
-    let form = Form::upload(&product, "1.0.0", "a.bin", b"abc").file("file", Some("b.bin"), b"def");
+    // Two version fields (several file fields make one version of several files:
+    // tests/release_assets.rs).
+    let form = Form::upload(&product, "1.0.0", "a.bin", b"abc").text("version", "2.0.0");
     app.upload_form(Some(app.admin()), form)
         .await
         .assert_error(400, "duplicate_field");

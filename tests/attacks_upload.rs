@@ -148,8 +148,11 @@ async fn each_of_product_version_and_checksum_may_come_only_once() {
             .await
             .assert_error(400, "duplicate_field");
     }
-    let two_files = Form::upload(&product, "1.0.0", "a.bin", data).file("file", Some("b"), data);
-    app.upload_form(Some(app.admin()), two_files)
+    // A label field, too, comes once.
+    let two_labels = Form::upload(&product, "1.0.0", "a.bin", data)
+        .text("label.channel", "a")
+        .text("label.channel", "b");
+    app.upload_form(Some(app.admin()), two_labels)
         .await
         .assert_error(400, "duplicate_field");
     app.wait_blob_count(0).await;
