@@ -76,16 +76,68 @@ pub struct Connection {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Upload a file as a new version (streams it; the server verifies its SHA-256)
+    /// Upload files as a new version (streamed; the server verifies every SHA-256)
+    ///
+    /// One file makes the version in one request. Several files (or --draft) go into a
+    /// draft, --jobs at a time, each with its SHA-256, and the draft is then published
+    /// with exactly these files, so consumers never see a half-filled version. Run the
+    /// same push again after a failure: files the draft already holds with the same
+    /// SHA-256 are skipped.
     Push {
         #[command(flatten)]
         connection: Connection,
         product: String,
         version: String,
-        file: PathBuf,
-        /// Expected digest (sha256:<hex> or <hex>); the server refuses the upload if it differs
+        /// The files (their base names become the file names in the version)
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Expected digest of the one file (sha256:<hex> or <hex>); the server refuses the upload if it differs
         #[arg(long)]
         checksum: Option<String>,
+        /// A label for the version (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Leave the version a draft (other jobs may add files; `depot publish` seals it)
+        #[arg(long)]
+        draft: bool,
+        /// Files uploaded at once
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+        jobs: u16,
+    },
+    /// Publish a draft: it becomes an immutable version that consumers see
+    Publish {
+        #[command(flatten)]
+        connection: Connection,
+        product: String,
+        version: String,
+        /// A label for the version (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Publish only if the draft holds exactly these files (repeatable)
+        #[arg(long = "file", value_name = "NAME")]
+        files: Vec<String>,
+    },
+    /// Set or remove labels of a version (maintainer), e.g. `channel=stable`
+    Labels {
+        #[command(flatten)]
+        connection: Connection,
+        product: String,
+        version: String,
+        /// Labels to set
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_label)]
+        set: Vec<(String, String)>,
+        /// Label keys to remove (repeatable)
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Delete a version, or one file of a draft
+    Rm {
+        #[command(flatten)]
+        connection: Connection,
+        product: String,
+        version: String,
+        /// A file of a draft (published versions are immutable: delete the whole version)
+        file: Option<String>,
     },
     /// Download a version (or `latest`), verify its SHA-256, resume interrupted downloads
     ///
@@ -107,15 +159,31 @@ pub enum ClientCommand {
         /// With `latest`: consider pre-releases too
         #[arg(long)]
         prerelease: bool,
+        /// With `latest`: only versions carrying this label (KEY=VALUE)
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Option<String>,
+        /// One file of the version [default: its primary file]
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        file: Option<String>,
+        /// Every file of the version and its SHA256SUMS, into the directory given by -o
+        /// [default: the current directory]
+        #[arg(long)]
+        all: bool,
         /// Replace the output file if it exists (without it, pull refuses with exit code 5)
         #[arg(long)]
         force: bool,
     },
-    /// List your products, or the versions of one product
+    /// List your products, or the versions of one product (with drafts, if you may upload)
+    ///
+    /// Version rows: version, primary file size, its checksum, upload time, its name,
+    /// state (published or draft), number of files, labels (key=value,...).
     Ls {
         #[command(flatten)]
         connection: Connection,
         product: Option<String>,
+        /// Only versions carrying this label (KEY=VALUE)
+        #[arg(long, value_name = "KEY=VALUE", requires = "product")]
+        label: Option<String>,
     },
     /// Read the audit log, newest first (admin; a maintainer with --product)
     Audit {
@@ -216,6 +284,9 @@ impl ClientCommand {
     pub fn connection(&self) -> &Connection {
         match self {
             ClientCommand::Push { connection, .. }
+            | ClientCommand::Publish { connection, .. }
+            | ClientCommand::Labels { connection, .. }
+            | ClientCommand::Rm { connection, .. }
             | ClientCommand::Pull { connection, .. }
             | ClientCommand::Ls { connection, .. }
             | ClientCommand::Audit { connection, .. } => connection,
@@ -317,6 +388,7 @@ impl Client {
         version: &str,
         file: &Path,
         checksum: Option<&str>,
+        labels: &[(String, String)],
     ) -> ClientResult<crate::dto::UploadResult> {
         let meta = tokio::fs::metadata(file).await.map_err(|e| {
             fail(
@@ -333,7 +405,11 @@ impl Client {
         // connection, which a streaming client sees as a broken pipe: ask first.
         let probe = self.request(
             Method::HEAD,
-            &format!("/product/download/{product}/{version}?redirect=false"),
+            &format!(
+                "/product/download/{}/{}?redirect=false",
+                segment(product),
+                segment(version)
+            ),
         )?;
         if probe.send().await.map_err(network)?.status() == StatusCode::OK {
             return Err(fail(
@@ -344,13 +420,21 @@ impl Client {
             ));
         }
         let boundary = format!("depot-{}", uuid::Uuid::new_v4().simple());
-        let head = format!(
+        let mut head = format!(
             "--{b}\r\nContent-Disposition: form-data; name=\"product\"\r\n\r\n{product}\r\n\
-             --{b}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n{version}\r\n\
-             --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n",
+             --{b}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n{version}\r\n",
             b = boundary
         );
+        // Label values hold no control characters (`parse_label`): no line breaks here.
+        for (key, value) in labels {
+            head.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"label.{key}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        head.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        ));
         // The digest field follows the file: its length is fixed, its value known at the end.
         let tail_len = format!(
             "\r\n--{b}\r\nContent-Disposition: form-data; name=\"checksum\"\r\n\r\nsha256:{h}\r\n--{b}--\r\n",
@@ -382,18 +466,18 @@ impl Client {
         result
     }
 
+    /// Downloads one file (the version's primary file unless `source.file` names one),
+    /// verified against the server's SHA-256, resuming an interrupted `.part`.
     pub async fn pull(
         &self,
-        product: &str,
-        version: &str,
+        source: &PullSource<'_>,
         output: Option<&Path>,
-        prerelease: bool,
         force: bool,
-    ) -> ClientResult<PathBuf> {
+    ) -> ClientResult<Pulled> {
+        let (product, version) = (source.product, source.version);
         // Always through Depot (never a redirect): HEAD, Range and If-Range need Depot's
         // own headers (and the token never goes to another origin anyway).
-        let path =
-            format!("/product/download/{product}/{version}?redirect=false&prerelease={prerelease}");
+        let path = source.path(source.file);
         // HEAD first: the final name, size and digest, before touching the disk.
         let head = self
             .request(Method::HEAD, &path)?
@@ -413,6 +497,7 @@ impl Client {
         let expected = header(&head, "x-checksum-sha256")
             .ok_or_else(|| fail(Failure::Server, "the server sent no X-Checksum-Sha256"))?;
         let etag = header(&head, "etag").unwrap_or_default();
+        let served = header(&head, "x-depot-version").unwrap_or_else(|| version.to_string());
         // The header itself: reqwest's `content_length()` is the size of the body it got,
         // which for a HEAD answer is 0, and that would rule out every resume.
         let size = header(&head, "content-length")
@@ -423,6 +508,7 @@ impl Client {
             None => {
                 let name = header(&head, "content-disposition")
                     .and_then(|cd| file_name_from_disposition(&cd))
+                    .or_else(|| source.file.map(str::to_string))
                     .unwrap_or_else(|| format!("{product}-{version}"));
                 PathBuf::from(plain_file_name(&name)?)
             }
@@ -513,7 +599,259 @@ impl Client {
         }
         finish_part(&part, &target, force).await?;
         let _ = tokio::fs::remove_file(&tag_file).await;
-        Ok(target)
+        Ok(Pulled {
+            path: target,
+            checksum: actual,
+            version: served,
+        })
+    }
+
+    /// Every file of a version into `dir`, each verified, and its `SHA256SUMS` beside
+    /// them (so `sha256sum -c SHA256SUMS` checks the directory later). `latest` is
+    /// resolved once: every file comes from the same version.
+    pub async fn pull_all(
+        &self,
+        source: &PullSource<'_>,
+        dir: &Path,
+        force: bool,
+    ) -> ClientResult<(String, usize)> {
+        let resp = self
+            .send(self.request(Method::GET, &source.path(Some(CHECKSUMS_FILE)))?)
+            .await?;
+        let version = header(&resp, "x-depot-version").unwrap_or_else(|| source.version.into());
+        if resp.content_length().unwrap_or(0) > MAX_CHECKSUMS_BYTES {
+            return Err(fail(
+                Failure::Server,
+                "the server's SHA256SUMS is too large",
+            ));
+        }
+        let sums = resp.text().await.map_err(network)?;
+        let listed = parse_checksums(&sums)?;
+        tokio::fs::create_dir_all(dir).await.map_err(io_fail)?;
+        // Refuse before downloading anything, not after half the files.
+        if !force {
+            for name in listed
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .chain([CHECKSUMS_FILE])
+            {
+                let target = dir.join(name);
+                if tokio::fs::symlink_metadata(&target).await.is_ok() {
+                    return Err(exists_error(&target));
+                }
+            }
+        }
+        let concrete = PullSource {
+            version: &version,
+            prerelease: false,
+            label: None,
+            ..*source
+        };
+        for (digest, name) in &listed {
+            let pulled = self
+                .pull(
+                    &PullSource {
+                        file: Some(name),
+                        ..concrete
+                    },
+                    Some(&dir.join(name)),
+                    force,
+                )
+                .await?;
+            if &pulled.checksum != digest {
+                return Err(fail(
+                    Failure::Checksum,
+                    format!(
+                        "{name}: got sha256:{}, SHA256SUMS says sha256:{digest}",
+                        pulled.checksum
+                    ),
+                ));
+            }
+        }
+        let part = dir.join(format!("{CHECKSUMS_FILE}.part"));
+        let _ = tokio::fs::remove_file(&part).await;
+        let mut file = create_part(&part).await?;
+        file.write_all(sums.as_bytes()).await.map_err(io_fail)?;
+        file.sync_all().await.map_err(io_fail)?;
+        drop(file);
+        finish_part(&part, &dir.join(CHECKSUMS_FILE), force).await?;
+        Ok((version, listed.len()))
+    }
+
+    /// Several files (or one with `--draft`) into a draft, `jobs` at a time, then
+    /// published with exactly these files unless `draft`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn push_files(
+        &self,
+        product: &str,
+        version: &str,
+        files: &[PathBuf],
+        checksum: Option<&str>,
+        labels: &[(String, String)],
+        draft: bool,
+        jobs: usize,
+    ) -> ClientResult<()> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut plan = Vec::with_capacity(files.len());
+        for path in files {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| {
+                    fail(
+                        Failure::Other,
+                        format!("{}: the file name is not valid UTF-8", path.display()),
+                    )
+                })?
+                .to_string();
+            if !names.insert(name.clone()) {
+                return Err(fail(
+                    Failure::Other,
+                    format!("two of the files are named {name}: a version holds each name once"),
+                ));
+            }
+            let len = tokio::fs::metadata(path)
+                .await
+                .map_err(|e| {
+                    fail(
+                        Failure::Other,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .len();
+            plan.push((path.as_path(), name, len));
+        }
+        let expected = checksum.map(normalize_checksum).transpose()?;
+        let bar = self.progress(
+            plan.iter().map(|(_, _, len)| len).sum(),
+            &format!("push {product} {version}"),
+        );
+        let mut uploads = futures::stream::iter(plan.iter().map(|(path, name, len)| {
+            self.push_draft_file(product, version, path, name, *len, expected.clone(), &bar)
+        }))
+        .buffer_unordered(jobs);
+        while let Some(outcome) = uploads.next().await {
+            let line = match outcome {
+                Ok(line) => line,
+                Err(mut err) => {
+                    bar.finish_and_clear();
+                    err.message.push_str(&format!(
+                        "\nnote: the draft {product} {version} keeps the files that were uploaded; run the same push again to resume"
+                    ));
+                    return Err(err);
+                }
+            };
+            bar.suspend(|| println!("{line}"));
+        }
+        drop(uploads);
+        bar.finish_and_clear();
+        if draft {
+            println!(
+                "draft {product} {version}: {} files; publish it with: depot publish {product} {version}",
+                plan.len()
+            );
+            return Ok(());
+        }
+        let published = self
+            .publish(
+                product,
+                version,
+                labels,
+                &names.into_iter().collect::<Vec<_>>(),
+            )
+            .await?;
+        println!(
+            "published {product} {version}: {} files",
+            published.info.files.len()
+        );
+        Ok(())
+    }
+
+    /// One file into the draft: skipped when the draft holds it with the same SHA-256
+    /// (a push run again after a failure), refused when it holds another.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_draft_file(
+        &self,
+        product: &str,
+        version: &str,
+        path: &Path,
+        name: &str,
+        len: u64,
+        expected: Option<String>,
+        bar: &ProgressBar,
+    ) -> ClientResult<String> {
+        let digest = match expected {
+            Some(digest) => digest,
+            None => sha256_of(path).await?,
+        };
+        let file_path = format!(
+            "{}/{}/{}",
+            segment(product),
+            segment(version),
+            segment(name)
+        );
+        let probe = self
+            .request(
+                Method::HEAD,
+                &format!("/product/download/{file_path}?redirect=false"),
+            )?
+            .send()
+            .await
+            .map_err(network)?;
+        if probe.status() == StatusCode::OK {
+            if header(&probe, "x-checksum-sha256").as_deref() == Some(digest.as_str()) {
+                bar.inc(len);
+                return Ok(format!(
+                    "kept {name}: already uploaded, same sha256:{digest}"
+                ));
+            }
+            return Err(fail(
+                Failure::Conflict,
+                format!(
+                    "{product} {version} already holds a different {name}\nhint: a draft's file is removed with `depot rm {product} {version} {name}`; a published version is immutable"
+                ),
+            ));
+        }
+        let handle = tokio::fs::File::open(path).await.map_err(|e| {
+            fail(
+                Failure::Other,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
+        let progress = bar.clone();
+        let body =
+            tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024).inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    progress.inc(chunk.len() as u64);
+                }
+            });
+        let req = self
+            .request(Method::PUT, &format!("/product/upload/{file_path}"))?
+            .header("content-length", len)
+            .header("X-Checksum-Sha256", format!("sha256:{digest}"))
+            .body(reqwest::Body::wrap_stream(body));
+        let out: crate::dto::UploadResult = self.typed(req).await?;
+        Ok(format!(
+            "uploaded {name}: {} bytes, {}",
+            out.size, out.checksum
+        ))
+    }
+
+    /// `POST /product/publish/...`: `files` empty means whatever the draft holds.
+    pub async fn publish(
+        &self,
+        product: &str,
+        version: &str,
+        labels: &[(String, String)],
+        files: &[String],
+    ) -> ClientResult<crate::dto::ListedVersion> {
+        let body = crate::dto::PublishRequest {
+            files: (!files.is_empty()).then(|| files.to_vec()),
+            labels: labels.iter().cloned().collect(),
+        };
+        let path = format!("/product/publish/{}/{}", segment(product), segment(version));
+        self.typed(self.request(Method::POST, &path)?.json(&body))
+            .await
     }
 
     pub async fn run(&self, command: ClientCommand) -> ClientResult<()> {
@@ -521,33 +859,147 @@ impl Client {
             ClientCommand::Push {
                 product,
                 version,
-                file,
+                files,
                 checksum,
+                labels,
+                draft,
+                jobs,
                 ..
             } => {
-                let out = self
-                    .push(&product, &version, &file, checksum.as_deref())
-                    .await?;
+                if checksum.is_some() && files.len() > 1 {
+                    return Err(fail(
+                        Failure::Other,
+                        "--checksum names the digest of one file: push several files without it (each is hashed and verified)",
+                    ));
+                }
+                if draft && !labels.is_empty() {
+                    return Err(fail(
+                        Failure::Other,
+                        "a draft gets its labels when it is published: pass --label to depot publish",
+                    ));
+                }
+                match files.as_slice() {
+                    [file] if !draft => {
+                        let out = self
+                            .push(&product, &version, file, checksum.as_deref(), &labels)
+                            .await?;
+                        println!(
+                            "pushed {product} {version}: {} bytes, {}",
+                            out.size, out.checksum
+                        );
+                    }
+                    _ => {
+                        self.push_files(
+                            &product,
+                            &version,
+                            &files,
+                            checksum.as_deref(),
+                            &labels,
+                            draft,
+                            usize::from(jobs),
+                        )
+                        .await?
+                    }
+                }
+            }
+            ClientCommand::Publish {
+                product,
+                version,
+                labels,
+                files,
+                ..
+            } => {
+                let out = self.publish(&product, &version, &labels, &files).await?;
                 println!(
-                    "pushed {product} {version}: {} bytes, {}",
-                    out.size, out.checksum
+                    "published {product} {version}: {} files",
+                    out.info.files.len()
                 );
+            }
+            ClientCommand::Labels {
+                product,
+                version,
+                set,
+                remove,
+                ..
+            } => {
+                let mut changes = serde_json::Map::new();
+                for key in remove {
+                    changes.insert(key, Value::Null);
+                }
+                for (key, value) in set {
+                    changes.insert(key, Value::String(value));
+                }
+                if changes.is_empty() {
+                    return Err(fail(
+                        Failure::Other,
+                        "nothing to change: give KEY=VALUE labels to set or --remove KEY",
+                    ));
+                }
+                let path = format!(
+                    "/product/labels/{}/{}",
+                    segment(&product),
+                    segment(&version)
+                );
+                let out: crate::dto::LabelsResult = self
+                    .typed(self.request(Method::PUT, &path)?.json(&changes))
+                    .await?;
+                for (key, value) in &out.labels {
+                    println!("{key}={}", crate::domain::names::terminal_safe(value));
+                }
+            }
+            ClientCommand::Rm {
+                product,
+                version,
+                file,
+                ..
+            } => {
+                let mut path = format!(
+                    "/product/delete/{}/{}",
+                    segment(&product),
+                    segment(&version)
+                );
+                if let Some(file) = &file {
+                    path.push_str(&format!("/{}", segment(file)));
+                }
+                self.send(self.request(Method::DELETE, &path)?).await?;
+                match file {
+                    Some(file) => eprintln!("removed {file} from {product} {version}"),
+                    None => eprintln!("deleted {product} {version}"),
+                }
             }
             ClientCommand::Pull {
                 product,
                 version,
                 output,
                 prerelease,
+                label,
+                file,
+                all,
                 force,
                 ..
             } => {
-                let path = self
-                    .pull(&product, &version, output.as_deref(), prerelease, force)
-                    .await?;
-                println!(
-                    "pulled {product} {version} to {} (sha256 verified)",
-                    path.display()
-                );
+                let source = PullSource {
+                    product: &product,
+                    version: &version,
+                    file: file.as_deref(),
+                    prerelease,
+                    label: label.as_deref(),
+                };
+                if all {
+                    let dir = output.unwrap_or_else(|| PathBuf::from("."));
+                    let (served, count) = self.pull_all(&source, &dir, force).await?;
+                    println!(
+                        "pulled {product} {served}: {count} files to {} (sha256 verified, SHA256SUMS written)",
+                        dir.display()
+                    );
+                } else {
+                    let pulled = self.pull(&source, output.as_deref(), force).await?;
+                    println!(
+                        "pulled {product} {} to {} (sha256 verified)",
+                        pulled.version,
+                        pulled.path.display()
+                    );
+                }
             }
             ClientCommand::Ls { product: None, .. } => {
                 let names = self
@@ -609,25 +1061,42 @@ impl Client {
             }
             ClientCommand::Ls {
                 product: Some(product),
+                label,
                 ..
             } => {
                 let mut cursor: Option<String> = None;
                 loop {
-                    let mut path = format!("/product/versions/{product}?limit=1000");
+                    let mut path = format!("/product/versions/{}?limit=1000", segment(&product));
+                    if let Some(label) = &label {
+                        path.push_str(&format!("&label={}", segment(label)));
+                    }
                     if let Some(c) = &cursor {
-                        path.push_str(&format!("&cursor={c}"));
+                        path.push_str(&format!("&cursor={}", segment(c)));
                     }
                     let page: crate::dto::VersionPage =
                         self.typed(self.request(Method::GET, &path)?).await?;
                     for v in &page.versions {
-                        println!(
-                            "{}\t{}\t{}\t{}\t{}",
-                            v.version,
-                            v.info.size,
-                            v.info.checksum,
-                            v.info.uploaded_at,
-                            v.info.file_name
-                        );
+                        let labels: Vec<String> = v
+                            .info
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        let fields = [
+                            v.version.clone(),
+                            v.info.size.to_string(),
+                            v.info.checksum.clone(),
+                            v.info.uploaded_at.clone(),
+                            v.info.file_name.clone(),
+                            v.info.state.clone(),
+                            v.info.files.len().to_string(),
+                            labels.join(","),
+                        ];
+                        let row: Vec<String> = fields
+                            .iter()
+                            .map(|f| crate::domain::names::terminal_safe(f))
+                            .collect();
+                        println!("{}", row.join("\t"));
                     }
                     match page.next_cursor {
                         Some(next) => cursor = Some(next),
@@ -770,6 +1239,131 @@ fn push_body(
             }
         }
     })
+}
+
+/// What `pull` fetches: a version (or `latest`, narrowed by pre-release and label) and
+/// one of its files (`None`: the primary file).
+#[derive(Debug, Clone, Copy)]
+pub struct PullSource<'a> {
+    pub product: &'a str,
+    pub version: &'a str,
+    pub file: Option<&'a str>,
+    pub prerelease: bool,
+    pub label: Option<&'a str>,
+}
+
+impl PullSource<'_> {
+    /// The download path of `file` (`None`: the primary file), never redirected.
+    fn path(&self, file: Option<&str>) -> String {
+        let mut path = format!(
+            "/product/download/{}/{}",
+            segment(self.product),
+            segment(self.version)
+        );
+        if let Some(file) = file {
+            path.push_str(&format!("/{}", segment(file)));
+        }
+        path.push_str(&format!("?redirect=false&prerelease={}", self.prerelease));
+        if let Some(label) = self.label {
+            path.push_str(&format!("&label={}", segment(label)));
+        }
+        path
+    }
+}
+
+/// A finished pull: where, the verified SHA-256 (hex), the version served.
+#[derive(Debug)]
+pub struct Pulled {
+    pub path: PathBuf,
+    pub checksum: String,
+    pub version: String,
+}
+
+const CHECKSUMS_FILE: &str = crate::domain::assets::CHECKSUMS_FILE;
+
+/// 1000 files with 255-byte names and their digests fit with room to spare.
+const MAX_CHECKSUMS_BYTES: u64 = 1024 * 1024;
+
+/// Everything but unreserved characters, percent-encoded: names go into paths and
+/// query strings as data, never as `/`, `?`, `#` or `&`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// `<hex>  <name>` lines into (hex, name), every name a plain base name.
+fn parse_checksums(text: &str) -> ClientResult<Vec<(String, String)>> {
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (digest, name) = line.split_once("  ").ok_or_else(|| {
+                fail(
+                    Failure::Server,
+                    "the server's SHA256SUMS has a malformed line",
+                )
+            })?;
+            let hex_ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                return Err(fail(
+                    Failure::Server,
+                    "the server's SHA256SUMS has a malformed digest",
+                ));
+            }
+            Ok((digest.to_ascii_lowercase(), plain_file_name(name)?))
+        })
+        .collect()
+}
+
+/// `sha256:<hex>` or `<hex>` into lowercase hex.
+fn normalize_checksum(text: &str) -> ClientResult<String> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(fail(
+            Failure::Other,
+            "--checksum must be sha256:<64 hex digits> or <64 hex digits>",
+        ))
+    }
+}
+
+/// The SHA-256 (hex) of a local file, read on a blocking thread.
+async fn sha256_of(path: &Path) -> ClientResult<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path).map_err(|e| {
+            fail(
+                Failure::Other,
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io_fail)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|e| fail(Failure::Other, format!("hashing failed: {e}")))?
+}
+
+/// `KEY=VALUE` for a label: the server's key rule, a value without control characters.
+fn parse_label(spec: &str) -> Result<(String, String), String> {
+    let (key, value) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{spec}'"))?;
+    if !crate::domain::assets::is_label_key(key) {
+        return Err(format!(
+            "invalid label key '{key}': 1-64 characters from a-z 0-9 _ . -, starting with a letter or digit"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("the value of label '{key}' has control characters"));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// `PRODUCT=download,upload` into the product name and its grant object.
@@ -1146,6 +1740,53 @@ mod tests {
         assert!(parse_grant("=download").is_err());
         assert!(parse_grant("app=").is_err());
         assert!(parse_grant("app=admin").is_err());
+    }
+
+    #[test]
+    fn checksum_lines_parse_and_unsafe_names_or_digests_are_refused() {
+        let hex = "ab".repeat(32);
+        let parsed = parse_checksums(&format!("{hex}  a.tar.gz\n{hex}  b c.zip\n")).unwrap();
+        assert_eq!(
+            parsed,
+            [
+                (hex.clone(), "a.tar.gz".to_string()),
+                (hex.clone(), "b c.zip".to_string())
+            ]
+        );
+        for bad in [
+            format!("{hex}  ../../etc/passwd"),
+            format!("{hex}  .bashrc"),
+            format!("{hex} one-space"),
+            "xyz  a.bin".to_string(),
+            format!("{hex}  dir/a.bin"),
+        ] {
+            assert!(parse_checksums(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_specs_follow_the_server_rules() {
+        assert_eq!(
+            parse_label("channel=stable").unwrap(),
+            ("channel".to_string(), "stable".to_string())
+        );
+        assert_eq!(parse_label("k=").unwrap().1, "");
+        assert_eq!(parse_label("k=a=b").unwrap().1, "a=b");
+        for bad in ["nokey", "=v", "Upper=x", "k=line\r\nbreak", "-k=v"] {
+            assert!(parse_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_percent_encoded_as_one_path_segment() {
+        assert_eq!(segment("a b/c?d#e&f"), "a%20b%2Fc%3Fd%23e%26f");
+        assert_eq!(segment("1.0.0-rc.1_x~"), "1.0.0-rc.1_x~");
+        assert_eq!(segment("channel=stable"), "channel%3Dstable");
+        assert_eq!(
+            normalize_checksum(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            "ab".repeat(32)
+        );
+        assert!(normalize_checksum("sha256:12").is_err());
     }
 
     #[test]

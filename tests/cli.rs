@@ -689,13 +689,14 @@ async fn ls_lists_the_callers_products_and_a_products_versions() {
         let (_, size, digest, i) = expected.iter().find(|e| e.0 == row[0]).unwrap();
         assert_eq!(
             row.len(),
-            5,
-            "version, size, checksum, uploaded_at, file: {row:?}"
+            8,
+            "version, size, checksum, uploaded_at, file, state, files, labels: {row:?}"
         );
         assert_eq!(row[1], size.to_string());
         assert_eq!(row[2], format!("sha256:{digest}"));
         assert!(row[3].contains('T') && row[3].ends_with('Z'), "{row:?}");
         assert_eq!(row[4], format!("f{i}.bin"));
+        assert_eq!(&row[5..], ["published", "1", ""]);
     }
 }
 
@@ -725,6 +726,383 @@ async fn ls_of_a_product_follows_the_cursor_past_one_page() {
         .collect();
     let expected: Vec<String> = (0..1005).rev().map(|i| format!("1.0.{i}")).collect();
     assert_eq!(listed, expected);
+}
+
+// ---- release assets: several files, drafts, publish, labels --------------------------
+
+/// The version as the server lists it, for the admin (drafts included).
+async fn listed_version(app: &TestApp, product: &str, version: &str) -> serde_json::Value {
+    let r = app
+        .get(&format!("/product/versions/{product}"), Some(app.admin()))
+        .await;
+    r.assert_status(200);
+    r.json()["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .cloned()
+        .unwrap_or_else(|| panic!("{version} is not listed"))
+}
+
+fn file_names(version: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = version["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn push_of_several_files_publishes_one_version_that_pull_all_and_sha256sum_verify() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let contents: Vec<(&str, Vec<u8>)> = vec![
+        ("tool-linux-amd64.tar.gz", payload(1, 300_000)),
+        ("tool-darwin-arm64.tar.gz", payload(2, 200_000)),
+        ("tool src.zip", payload(3, 1000)),
+        ("notes.txt", b"release notes\n".to_vec()),
+    ];
+    let paths: Vec<String> = contents.iter().map(|(n, b)| cli.file(n, b)).collect();
+    let mut args = vec!["push", &product, "1.0.0"];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(["--jobs", "3", "--label", "channel=beta"]);
+    let run = cli.run(&args).await;
+    run.assert_ok();
+    assert_no_progress_bar(&run);
+    for (name, bytes) in &contents {
+        assert!(
+            run.stdout.contains(&format!(
+                "uploaded {name}: {} bytes, sha256:{}",
+                bytes.len(),
+                sha256_hex(bytes)
+            )),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(
+        run.stdout
+            .contains(&format!("published {product} 1.0.0: 4 files")),
+        "{}",
+        run.stdout
+    );
+
+    let listed = listed_version(&app, &product, "1.0.0").await;
+    assert_eq!(listed["state"], "published");
+    assert_eq!(listed["labels"], json!({"channel": "beta"}));
+    let mut expected: Vec<String> = contents.iter().map(|(n, _)| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(file_names(&listed), expected);
+
+    let reader = app.register(false).await;
+    app.grant(&product, &reader, Perms::DOWNLOAD).await;
+    let consumer = Cli::new(&app, Some(&reader));
+    let run = consumer
+        .run(&["pull", &product, "latest", "--all", "-o", "release"])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout
+            .contains(&format!("pulled {product} 1.0.0: 4 files")),
+        "{}",
+        run.stdout
+    );
+    let dir = consumer.path("release");
+    for (name, bytes) in &contents {
+        assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+    }
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(&dir)
+        .output()
+        .expect("run sha256sum");
+    assert!(
+        check.status.success(),
+        "sha256sum -c: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout)
+            .matches(": OK")
+            .count(),
+        4
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want = expected.clone();
+    want.push("SHA256SUMS".to_string());
+    want.sort();
+    assert_eq!(left, want, "no .part or .etag file is left");
+
+    // Again without --force: refused before a byte is written.
+    let again = consumer
+        .run(&["pull", &product, "1.0.0", "--all", "-o", "release"])
+        .await;
+    again.assert_code(5);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+    let one = consumer
+        .run(&["pull", &product, "1.0.0", "--file", "tool src.zip"])
+        .await;
+    one.assert_ok();
+    assert_eq!(
+        std::fs::read(consumer.path("tool src.zip")).unwrap(),
+        contents[2].1
+    );
+}
+
+#[tokio::test]
+async fn push_run_again_after_a_failure_resumes_the_draft_and_skips_what_it_holds() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let a = cli.file("a.bin", &payload(10, 50_000));
+    let b = cli.file("b.bin", &payload(11, 60_000));
+    let c = cli.file("c.bin", &payload(12, 70_000));
+    let run = cli
+        .run(&["push", &product, "2.0.0", &a, &b, "--draft"])
+        .await;
+    run.assert_ok();
+    assert!(run.stdout.contains("depot publish"), "{}", run.stdout);
+    let draft = listed_version(&app, &product, "2.0.0").await;
+    assert_eq!(draft["state"], "draft");
+
+    // A consumer does not see the draft.
+    let reader = app.register(false).await;
+    app.grant(&product, &reader, Perms::DOWNLOAD).await;
+    Cli::new(&app, Some(&reader))
+        .run(&["pull", &product, "2.0.0", "--file", "a.bin"])
+        .await
+        .assert_code(4);
+
+    let run = cli.run(&["push", &product, "2.0.0", &a, &b, &c]).await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("kept a.bin: already uploaded"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("kept b.bin: already uploaded"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("uploaded c.bin: 70000 bytes"),
+        "{}",
+        run.stdout
+    );
+    let published = listed_version(&app, &product, "2.0.0").await;
+    assert_eq!(published["state"], "published");
+    assert_eq!(file_names(&published), ["a.bin", "b.bin", "c.bin"]);
+    // One PUT each for a, b and c: the second run sent no byte of a or b again.
+    assert_eq!(
+        request_count(
+            &app,
+            "/product/upload/{product}/{version}/{file}",
+            "PUT",
+            201
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn push_refuses_a_different_file_under_a_name_the_draft_holds_and_publishes_nothing() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let first = cli.file("app.bin", b"first build");
+    cli.run(&["push", &product, "3.0.0", &first, "--draft"])
+        .await
+        .assert_ok();
+    std::fs::create_dir(cli.path("rebuilt")).unwrap();
+    let second = cli.path("rebuilt/app.bin");
+    std::fs::write(&second, b"another build").unwrap();
+    let other = cli.file("other.bin", b"other");
+    let run = cli
+        .run(&["push", &product, "3.0.0", second.to_str().unwrap(), &other])
+        .await;
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains("already holds a different app.bin"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("run the same push again"),
+        "{}",
+        run.stderr
+    );
+    let draft = listed_version(&app, &product, "3.0.0").await;
+    assert_eq!(draft["state"], "draft", "nothing was published");
+    let got = app
+        .get(
+            &format!("/product/download/{product}/3.0.0/app.bin?redirect=false"),
+            Some(app.admin()),
+        )
+        .await;
+    assert_eq!(got.text(), "first build");
+
+    // Two files with one base name: refused before anything is sent.
+    let run = cli
+        .run(&["push", &product, "3.0.1", &first, second.to_str().unwrap()])
+        .await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("two of the files are named app.bin"),
+        "{}",
+        run.stderr
+    );
+    app.get(
+        &format!("/product/download/{product}/3.0.1"),
+        Some(app.admin()),
+    )
+    .await
+    .assert_status(404);
+}
+
+#[tokio::test]
+async fn publish_labels_ls_and_pull_by_label_promote_a_version() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let one = cli.file("one.bin", b"version one");
+    cli.run(&["push", &product, "1.0.0", &one, "--label", "channel=stable"])
+        .await
+        .assert_ok();
+    let two = cli.file("two.bin", b"version two");
+    cli.run(&["push", &product, "1.1.0", &two, "--draft"])
+        .await
+        .assert_ok();
+    // Publishing with a file list that is not the draft's: refused, still a draft.
+    cli.run(&["publish", &product, "1.1.0", "--file", "one.bin"])
+        .await
+        .assert_code(5);
+    let run = cli
+        .run(&[
+            "publish",
+            &product,
+            "1.1.0",
+            "--file",
+            "two.bin",
+            "--label",
+            "channel=beta",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(run.stdout.contains("1 files"), "{}", run.stdout);
+
+    let run = cli
+        .run(&["ls", &product, "--label", "channel=stable"])
+        .await;
+    run.assert_ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(rows.len(), 1, "{}", run.stdout);
+    assert!(rows[0].starts_with("1.0.0\t"), "{}", rows[0]);
+    assert!(
+        rows[0].ends_with("\tpublished\t1\tchannel=stable"),
+        "{}",
+        rows[0]
+    );
+
+    // Latest stable is 1.0.0 until 1.1.0 is promoted.
+    let run = cli
+        .run(&[
+            "pull",
+            &product,
+            "latest",
+            "--label",
+            "channel=stable",
+            "-o",
+            "stable-1",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains(&format!("pulled {product} 1.0.0")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(std::fs::read(cli.path("stable-1")).unwrap(), b"version one");
+
+    let run = cli
+        .run(&["labels", &product, "1.1.0", "channel=stable", "tested=yes"])
+        .await;
+    run.assert_ok();
+    assert_eq!(run.stdout, "channel=stable\ntested=yes\n");
+    let run = cli
+        .run(&["labels", &product, "1.1.0", "--remove", "tested"])
+        .await;
+    run.assert_ok();
+    assert_eq!(run.stdout, "channel=stable\n");
+    let run = cli
+        .run(&[
+            "pull",
+            &product,
+            "latest",
+            "--label",
+            "channel=stable",
+            "-o",
+            "stable-2",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains(&format!("pulled {product} 1.1.0")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(std::fs::read(cli.path("stable-2")).unwrap(), b"version two");
+
+    // A label key the server would refuse is a usage error, before any request.
+    cli.run(&["labels", &product, "1.1.0", "Bad Key=x"])
+        .await
+        .assert_code(2);
+    // Labels need maintainer: an upload-only token is refused.
+    let uploader = app.register(false).await;
+    app.grant(&product, &uploader, Perms::UPLOAD).await;
+    Cli::new(&app, Some(&uploader))
+        .run(&["labels", &product, "1.1.0", "channel=old"])
+        .await
+        .assert_code(3);
+}
+
+#[tokio::test]
+async fn rm_removes_a_file_from_a_draft_but_not_from_a_published_version() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let a = cli.file("a.txt", b"a");
+    let b = cli.file("b.txt", b"b");
+    cli.run(&["push", &product, "0.1.0", &a, &b, "--draft"])
+        .await
+        .assert_ok();
+    cli.run(&["rm", &product, "0.1.0", "b.txt"])
+        .await
+        .assert_ok();
+    cli.run(&["publish", &product, "0.1.0"]).await.assert_ok();
+    let listed = listed_version(&app, &product, "0.1.0").await;
+    assert_eq!(file_names(&listed), ["a.txt"]);
+    let run = cli.run(&["rm", &product, "0.1.0", "a.txt"]).await;
+    run.assert_code(5);
+    assert!(run.stderr.contains("version_published"), "{}", run.stderr);
+    cli.run(&["rm", &product, "0.1.0"]).await.assert_ok();
+    app.get(
+        &format!("/product/download/{product}/0.1.0"),
+        Some(app.admin()),
+    )
+    .await
+    .assert_status(404);
 }
 
 // ---- tokens and products ------------------------------------------------------------
