@@ -619,13 +619,21 @@ impl Client {
             .send(self.request(Method::GET, &source.path(Some(CHECKSUMS_FILE)))?)
             .await?;
         let version = header(&resp, "x-depot-version").unwrap_or_else(|| source.version.into());
+        let too_large = || fail(Failure::Server, "the server's SHA256SUMS is too large");
         if resp.content_length().unwrap_or(0) > MAX_CHECKSUMS_BYTES {
-            return Err(fail(
-                Failure::Server,
-                "the server's SHA256SUMS is too large",
-            ));
+            return Err(too_large());
         }
-        let sums = resp.text().await.map_err(network)?;
+        // Read with a cap whatever the server declared (a chunked answer declares nothing).
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.map_err(network)?);
+            if body.len() as u64 > MAX_CHECKSUMS_BYTES {
+                return Err(too_large());
+            }
+        }
+        let sums = String::from_utf8(body)
+            .map_err(|_| fail(Failure::Server, "the server's SHA256SUMS is not UTF-8"))?;
         let listed = parse_checksums(&sums)?;
         tokio::fs::create_dir_all(dir).await.map_err(io_fail)?;
         // Refuse before downloading anything, not after half the files.
@@ -1284,16 +1292,10 @@ const CHECKSUMS_FILE: &str = crate::domain::assets::CHECKSUMS_FILE;
 /// 1000 files with 255-byte names and their digests fit with room to spare.
 const MAX_CHECKSUMS_BYTES: u64 = 1024 * 1024;
 
-/// Everything but unreserved characters, percent-encoded: names go into paths and
-/// query strings as data, never as `/`, `?`, `#` or `&`.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
+/// `text` percent-encoded but for unreserved characters: names go into paths and query
+/// strings as data, never as `/`, `?`, `#` or `&`.
 fn segment(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
+    percent_encoding::utf8_percent_encode(text, crate::domain::names::PATH_SEGMENT).to_string()
 }
 
 /// `<hex>  <name>` lines into (hex, name), every name a plain base name.

@@ -82,11 +82,14 @@ fn common_headers(record: &VersionRecord) -> ApiResult<HeaderMap> {
     h.insert("x-checksum-sha256", value(record.checksum.clone())?);
     h.insert("repr-digest", value(format!("sha-256=:{b64}:"))?);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Versions are immutable: caches may keep them, but must revalidate auth each time.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
+    // Published versions are immutable: caches may keep them (private: auth is checked
+    // each time). A draft's file may be removed and uploaded again under its name.
+    let cache = if record.state == crate::meta::VersionState::Draft {
+        "private, no-cache"
+    } else {
+        "private, max-age=31536000, immutable"
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     Ok(h)
 }
 

@@ -127,6 +127,15 @@ pub enum MetaError {
     Asset(AssetRefusal),
 }
 
+impl MetaError {
+    /// The store answered no, so nothing was written. `Unavailable` may hide a change
+    /// that did land (a commit whose outcome stayed unknown): its blobs must stay, for
+    /// the janitor to judge once the store answers again.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, MetaError::Unavailable(_))
+    }
+}
+
 /// Why a store refused a change to a version's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AssetRefusal {

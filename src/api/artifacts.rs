@@ -212,6 +212,14 @@ pub async fn delete_file(
     if caller.authorize(&product, ProductOp::Upload).is_err() {
         caller.authorize(&product, ProductOp::DeleteVersion)?;
     }
+    // A delete-only token does not see drafts: it may neither change one nor learn
+    // from the answer that one exists.
+    if !caller.sees_drafts(&product)
+        && let Some(draft) = app.meta.version(&product, &version).await?
+        && draft.state == VersionState::Draft
+    {
+        return Err(version_missing(&app, &product, &version).await);
+    }
     let ctx = crate::ops::Ctx::of(&caller);
     crate::ops::versions::remove_file(&app, &ctx, &product, &version, &file)
         .await
@@ -345,13 +353,22 @@ fn served_file(record: VersionRecord, name: Option<&str>) -> ApiResult<VersionRe
     }
 }
 
+/// A name as one URL path segment: a file may be called `a?b` or `x%41`.
+fn path_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, crate::domain::names::PATH_SEGMENT).to_string()
+}
+
 /// Which concrete version (and file) a download served: a client that asked for
 /// `latest` learns what it got.
 fn served_headers(resp: &mut Response, record: &VersionRecord, file: Option<&str>) {
-    let mut location = format!("/product/download/{}/{}", record.product, record.version);
+    let mut location = format!(
+        "/product/download/{}/{}",
+        path_segment(&record.product),
+        path_segment(&record.version)
+    );
     if let Some(file) = file {
         location.push('/');
-        location.push_str(file);
+        location.push_str(&path_segment(file));
     }
     if let Ok(v) = HeaderValue::from_str(&record.version) {
         resp.headers_mut().insert("x-depot-version", v);
@@ -393,11 +410,14 @@ async fn direct_url(
         token_id,
         expires,
     });
-    let file = file.map(|f| format!("/{f}")).unwrap_or_default();
+    let file = file
+        .map(|f| format!("/{}", path_segment(f)))
+        .unwrap_or_default();
     Ok((
         format!(
             "{base}/signed/{}/{}{file}?expires={expires}&token_id={token_id}&signature={signature}",
-            record.product, record.version
+            path_segment(&record.product),
+            path_segment(&record.version)
         ),
         expires,
     ))
@@ -808,8 +828,18 @@ pub async fn list_versions(
             label.as_ref(),
         )
         .await?;
-    let more = versions.len() > limit;
+    let mut more = versions.len() > limit;
     versions.truncate(limit);
+    // A page holds every file of its versions: at most MAX_LISTED_FILES of them (but
+    // always one version), the rest on the next page.
+    let mut files = 0;
+    if let Some(cut) = versions.iter().position(|v| {
+        files += v.all_files().len();
+        files > MAX_LISTED_FILES
+    }) {
+        more = true;
+        versions.truncate(cut.max(1));
+    }
     let next_cursor = more
         .then(|| versions.last().map(|v| encode_cursor(&v.sort_key)))
         .flatten();
@@ -825,6 +855,10 @@ pub async fn list_versions(
         next_cursor,
     }))
 }
+
+/// Most files described in one page of the version listing (each version lists all of
+/// its files, up to `MAX_FILES`).
+const MAX_LISTED_FILES: usize = 10_000;
 
 /// The cursor is the last listed sort key, opaque to clients.
 fn encode_cursor(sort_key: &str) -> String {

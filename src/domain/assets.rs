@@ -52,7 +52,8 @@ pub fn check_file_name(name: &str) -> Result<(), AssetError> {
             "the file name must be a safe base name: no path separators, no '..', no control characters, at most 255 bytes".into(),
         ));
     }
-    if name == CHECKSUMS_FILE {
+    // In any case: on a case-insensitive file system `sha256sums` would be the list.
+    if name.eq_ignore_ascii_case(CHECKSUMS_FILE) {
         return Err(AssetError::ReservedName);
     }
     Ok(())

@@ -189,6 +189,14 @@ fn printable(name: &str) -> String {
     out
 }
 
+/// What a name keeps unescaped in one URL path segment (RFC 3986 unreserved characters):
+/// everything else is percent-encoded, so `/`, `?`, `#` and `%` stay data.
+pub const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -705,7 +705,8 @@ impl MetaStore for EmbeddedMetaStore {
                 None => (draft, true),
                 Some(r) => match r.state {
                     VersionState::Draft => (r, false),
-                    VersionState::Pending if r.lease_lapsed(file.uploaded_at) => (draft, true),
+                    // Even with its lease lapsed: the janitor sweeps it with its blob (and
+                    // records that), as on MongoDB.
                     VersionState::Pending => return Err(MetaError::Pending),
                     VersionState::Committed => return Err(MetaError::Conflict),
                 },

@@ -581,7 +581,7 @@ where
                     })
                     .transpose()?
                     .unwrap_or_else(|| "artifact".to_string());
-                if file_name == CHECKSUMS_FILE {
+                if file_name.eq_ignore_ascii_case(CHECKSUMS_FILE) {
                     return Err(AssetError::ReservedName.into());
                 }
                 if streamed.iter().any(|f| f.file_name == file_name) {
@@ -701,7 +701,9 @@ where
                     std::slice::from_ref(&published),
                 )
                 .await;
-            if committed.is_err()
+            // Only a refusal is cleaned up now; after an unknown outcome the janitor
+            // decides from what the store holds.
+            if committed.as_ref().is_err_and(MetaError::is_refusal)
                 && let Some(cleanup) = cleanup
             {
                 cleanup.await;
@@ -845,7 +847,9 @@ pub async fn receive_draft_file(
                         std::slice::from_ref(&uploaded),
                     )
                     .await;
-                if added.is_err()
+                // Only a refusal is cleaned up now; after an unknown outcome the janitor
+                // decides from what the store holds.
+                if added.as_ref().is_err_and(MetaError::is_refusal)
                     && let Some(cleanup) = cleanup
                 {
                     cleanup.await;
