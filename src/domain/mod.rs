@@ -3,5 +3,6 @@ pub mod assets;
 pub mod events;
 pub mod names;
 pub mod permissions;
+pub mod retention;
 pub mod version;
 pub mod webhooks;
