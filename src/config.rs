@@ -129,6 +129,13 @@ pub struct RawSettings {
     /// Seconds a draft version may stay untouched (no file added or removed) before the janitor deletes it [default: 604800 (7 days), range 1-31536000]
     #[arg(long, env = "DEPOT_DRAFT_TTL_SECONDS")]
     pub draft_ttl_seconds: Option<u64>,
+    /// Seconds between retention runs over every product whose retention policy (its own, or the server default of the config file's [retention] table) has a rule set [default: 3600, range 1-86400]
+    #[arg(long, env = "DEPOT_RETENTION_INTERVAL_SECONDS")]
+    pub retention_interval_seconds: Option<u64>,
+    /// Config file only: the `[retention]` table, the policy of products without settings of their own
+    #[arg(skip)]
+    #[serde(default)]
+    pub retention: Option<crate::domain::retention::RetentionPolicy>,
     /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
     #[arg(long, env = "DEPOT_HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<u64>,
@@ -183,6 +190,9 @@ pub struct Settings {
     pub upload_lease_seconds: u64,
     pub audit_retention_days: u64,
     pub draft_ttl_seconds: u64,
+    pub retention_interval_seconds: u64,
+    /// What products without settings of their own follow (the config file's tables).
+    pub default_product_settings: crate::domain::retention::ProductSettings,
     pub webhook_allow_private: bool,
     pub header_timeout_seconds: u64,
     pub keepalive_timeout_seconds: u64,
@@ -289,6 +299,8 @@ impl RawSettings {
             upload_lease_seconds,
             audit_retention_days,
             draft_ttl_seconds,
+            retention_interval_seconds,
+            retention,
             webhook_allow_private,
             header_timeout_seconds,
             keepalive_timeout_seconds,
@@ -430,6 +442,20 @@ impl Settings {
             1,
             3600,
         )?;
+        let retention_interval_seconds = ranged(
+            "DEPOT_RETENTION_INTERVAL_SECONDS",
+            raw.retention_interval_seconds,
+            3600,
+            1,
+            86_400,
+        )?;
+        let default_product_settings = crate::domain::retention::ProductSettings {
+            retention: raw.retention.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        default_product_settings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("the config file's [retention] table: {e}"))?;
         if let Some(n) = raw.max_connections {
             anyhow::ensure!(
                 (1..=MAX_CONNECTIONS_LIMIT).contains(&n),
@@ -530,6 +556,8 @@ impl Settings {
             upload_lease_seconds,
             audit_retention_days,
             draft_ttl_seconds,
+            retention_interval_seconds,
+            default_product_settings,
             webhook_allow_private: raw.webhook_allow_private.unwrap_or(false),
             shutdown_grace_seconds,
             header_timeout_seconds,

@@ -238,6 +238,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(?report, "start-up cleanup");
     }
     crate::ops::janitor::spawn(state.clone());
+    crate::ops::retention::spawn(state.clone());
     crate::ops::delivery::spawn(state.clone())?;
     let limits = ConnectionLimits::fit(&state.settings)?;
     let listener = tokio::net::TcpListener::bind(listen)

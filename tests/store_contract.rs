@@ -148,6 +148,7 @@ fn pending(product: &str, version: &str, blob_key: &str) -> VersionRecord {
         sort_key: sort_key(version, now),
         kind: kind_of(version),
         lease_until: Some(now + 60_000),
+        last_download_at: None,
         files: Vec::new(),
         labels: Vec::new(),
         updated_at: now,
@@ -182,6 +183,7 @@ async fn product(meta: &dyn MetaStore, name: &str) {
     let record = ProductRecord {
         name: name.into(),
         created_at: now_ms(),
+        settings: None,
     };
     meta.insert_token(&token("tok_00000000000000aa"), &[], &[])
         .await
@@ -414,6 +416,7 @@ async fn each_change_stores_its_events_and_a_refused_change_none(meta: &dyn Meta
     let record = ProductRecord {
         name: "p".into(),
         created_at: now_ms(),
+        settings: None,
     };
     meta.create_product(
         &record,

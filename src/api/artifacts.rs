@@ -10,7 +10,6 @@ use crate::domain::assets::{
 };
 use crate::domain::names::{validate_product, validate_version};
 use crate::domain::permissions::{Decision, ProductOp, decide};
-use crate::domain::version::VersionKind;
 use crate::download::{Plan, build, plan};
 use crate::dto::{
     LabelsResult, ListedVersion, PublishRequest, UploadResult, VersionInfo, VersionPage, file_info,
@@ -260,7 +259,7 @@ async fn resolve_version(
 ) -> ApiResult<VersionRecord> {
     validate_version(version)?;
     if version == "latest" {
-        return match latest(app, product, prerelease, label).await? {
+        return match crate::ops::versions::latest(app, product, prerelease, label).await? {
             Some(record) => Ok(record),
             None => Err(version_missing(app, product, version).await),
         };
@@ -271,41 +270,6 @@ async fn resolve_version(
         }
         _ => Err(version_missing(app, product, version).await),
     }
-}
-
-/// The highest semver release (pre-releases too when asked); the newest upload when no
-/// version is semver at all; nothing when only pre-releases exist and they were not asked for.
-pub(crate) async fn latest(
-    app: &AppState,
-    product: &str,
-    prerelease: bool,
-    label: Option<&Label>,
-) -> ApiResult<Option<VersionRecord>> {
-    let wanted: &[VersionKind] = if prerelease {
-        &[VersionKind::Release, VersionKind::PreRelease]
-    } else {
-        &[VersionKind::Release]
-    };
-    if let Some(found) = app
-        .meta
-        .first_version_of_kind(product, wanted, label)
-        .await?
-    {
-        return Ok(Some(found));
-    }
-    if !prerelease
-        && app
-            .meta
-            .first_version_of_kind(product, &[VersionKind::PreRelease], label)
-            .await?
-            .is_some()
-    {
-        return Ok(None);
-    }
-    Ok(app
-        .meta
-        .first_version_of_kind(product, &[VersionKind::Other], label)
-        .await?)
 }
 
 /// `version_not_found`, or `product_not_found` when the product itself does not exist
@@ -390,6 +354,8 @@ async fn direct_url(
 ) -> ApiResult<(String, i64)> {
     let ttl = app.settings.presign_ttl_seconds;
     let expires = now_ms() / 1000 + ttl as i64;
+    // The bytes will come from the bucket, out of Depot's sight: the link counts.
+    crate::ops::retention::note_download(app, record);
     if let Some(url) = app
         .blobs
         .presign(
@@ -511,6 +477,7 @@ async fn serve(
                 |e| matches!(e, crate::error::BlobError::Unavailable(_)),
             )
             .await?;
+            crate::ops::retention::note_download(app, record);
             let counted = stream.inspect(|chunk| {
                 if let Ok(bytes) = chunk {
                     metrics::counter!("depot_downloaded_bytes_total").increment(bytes.len() as u64);

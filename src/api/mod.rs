@@ -14,6 +14,7 @@ use http::StatusCode;
 pub mod artifacts;
 pub mod audit;
 pub mod health;
+pub mod lifecycle;
 pub mod openapi;
 pub mod products;
 pub mod tokens;
@@ -57,6 +58,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/product/presign/{product}/{version}/{file}"),
     ("GET", "/signed/{product}/{version}/{file}"),
     ("PUT", "/product/labels/{product}/{version}"),
+    ("GET", "/product/settings/{product}"),
+    ("PUT", "/product/settings/{product}"),
+    ("GET", "/product/retention/{product}"),
+    ("POST", "/product/retention/{product}/run"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
     ("PUT", "/webhooks"),
@@ -137,6 +142,10 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/product/presign/{product}/{version}/{file}") => get(artifacts::presign_file),
         ("GET", "/signed/{product}/{version}/{file}") => get(artifacts::signed_file_download),
         ("PUT", "/product/labels/{product}/{version}") => put(artifacts::set_labels),
+        ("GET", "/product/settings/{product}") => get(lifecycle::get_settings),
+        ("PUT", "/product/settings/{product}") => put(lifecycle::put_settings),
+        ("GET", "/product/retention/{product}") => get(lifecycle::preview),
+        ("POST", "/product/retention/{product}/run") => post(lifecycle::run),
         ("GET", "/audit") => get(audit::audit),
         ("POST", "/ui/login") => post(ui::login),
         ("PUT", "/webhooks") => put(webhooks::create),

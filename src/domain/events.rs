@@ -51,6 +51,12 @@ pub enum EventType {
     /// A version's labels changed.
     #[serde(rename = "version.labeled")]
     VersionLabeled,
+    /// A product's retention or quota settings changed (details: old and new).
+    #[serde(rename = "settings.changed")]
+    SettingsChanged,
+    /// Retention deleted a published version (details: the reason).
+    #[serde(rename = "version.expired")]
+    VersionExpired,
 }
 
 impl EventType {
@@ -70,6 +76,8 @@ impl EventType {
         EventType::FileUploaded,
         EventType::FileDeleted,
         EventType::VersionLabeled,
+        EventType::SettingsChanged,
+        EventType::VersionExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +97,8 @@ impl EventType {
             EventType::FileUploaded => "file.uploaded",
             EventType::FileDeleted => "file.deleted",
             EventType::VersionLabeled => "version.labeled",
+            EventType::SettingsChanged => "settings.changed",
+            EventType::VersionExpired => "version.expired",
         }
     }
 

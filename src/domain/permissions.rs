@@ -72,6 +72,8 @@ pub enum ProductOp {
     ManageWebhooks,
     /// Change a version's labels (promote it to a channel).
     Label,
+    /// Read and change retention settings, preview and run retention.
+    Lifecycle,
 }
 
 impl ProductOp {
@@ -82,7 +84,8 @@ impl ProductOp {
             ProductOp::ManageTokens
             | ProductOp::ReadAudit
             | ProductOp::ManageWebhooks
-            | ProductOp::Label => grant.maintainer,
+            | ProductOp::Label
+            | ProductOp::Lifecycle => grant.maintainer,
             ProductOp::Upload => grant.upload,
             ProductOp::Download => grant.download,
         }
@@ -99,6 +102,7 @@ impl ProductOp {
             ProductOp::ReadAudit => "read this product's audit log (needs maintainer)",
             ProductOp::ManageWebhooks => "manage this product's webhooks (needs maintainer)",
             ProductOp::Label => "change version labels (needs maintainer)",
+            ProductOp::Lifecycle => "manage retention settings and runs (needs maintainer)",
         }
     }
 }

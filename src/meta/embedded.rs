@@ -22,6 +22,7 @@ const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events"); // 
 const PRODUCT_EVENTS: TableDefinition<&str, ()> = TableDefinition::new("product_events"); // product\0id
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks"); // id -> record
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries"); // webhook\0event
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases"); // name -> (owner, until)
 
 /// Most events one audit page examines before it returns what it found with a cursor to
 /// go on from: a selective filter over a long history costs bounded time per page.
@@ -69,6 +70,7 @@ impl EmbeddedMetaStore {
         txn.open_table(PRODUCT_EVENTS)?;
         txn.open_table(WEBHOOKS)?;
         txn.open_table(DELIVERIES)?;
+        txn.open_table(LEASES)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -958,6 +960,105 @@ impl MetaStore for EmbeddedMetaStore {
             event.details = deleted_details(&record, &event.details);
             record_events(txn, std::slice::from_ref(&event))?;
             Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn expire_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        mut event: Event,
+    ) -> MetaResult<Option<VersionRecord>> {
+        let (key, blob_key) = (key2(product, version), blob_key.to_string());
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let Some(record) = get_version(&versions, &key)? else {
+                return Ok(None);
+            };
+            if record.state != VersionState::Committed || record.blob_key != blob_key {
+                return Ok(None);
+            }
+            versions.remove(key.as_str()).map_err(unavailable)?;
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            for blob_key in record.blob_keys() {
+                blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
+            }
+            event.details = deleted_details(&record, &event.details);
+            record_events(txn, std::slice::from_ref(&event))?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn set_product_settings(
+        &self,
+        product: &str,
+        settings: Option<&crate::domain::retention::ProductSettings>,
+        mut event: Event,
+    ) -> MetaResult<Option<crate::domain::retention::ProductSettings>> {
+        let (product, settings) = (product.to_string(), settings.cloned());
+        self.write(move |txn| {
+            let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            let mut record: ProductRecord = match products.get(product.as_str()).map_err(unavailable)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(MetaError::NotFound),
+            };
+            let old = std::mem::replace(&mut record.settings, settings);
+            products
+                .insert(product.as_str(), encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+            event.details["old"] = serde_json::to_value(&old).map_err(unavailable)?;
+            record_events(txn, std::slice::from_ref(&event))?;
+            Ok(old)
+        })
+        .await
+    }
+
+    async fn note_download(
+        &self,
+        product: &str,
+        version: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> MetaResult<()> {
+        let key = key2(product, version);
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            if let Some(mut record) = get_version(&versions, &key)?
+                && record.state == VersionState::Committed
+                && record.last_download_at.is_none_or(|at| at < stale_before_ms)
+            {
+                record.last_download_at = Some(now_ms);
+                put_version(&mut versions, &key, &record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.write(move |txn| {
+            let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
+            let held: Option<(String, i64)> = match leases.get(name.as_str()).map_err(unavailable)? {
+                Some(v) => Some(decode(v.value())?),
+                None => None,
+            };
+            if held.is_some_and(|(holder, until)| holder != owner && until >= now_ms) {
+                return Ok(false);
+            }
+            leases
+                .insert(name.as_str(), encode(&(owner, until_ms))?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }

@@ -91,6 +91,10 @@ metered_methods! {
     versions_page(product: &str, after: Option<&str>, limit: usize, drafts: bool, label: Option<&Label>) -> MetaResult<Vec<VersionRecord>>;
     first_version_of_kind(product: &str, kinds: &[VersionKind], label: Option<&Label>) -> MetaResult<Option<VersionRecord>>;
     delete_version(product: &str, version: &str, idle_before: Option<i64>, event: Event) -> MetaResult<Option<VersionRecord>>;
+    expire_version(product: &str, version: &str, blob_key: &str, event: Event) -> MetaResult<Option<VersionRecord>>;
+    set_product_settings(product: &str, settings: Option<&crate::domain::retention::ProductSettings>, event: Event) -> MetaResult<Option<crate::domain::retention::ProductSettings>>;
+    note_download(product: &str, version: &str, now_ms: i64, stale_before_ms: i64) -> MetaResult<()>;
+    take_lease(name: &str, owner: &str, now_ms: i64, until_ms: i64) -> MetaResult<bool>;
     stale_pending_versions(before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     blob_key_in_use(key: &str) -> MetaResult<bool>;
     renew_lease(product: &str, version: &str, blob_key: &str, lease_until: i64) -> MetaResult<bool>;

@@ -68,6 +68,9 @@ pub fn descendants(tokens: &[TokenRecord], roots: &[String]) -> Vec<TokenRecord>
 pub struct ProductRecord {
     pub name: String,
     pub created_at: i64,
+    /// Its own retention and quota settings; `None`: the server's defaults apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::domain::retention::ProductSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,10 @@ pub struct VersionRecord {
     /// committed ones) leaves a pending record to the janitor's grace.
     #[serde(default)]
     pub lease_until: Option<i64>,
+    /// Unix milliseconds of the last download that was recorded (at most one write an
+    /// hour per version, see `ops::retention::note_download`); `None`: never.
+    #[serde(default)]
+    pub last_download_at: Option<i64>,
     #[serde(default)]
     pub files: Vec<FileRecord>,
     /// Sorted by key.
@@ -445,6 +452,40 @@ pub trait MetaStore: Send + Sync {
         idle_before: Option<i64>,
         event: Event,
     ) -> MetaResult<Option<VersionRecord>>;
+    /// Deletes the published version that retention judged (matched by its blob key, so
+    /// a version deleted and uploaded again meanwhile is left alone) with its event.
+    async fn expire_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        event: Event,
+    ) -> MetaResult<Option<VersionRecord>>;
+    /// Replaces a product's settings (`None`: back to the server's defaults) with its
+    /// event, whose details gain `old`; returns the settings it replaced.
+    async fn set_product_settings(
+        &self,
+        product: &str,
+        settings: Option<&crate::domain::retention::ProductSettings>,
+        event: Event,
+    ) -> MetaResult<Option<crate::domain::retention::ProductSettings>>;
+    /// Records a download at `now_ms` unless one after `stale_before_ms` is recorded.
+    async fn note_download(
+        &self,
+        product: &str,
+        version: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> MetaResult<()>;
+    /// Takes (or renews) the named lease for `owner` until `until_ms`; false while another
+    /// owner holds it unlapsed at `now_ms`. One retention run at a time across replicas.
+    async fn take_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool>;
     /// Drafts last changed before `before_ms`.
     async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Pending reservations older than `before_ms` (left by crashes).

@@ -32,6 +32,7 @@ pub struct MongoMetaStore {
     products: Collection<ProductRecord>,
     grants: Collection<GrantDoc>,
     versions: Collection<VersionRecord>,
+    leases: Collection<Document>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +174,7 @@ impl MongoMetaStore {
             products: db.collection("products"),
             grants: db.collection("grants"),
             versions: db.collection("versions"),
+            leases: db.collection("leases"),
             db,
         };
         store.ensure_indexes().await?;
@@ -1058,6 +1060,105 @@ impl MetaStore for MongoMetaStore {
                 .await?;
             Ok(Ok(Some(record)))
         })
+    }
+
+    async fn expire_version(
+        &self,
+        product: &str,
+        version: &str,
+        blob_key: &str,
+        event: Event,
+    ) -> MetaResult<Option<VersionRecord>> {
+        let mut filter = version_filter(product, version);
+        filter.insert("state", "committed");
+        filter.insert("blob_key", blob_key);
+        in_transaction!(self, s, {
+            let Some(record) = self
+                .versions
+                .find_one_and_delete(filter.clone())
+                .session(&mut s)
+                .await?
+            else {
+                return Ok(Ok(None));
+            };
+            let mut event = event.clone();
+            event.details = deleted_details(&record, &event.details);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(Some(record)))
+        })
+    }
+
+    async fn set_product_settings(
+        &self,
+        product: &str,
+        settings: Option<&crate::domain::retention::ProductSettings>,
+        event: Event,
+    ) -> MetaResult<Option<crate::domain::retention::ProductSettings>> {
+        let value = match settings {
+            Some(settings) => mongodb::bson::to_bson(settings)
+                .map_err(|e| MetaError::Unavailable(e.to_string()))?,
+            None => mongodb::bson::Bson::Null,
+        };
+        in_transaction!(self, s, {
+            let Some(before) = self
+                .products
+                .find_one_and_update(doc! { "name": product }, doc! { "$set": { "settings": value.clone() } })
+                .session(&mut s)
+                .await?
+            else {
+                return Ok(Err(MetaError::NotFound));
+            };
+            let mut event = event.clone();
+            event.details["old"] = serde_json::to_value(&before.settings).unwrap_or_default();
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(before.settings))
+        })
+    }
+
+    async fn note_download(
+        &self,
+        product: &str,
+        version: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> MetaResult<()> {
+        let mut filter = version_filter(product, version);
+        filter.insert("state", "committed");
+        filter.insert(
+            "$or",
+            vec![
+                doc! { "last_download_at": mongodb::bson::Bson::Null },
+                doc! { "last_download_at": { "$lt": stale_before_ms } },
+            ],
+        );
+        self.versions
+            .update_one(filter, doc! { "$set": { "last_download_at": now_ms } })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> MetaResult<bool> {
+        // Free, lapsed or ours: one conditional upsert. Held by another: the filter
+        // misses, the upsert meets the existing `_id`, and that duplicate means no.
+        let filter = doc! {
+            "_id": name,
+            "$or": [ { "until": { "$lt": now_ms } }, { "owner": owner } ],
+        };
+        let update = doc! { "$set": { "owner": owner, "until": until_ms } };
+        match self.leases.update_one(filter, update).upsert(true).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {

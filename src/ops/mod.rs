@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod grants;
 pub mod janitor;
 pub mod products;
+pub mod retention;
 pub mod tokens;
 pub mod upload;
 pub mod versions;
@@ -132,6 +133,10 @@ mod tests {
         "queue_deliveries(",
         "save_delivery(",
         "prune_events(",
+        "expire_version(",
+        "set_product_settings(",
+        "note_download(",
+        "take_lease(",
     ];
 
     fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

@@ -18,6 +18,7 @@ pub async fn create(
     let record = ProductRecord {
         name: name.to_string(),
         created_at: now_ms(),
+        settings: None,
     };
     let event = ctx.event(
         EventType::ProductCreated,

@@ -171,3 +171,40 @@ pub fn abandoned_event(ctx: &Ctx, record: &VersionRecord, why: &str) -> Event {
         json!({ "reason": why, "uploaded_by": record.uploaded_by }),
     )
 }
+
+/// The highest semver release (pre-releases too when asked); the newest upload when no
+/// version is semver at all; nothing when only pre-releases exist and they were not asked for.
+pub async fn latest(
+    app: &AppState,
+    product: &str,
+    prerelease: bool,
+    label: Option<&Label>,
+) -> ApiResult<Option<VersionRecord>> {
+    use crate::domain::version::VersionKind;
+    let wanted: &[VersionKind] = if prerelease {
+        &[VersionKind::Release, VersionKind::PreRelease]
+    } else {
+        &[VersionKind::Release]
+    };
+    if let Some(found) = app
+        .meta
+        .first_version_of_kind(product, wanted, label)
+        .await?
+    {
+        return Ok(Some(found));
+    }
+    if !prerelease
+        && app
+            .meta
+            .first_version_of_kind(product, &[VersionKind::PreRelease], label)
+            .await?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(app
+        .meta
+        .first_version_of_kind(product, &[VersionKind::Other], label)
+        .await?)
+}
+

@@ -1,0 +1,73 @@
+//! Lifecycle routes: a product's retention settings, the retention preview and an
+//! on-demand run (maintainer or admin).
+
+use super::{ApiJson, ApiPath};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::domain::names::validate_product;
+use crate::domain::permissions::ProductOp;
+use crate::domain::retention::ProductSettings;
+use crate::error::{ApiError, ApiResult};
+use crate::ops::retention::{Preview, RunReport};
+use axum::Json;
+use axum::extract::State;
+
+/// `GET /product/settings/{product}`: the settings the product follows (its own, else
+/// the server's defaults), in the shape `PUT` takes.
+pub async fn get_settings(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<Json<ProductSettings>> {
+    validate_product(&product)?;
+    caller.authorize(&product, ProductOp::Lifecycle)?;
+    Ok(Json(
+        crate::ops::retention::effective_settings(&app, &product).await?,
+    ))
+}
+
+/// `PUT /product/settings/{product}`: replaces the product's settings (a field left out
+/// or `null` is off); `settings.changed` records old and new.
+pub async fn put_settings(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+    ApiJson(settings): ApiJson<ProductSettings>,
+) -> ApiResult<Json<ProductSettings>> {
+    validate_product(&product)?;
+    caller.authorize(&product, ProductOp::Lifecycle)?;
+    settings
+        .validate()
+        .map_err(|e| ApiError::bad_request("invalid_settings", e.to_string()))?;
+    if settings.quota != Default::default() {
+        return Err(ApiError::bad_request(
+            "quota_not_supported",
+            "this server does not enforce quotas yet: leave quota out (or its fields null)",
+        ));
+    }
+    let ctx = crate::ops::Ctx::of(&caller);
+    crate::ops::retention::set_settings(&app, &ctx, &product, Some(settings.clone())).await?;
+    Ok(Json(settings))
+}
+
+/// `GET /product/retention/{product}`: exactly what the next run would delete and keep.
+pub async fn preview(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<Json<Preview>> {
+    validate_product(&product)?;
+    caller.authorize(&product, ProductOp::Lifecycle)?;
+    Ok(Json(crate::ops::retention::preview(&app, &product).await?))
+}
+
+/// `POST /product/retention/{product}/run`: applies the policy now; what it deleted.
+pub async fn run(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<Json<RunReport>> {
+    validate_product(&product)?;
+    caller.authorize(&product, ProductOp::Lifecycle)?;
+    Ok(Json(crate::ops::retention::run(&app, &product).await?))
+}
