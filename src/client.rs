@@ -185,6 +185,13 @@ pub enum ClientCommand {
         #[arg(long, value_name = "KEY=VALUE", requires = "product")]
         label: Option<String>,
     },
+    /// Retention: what a run would delete (preview), or run it now (maintainer)
+    Retention {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
     /// Read the audit log, newest first (admin; a maintainer with --product)
     Audit {
         #[command(flatten)]
@@ -211,6 +218,14 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionAction {
+    /// Print one line per version: delete or keep, the version, the reason or the rules
+    Preview { product: String },
+    /// Apply the product's policy now; print what was deleted
+    Run { product: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +287,31 @@ pub enum ProductCommand {
         #[arg(long)]
         delete: bool,
     },
+    /// Show a product's retention settings, or change them (maintainer)
+    ///
+    /// Without flags: prints the settings the product follows (its own, else the
+    /// server's). Each flag changes one rule and keeps the others; `off` turns it off.
+    Settings {
+        product: String,
+        /// Keep the N newest versions
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        keep_last: Option<Limit>,
+        /// Keep versions younger than N days
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        max_age_days: Option<Limit>,
+        /// Keep pre-releases younger than N days (default: --max-age-days)
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        prerelease_max_age_days: Option<Limit>,
+        /// Keep versions downloaded within N days
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        not_downloaded_days: Option<Limit>,
+        /// Never delete versions carrying a label with this key (repeatable; replaces the list)
+        #[arg(long = "protect-label", value_name = "KEY")]
+        protect_labels: Vec<String>,
+        /// Empty the list of protected label keys
+        #[arg(long, conflicts_with = "protect_labels")]
+        no_protect_labels: bool,
+    },
     /// Remove a token's grant on a product
     Revoke {
         product: String,
@@ -289,6 +329,7 @@ impl ClientCommand {
             | ClientCommand::Rm { connection, .. }
             | ClientCommand::Pull { connection, .. }
             | ClientCommand::Ls { connection, .. }
+            | ClientCommand::Retention { connection, .. }
             | ClientCommand::Audit { connection, .. } => connection,
         }
     }
@@ -1017,6 +1058,54 @@ impl Client {
                     println!("{}", name.as_str().unwrap_or_default());
                 }
             }
+            ClientCommand::Retention { action, .. } => {
+                let (product, run) = match &action {
+                    RetentionAction::Preview { product } => (product, false),
+                    RetentionAction::Run { product } => (product, true),
+                };
+                let path = format!("/product/retention/{}", segment(product));
+                let safe = crate::domain::names::terminal_safe;
+                if run {
+                    let report = self
+                        .json(self.request(Method::POST, &format!("{path}/run"))?)
+                        .await?;
+                    let deleted = report["deleted"].as_array().cloned().unwrap_or_default();
+                    for d in &deleted {
+                        println!(
+                            "deleted\t{}\t{}",
+                            safe(d["version"].as_str().unwrap_or_default()),
+                            safe(d["reason"].as_str().unwrap_or_default())
+                        );
+                    }
+                    eprintln!(
+                        "{} versions deleted, {} bytes reclaimed",
+                        deleted.len(),
+                        report["bytes_reclaimed"].as_u64().unwrap_or(0)
+                    );
+                } else {
+                    let plan = self.json(self.request(Method::GET, &path)?).await?;
+                    for d in plan["delete"].as_array().into_iter().flatten() {
+                        println!(
+                            "delete\t{}\t{}",
+                            safe(d["version"].as_str().unwrap_or_default()),
+                            safe(d["reason"].as_str().unwrap_or_default())
+                        );
+                    }
+                    for k in plan["keep"].as_array().into_iter().flatten() {
+                        let rules: Vec<&str> = k["rules"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        println!(
+                            "keep\t{}\t{}",
+                            safe(k["version"].as_str().unwrap_or_default()),
+                            rules.join(",")
+                        );
+                    }
+                }
+            }
             ClientCommand::Audit {
                 product,
                 kind,
@@ -1191,6 +1280,55 @@ impl Client {
                 .await?;
                 eprintln!("granted");
             }
+            ProductCommand::Settings {
+                product,
+                keep_last,
+                max_age_days,
+                prerelease_max_age_days,
+                not_downloaded_days,
+                protect_labels,
+                no_protect_labels,
+            } => {
+                let path = format!("/product/settings/{}", segment(&product));
+                let mut settings: crate::domain::retention::ProductSettings =
+                    self.typed(self.request(Method::GET, &path)?).await?;
+                let changes = [
+                    keep_last,
+                    max_age_days,
+                    prerelease_max_age_days,
+                    not_downloaded_days,
+                ];
+                let changed = changes.iter().any(Option::is_some)
+                    || !protect_labels.is_empty()
+                    || no_protect_labels;
+                let policy = &mut settings.retention;
+                for (field, change) in [
+                    &mut policy.keep_last,
+                    &mut policy.max_age_days,
+                    &mut policy.prerelease_max_age_days,
+                    &mut policy.not_downloaded_days,
+                ]
+                .into_iter()
+                .zip(changes)
+                {
+                    if let Some(Limit(value)) = change {
+                        *field = value;
+                    }
+                }
+                if !protect_labels.is_empty() || no_protect_labels {
+                    policy.protect_labels = protect_labels;
+                }
+                if changed {
+                    settings = self
+                        .typed(self.request(Method::PUT, &path)?.json(&settings))
+                        .await?;
+                    eprintln!("settings of {product} saved");
+                }
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&settings).unwrap_or_default()
+                );
+            }
             ProductCommand::Revoke {
                 product,
                 target: token,
@@ -1350,6 +1488,19 @@ async fn sha256_of(path: &Path) -> ClientResult<String> {
     })
     .await
     .map_err(|e| fail(Failure::Other, format!("hashing failed: {e}")))?
+}
+
+/// A retention limit given on the command line: a number, or `off` (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(Option<u64>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text == "off" {
+        return Ok(Limit(None));
+    }
+    text.parse::<u64>()
+        .map(|n| Limit(Some(n)))
+        .map_err(|_| format!("expected a number or 'off', got '{text}'"))
 }
 
 /// `KEY=VALUE` for a label: the server's key rule, a value without control characters.

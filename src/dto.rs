@@ -72,6 +72,10 @@ pub struct VersionInfo {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub files: Vec<FileInfo>,
+    /// When a download (or a link to one) was last recorded: at most hourly, for the
+    /// retention rule `not_downloaded_days`. Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_downloaded_at: Option<String>,
 }
 
 /// An entry of `GET /product/versions/{product}`.

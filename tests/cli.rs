@@ -1105,6 +1105,97 @@ async fn rm_removes_a_file_from_a_draft_but_not_from_a_published_version() {
     .assert_status(404);
 }
 
+// ---- retention --------------------------------------------------------------------
+
+#[tokio::test]
+async fn product_settings_and_retention_preview_and_run_from_the_cli() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    for v in ["1.0.0", "1.0.1", "1.0.2", "1.0.3"] {
+        app.upload_ok(app.admin(), &product, v, v.as_bytes()).await;
+    }
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli.run(&["product", "settings", &product]).await;
+    run.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON settings");
+    assert_eq!(shown["retention"]["keep_last"], serde_json::Value::Null);
+
+    let run = cli
+        .run(&[
+            "product",
+            "settings",
+            &product,
+            "--keep-last",
+            "2",
+            "--max-age-days",
+            "30",
+            "--protect-label",
+            "keep",
+        ])
+        .await;
+    run.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON settings");
+    assert_eq!(shown["retention"]["keep_last"], 2);
+    assert_eq!(shown["retention"]["max_age_days"], 30);
+    assert_eq!(shown["retention"]["protect_labels"], json!(["keep"]));
+    // `off` turns one rule off and keeps the others.
+    let run = cli
+        .run(&["product", "settings", &product, "--max-age-days", "off"])
+        .await;
+    run.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON settings");
+    assert_eq!(shown["retention"]["max_age_days"], serde_json::Value::Null);
+    assert_eq!(shown["retention"]["keep_last"], 2);
+    cli.run(&["product", "settings", &product, "--keep-last", "0"])
+        .await
+        .assert_code(1);
+    cli.run(&["product", "settings", &product, "--keep-last", "many"])
+        .await
+        .assert_code(2);
+
+    let run = cli.run(&["retention", "preview", &product]).await;
+    run.assert_ok();
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').collect())
+        .collect();
+    let deletes: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[0] == "delete")
+        .map(|r| r[1])
+        .collect();
+    assert_eq!(deletes, ["1.0.1", "1.0.0"], "{}", run.stdout);
+    assert!(
+        rows.contains(&vec!["keep", "1.0.3", "keep_last,latest"]),
+        "{}",
+        run.stdout
+    );
+
+    let run = cli.run(&["retention", "run", &product]).await;
+    run.assert_ok();
+    let deleted: Vec<&str> = run
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    assert_eq!(deleted, ["1.0.1", "1.0.0"]);
+    assert!(
+        run.stderr
+            .contains("2 versions deleted, 10 bytes reclaimed"),
+        "{}",
+        run.stderr
+    );
+
+    // Without maintainer: exit 3.
+    let uploader = app.register(false).await;
+    app.grant(&product, &uploader, Perms::UPLOAD).await;
+    Cli::new(&app, Some(&uploader))
+        .run(&["retention", "run", &product])
+        .await
+        .assert_code(3);
+}
+
 // ---- tokens and products ------------------------------------------------------------
 
 #[tokio::test]

@@ -98,6 +98,10 @@ contract!(
     labels_change_with_one_event_and_an_unchanged_set_records_none,
     only_drafts_idle_past_the_cutoff_expire_and_drafts_are_never_latest,
     a_one_request_upload_of_several_files_publishes_them_all_with_the_first_as_primary,
+    retention_expires_only_the_judged_upload_with_its_event,
+    settings_changes_return_and_record_the_old_settings,
+    a_download_is_noted_only_when_the_last_note_is_stale,
+    a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released,
 );
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -1049,4 +1053,179 @@ async fn a_one_request_upload_of_several_files_publishes_them_all_with_the_first
         .unwrap();
     assert_eq!(removed.blob_keys().len(), 2);
     assert!(!meta.blob_key_in_use("k2").await.unwrap());
+}
+
+async fn publish_one(meta: &dyn MetaStore, product: &str, version: &str, key: &str) {
+    meta.reserve_version(&pending(product, version, key))
+        .await
+        .unwrap();
+    meta.commit_version(product, version, key, &one_file(key, 3, "abc"), &[], &[])
+        .await
+        .unwrap();
+}
+
+async fn retention_expires_only_the_judged_upload_with_its_event(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    publish_one(meta, "p", "1.0.0", "k1").await;
+    let expired = event(EventType::VersionExpired, Some("p"), Some("1.0.0"));
+    // Another upload of the same name (deleted and pushed again since it was judged).
+    assert!(
+        meta.expire_version("p", "1.0.0", "k-other", expired.clone())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(meta.version("p", "1.0.0").await.unwrap().is_some());
+    let gone = meta
+        .expire_version("p", "1.0.0", "k1", expired.clone())
+        .await
+        .unwrap()
+        .expect("the judged upload is expired");
+    assert_eq!(gone.blob_key, "k1");
+    assert!(meta.version("p", "1.0.0").await.unwrap().is_none());
+    assert!(!meta.blob_key_in_use("k1").await.unwrap());
+    // Once: a second run finds nothing.
+    assert!(
+        meta.expire_version("p", "1.0.0", "k1", expired.clone())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events = all_events(meta).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventType::VersionExpired);
+    assert_eq!(events[0].details["file_name"], "a.bin");
+    // A draft is never expired by retention.
+    meta.add_draft_file(&draft("p", "2.0.0"), &file("d.bin", "kd", 1, "d"), &[], &[])
+        .await
+        .unwrap();
+    assert!(
+        meta.expire_version("p", "2.0.0", "", expired)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn settings_changes_return_and_record_the_old_settings(meta: &dyn MetaStore) {
+    use depot::domain::retention::ProductSettings;
+    product(meta, "p").await;
+    let mut first = ProductSettings::default();
+    first.retention.keep_last = Some(3);
+    let changed = event(EventType::SettingsChanged, Some("p"), None);
+    let old = meta
+        .set_product_settings("p", Some(&first), changed.clone())
+        .await
+        .unwrap();
+    assert_eq!(old, None);
+    let mut second = first.clone();
+    second.retention.keep_last = Some(5);
+    let old = meta
+        .set_product_settings(
+            "p",
+            Some(&second),
+            event(EventType::SettingsChanged, Some("p"), None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(old, Some(first.clone()));
+    assert_eq!(
+        meta.product("p").await.unwrap().unwrap().settings,
+        Some(second)
+    );
+    let events = all_events(meta).await;
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.details["old"]["retention"]["keep_last"] == 3)
+    );
+    assert!(matches!(
+        meta.set_product_settings("missing", Some(&first), changed)
+            .await,
+        Err(MetaError::NotFound)
+    ));
+    assert_eq!(all_events(meta).await.len(), 2);
+}
+
+async fn a_download_is_noted_only_when_the_last_note_is_stale(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    publish_one(meta, "p", "1.0.0", "k1").await;
+    meta.note_download("p", "1.0.0", 1_000, 0).await.unwrap();
+    assert_eq!(
+        meta.version("p", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_download_at,
+        Some(1_000)
+    );
+    // Noted at 1000: not stale before 500, so nothing is written.
+    meta.note_download("p", "1.0.0", 2_000, 500).await.unwrap();
+    assert_eq!(
+        meta.version("p", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_download_at,
+        Some(1_000)
+    );
+    meta.note_download("p", "1.0.0", 3_000, 1_500)
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.version("p", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_download_at,
+        Some(3_000)
+    );
+    // Missing versions are no error, and nothing records an event.
+    meta.note_download("p", "9.9.9", 3_000, 1_500)
+        .await
+        .unwrap();
+    assert!(all_events(meta).await.is_empty());
+}
+
+async fn a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released(meta: &dyn MetaStore) {
+    let now = now_ms();
+    assert!(
+        meta.take_lease("retention:p", "a", now, now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .take_lease("retention:p", "b", now, now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.take_lease("retention:p", "a", now, now + 90_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.take_lease("retention:q", "b", now, now + 60_000)
+            .await
+            .unwrap()
+    );
+    // Lapsed: anyone may take it.
+    assert!(
+        meta.take_lease("retention:p", "b", now + 100_000, now + 160_000)
+            .await
+            .unwrap()
+    );
+    // Released by its owner (a time in the past): free again.
+    assert!(
+        meta.take_lease("retention:p", "b", now, now - 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.take_lease("retention:p", "c", now, now + 60_000)
+            .await
+            .unwrap()
+    );
 }

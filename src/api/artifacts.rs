@@ -48,6 +48,7 @@ pub fn version_info(v: &VersionRecord) -> VersionInfo {
         state: state_name(v.state).into(),
         labels: labels_map(&v.labels),
         files: files.iter().map(file_info).collect(),
+        last_downloaded_at: v.last_download_at.map(rfc3339),
     }
 }
 

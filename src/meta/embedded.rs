@@ -1001,10 +1001,11 @@ impl MetaStore for EmbeddedMetaStore {
         let (product, settings) = (product.to_string(), settings.cloned());
         self.write(move |txn| {
             let mut products = txn.open_table(PRODUCTS).map_err(unavailable)?;
-            let mut record: ProductRecord = match products.get(product.as_str()).map_err(unavailable)? {
-                Some(v) => decode(v.value())?,
-                None => return Err(MetaError::NotFound),
-            };
+            let mut record: ProductRecord =
+                match products.get(product.as_str()).map_err(unavailable)? {
+                    Some(v) => decode(v.value())?,
+                    None => return Err(MetaError::NotFound),
+                };
             let old = std::mem::replace(&mut record.settings, settings);
             products
                 .insert(product.as_str(), encode(&record)?.as_slice())
@@ -1028,7 +1029,9 @@ impl MetaStore for EmbeddedMetaStore {
             let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             if let Some(mut record) = get_version(&versions, &key)?
                 && record.state == VersionState::Committed
-                && record.last_download_at.is_none_or(|at| at < stale_before_ms)
+                && record
+                    .last_download_at
+                    .is_none_or(|at| at < stale_before_ms)
             {
                 record.last_download_at = Some(now_ms);
                 put_version(&mut versions, &key, &record)?;
@@ -1048,10 +1051,11 @@ impl MetaStore for EmbeddedMetaStore {
         let (name, owner) = (name.to_string(), owner.to_string());
         self.write(move |txn| {
             let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
-            let held: Option<(String, i64)> = match leases.get(name.as_str()).map_err(unavailable)? {
-                Some(v) => Some(decode(v.value())?),
-                None => None,
-            };
+            let held: Option<(String, i64)> =
+                match leases.get(name.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(decode(v.value())?),
+                    None => None,
+                };
             if held.is_some_and(|(holder, until)| holder != owner && until >= now_ms) {
                 return Ok(false);
             }

@@ -1103,7 +1103,10 @@ impl MetaStore for MongoMetaStore {
         in_transaction!(self, s, {
             let Some(before) = self
                 .products
-                .find_one_and_update(doc! { "name": product }, doc! { "$set": { "settings": value.clone() } })
+                .find_one_and_update(
+                    doc! { "name": product },
+                    doc! { "$set": { "settings": value.clone() } },
+                )
                 .session(&mut s)
                 .await?
             else {

@@ -172,7 +172,13 @@ pub async fn preview(app: &AppState, product: &str) -> ApiResult<Preview> {
         judge_all(app, product, &settings, Collect(&mut preview)).await?;
     } else {
         // No rule set: nothing is a candidate; everything is listed as kept.
-        judge_all(app, product, &ProductSettings::default(), Collect(&mut preview)).await?;
+        judge_all(
+            app,
+            product,
+            &ProductSettings::default(),
+            Collect(&mut preview),
+        )
+        .await?;
     }
     Ok(preview)
 }
@@ -299,11 +305,7 @@ pub fn note_download(app: &AppState, record: &VersionRecord) {
     let Ok(permit) = DOWNLOAD_NOTES.try_acquire() else {
         return;
     };
-    let (app, product, version) = (
-        app.clone(),
-        record.product.clone(),
-        record.version.clone(),
-    );
+    let (app, product, version) = (app.clone(), record.product.clone(), record.version.clone());
     tokio::spawn(async move {
         let _permit = permit;
         if let Err(err) = app

@@ -207,4 +207,3 @@ pub async fn latest(
         .first_version_of_kind(product, &[VersionKind::Other], label)
         .await?)
 }
-
