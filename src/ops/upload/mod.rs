@@ -841,6 +841,8 @@ pub async fn receive_draft_file(
         let commit = {
             let (app, file) = (app.clone(), file.clone());
             crate::cleanup::spawn_tracked(async move {
+                let _turn =
+                    crate::ops::versions::draft_write_lock(&draft.product, &draft.version).await;
                 let added = app
                     .meta
                     .add_draft_file(
