@@ -283,6 +283,12 @@ async fn settings_are_validated_permission_checked_and_every_change_recorded() {
         (json!({"retention": {"keep_lats": 3}}), "invalid_body"),
         (json!({"retention": {"keep_last": -1}}), "invalid_body"),
         (json!({"extra": 1}), "invalid_body"),
+        (json!([null, null]), "invalid_body"),
+        (
+            json!({"retention": [3, null, null, null, []]}),
+            "invalid_body",
+        ),
+        (json!({"quota": [null, null]}), "invalid_body"),
         (json!({"quota": {"max_bytes": 1000}}), "quota_not_supported"),
     ] {
         put_settings(&app, &admin, &product, &body)

@@ -32,10 +32,11 @@ pub async fn put_settings(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(product): ApiPath<String>,
-    ApiJson(settings): ApiJson<ProductSettings>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Json<ProductSettings>> {
     validate_product(&product)?;
     caller.authorize(&product, ProductOp::Lifecycle)?;
+    let settings = parse_settings(body)?;
     settings
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_settings", e.to_string()))?;
@@ -70,4 +71,21 @@ pub async fn run(
     validate_product(&product)?;
     caller.authorize(&product, ProductOp::Lifecycle)?;
     Ok(Json(crate::ops::retention::run(&app, &product).await?))
+}
+
+/// The body as settings. Objects only, at each level: serde would also read a struct
+/// from an array (`[null, null]`), which is no way to write settings.
+fn parse_settings(body: serde_json::Value) -> ApiResult<ProductSettings> {
+    let invalid = |message: String| ApiError::bad_request("invalid_body", message);
+    let top = body
+        .as_object()
+        .ok_or_else(|| invalid("the settings must be a JSON object".into()))?;
+    for key in ["retention", "quota"] {
+        if let Some(part) = top.get(key)
+            && !(part.is_object() || part.is_null())
+        {
+            return Err(invalid(format!("'{key}' must be an object or null")));
+        }
+    }
+    serde_json::from_value(body).map_err(|e| invalid(format!("invalid settings: {e}")))
 }
