@@ -130,7 +130,7 @@ pub async fn publish(
     validate_product(&product)?;
     validate_version(&version)?;
     caller.authorize(&product, ProductOp::Upload)?;
-    let request: PublishRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let request: PublishRequest = if super::is_blank_json(&body) {
         PublishRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {

@@ -198,6 +198,13 @@ pub struct ApiQuery<T>(pub T);
 /// A raw request body whose rejections (too large, unreadable) are JSON errors.
 pub struct ApiBytes(pub Bytes);
 
+/// A body that holds no JSON value: empty, or only JSON's own whitespace (space, tab,
+/// line feed, carriage return; not a form feed, which a JSON parser refuses).
+pub fn is_blank_json(body: &[u8]) -> bool {
+    body.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
 impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
 

@@ -62,7 +62,7 @@ pub async fn register(
     caller: Caller,
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, [(http::HeaderName, &'static str); 1], String)> {
-    let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let req: RegisterRequest = if super::is_blank_json(&body) {
         RegisterRequest::default()
     } else {
         serde_json::from_slice(&body)
