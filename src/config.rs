@@ -136,6 +136,10 @@ pub struct RawSettings {
     #[arg(skip)]
     #[serde(default)]
     pub retention: Option<crate::domain::retention::RetentionPolicy>,
+    /// Config file only: the `[quota]` table, the quota of products without settings of their own
+    #[arg(skip)]
+    #[serde(default)]
+    pub quota: Option<crate::domain::retention::QuotaPolicy>,
     /// Seconds a client may take to send a request's complete headers (also the longest wait for the next request on a kept-alive connection); the connection is then closed [default: 15, range 1-3600]
     #[arg(long, env = "DEPOT_HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: Option<u64>,
@@ -301,6 +305,7 @@ impl RawSettings {
             draft_ttl_seconds,
             retention_interval_seconds,
             retention,
+            quota,
             webhook_allow_private,
             header_timeout_seconds,
             keepalive_timeout_seconds,
@@ -451,11 +456,11 @@ impl Settings {
         )?;
         let default_product_settings = crate::domain::retention::ProductSettings {
             retention: raw.retention.clone().unwrap_or_default(),
-            ..Default::default()
+            quota: raw.quota.clone().unwrap_or_default(),
         };
         default_product_settings
             .validate()
-            .map_err(|e| anyhow::anyhow!("the config file's [retention] table: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the config file's [retention] or [quota] table: {e}"))?;
         if let Some(n) = raw.max_connections {
             anyhow::ensure!(
                 (1..=MAX_CONNECTIONS_LIMIT).contains(&n),

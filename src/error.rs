@@ -14,6 +14,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (busy and rate-limited answers).
     pub retry_after: Option<u32>,
+    /// More fields of the JSON body, beside `error` and `code` (e.g. a refused quota's
+    /// figures).
+    pub details: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -28,7 +31,15 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
+    }
+    /// Adds the fields of `details` (an object) to the body; `error` and `code` stay.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        if let serde_json::Value::Object(fields) = details {
+            self.details = Some(Box::new(fields));
+        }
+        self
     }
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
@@ -99,7 +110,10 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.message, "code": self.code }));
+        let mut body = self.details.map(|d| *d).unwrap_or_default();
+        body.insert("error".into(), json!(self.message));
+        body.insert("code".into(), json!(self.code));
+        let body = Json(serde_json::Value::Object(body));
         let mut response = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after {
             response

@@ -289,7 +289,7 @@ async fn settings_are_validated_permission_checked_and_every_change_recorded() {
             "invalid_body",
         ),
         (json!({"quota": [null, null]}), "invalid_body"),
-        (json!({"quota": {"max_bytes": 1000}}), "quota_not_supported"),
+        (json!({"quota": {"max_bytes": 0}}), "invalid_settings"),
     ] {
         put_settings(&app, &admin, &product, &body)
             .await

@@ -12,8 +12,8 @@ use depot::error::{AssetRefusal, MetaError};
 use depot::meta::embedded::EmbeddedMetaStore;
 use depot::meta::mongo::MongoMetaStore;
 use depot::meta::{
-    DeliveryRecord, DeliveryState, FileRecord, MetaStore, ProductRecord, TokenRecord,
-    VersionRecord, VersionState, WebhookRecord, now_ms,
+    DeliveryRecord, DeliveryState, FileRecord, MetaStore, ProductRecord, ProductUsage,
+    QuotaReservation, TokenRecord, VersionRecord, VersionState, WebhookRecord, now_ms,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +102,10 @@ contract!(
     settings_changes_return_and_record_the_old_settings,
     a_download_is_noted_only_when_the_last_note_is_stale,
     a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released,
+    usage_counts_files_of_published_versions_and_drafts_and_live_uploads,
+    a_reservation_past_a_quota_is_refused_and_writes_nothing,
+    a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_lapsed,
+    max_versions_counts_a_version_once_whatever_holds_it,
 );
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -1228,4 +1232,255 @@ async fn a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released(meta:
             .await
             .unwrap()
     );
+}
+
+fn reservation(
+    id: &str,
+    product: &str,
+    version: &str,
+    blob_key: &str,
+    bytes: u64,
+) -> QuotaReservation {
+    QuotaReservation {
+        id: id.into(),
+        product: product.into(),
+        version: version.into(),
+        blob_key: blob_key.into(),
+        bytes,
+        lease_until: now_ms() + 60_000,
+    }
+}
+
+fn bytes_quota(max_bytes: u64) -> depot::domain::retention::QuotaPolicy {
+    depot::domain::retention::QuotaPolicy {
+        max_bytes: Some(max_bytes),
+        max_versions: None,
+    }
+}
+
+async fn usage_of(meta: &dyn MetaStore, product: &str) -> ProductUsage {
+    meta.product_usage(product, now_ms())
+        .await
+        .unwrap()
+        .expect("the product exists")
+}
+
+async fn usage_counts_files_of_published_versions_and_drafts_and_live_uploads(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    product(meta, "q").await;
+    assert_eq!(usage_of(meta, "p").await, ProductUsage::default());
+    assert!(
+        meta.product_usage("nope", now_ms())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A two-file version, a draft with one file, an upload in flight with 100 reserved.
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    let files = vec![file("a", "k1", 10, "aa"), file("b", "k2", 20, "bb")];
+    meta.commit_version("p", "1.0.0", "k1", &files, &[], &[])
+        .await
+        .unwrap();
+    meta.add_draft_file(&draft("p", "2.0.0"), &file("c", "k3", 40, "cc"), &[], &[])
+        .await
+        .unwrap();
+    meta.reserve_version(&pending("p", "3.0.0", "k4"))
+        .await
+        .unwrap();
+    let held = reservation("qr_1", "p", "3.0.0", "k4", 100);
+    meta.reserve_quota(&held, &bytes_quota(1000), now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    // Another product's bytes are its own.
+    publish_one(meta, "q", "1.0.0", "kq").await;
+    assert_eq!(
+        usage_of(meta, "p").await,
+        ProductUsage {
+            bytes: 170,
+            versions: 3,
+            files: 3,
+            drafts: 1,
+            in_flight_bytes: 100,
+        }
+    );
+    // Released, the reservation counts no more; the pending version still does.
+    meta.release_quota_reservation("qr_1").await.unwrap();
+    let u = usage_of(meta, "p").await;
+    assert_eq!((u.bytes, u.versions, u.in_flight_bytes), (70, 3, 0));
+    assert_eq!(usage_of(meta, "q").await.bytes, 3);
+}
+
+async fn a_reservation_past_a_quota_is_refused_and_writes_nothing(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    publish_one(meta, "p", "1.0.0", "k1").await;
+    let quota = bytes_quota(100);
+    meta.reserve_quota(
+        &reservation("qr_1", "p", "2.0.0", "k2", 90),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let refused = meta
+        .reserve_quota(
+            &reservation("qr_2", "p", "3.0.0", "k3", 8),
+            &quota,
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        (refused.quota, refused.usage, refused.limit),
+        ("max_bytes", 101, 100)
+    );
+    // Exactly to the limit is fine; the refused one left nothing behind.
+    meta.reserve_quota(
+        &reservation("qr_3", "p", "3.0.0", "k3", 7),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let u = usage_of(meta, "p").await;
+    assert_eq!((u.bytes, u.in_flight_bytes, u.versions), (100, 97, 3));
+    assert!(matches!(
+        meta.reserve_quota(&reservation("qr_4", "nope", "1", "k", 1), &quota, now_ms())
+            .await,
+        Err(MetaError::NotFound)
+    ));
+}
+
+async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_lapsed(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    let quota = bytes_quota(1000);
+    meta.reserve_version(&pending("p", "1.0.0", "k1"))
+        .await
+        .unwrap();
+    meta.reserve_quota(
+        &reservation("qr_1", "p", "1.0.0", "k1", 100),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Growing by the same id adds to it (and is refused past the quota like any).
+    meta.reserve_quota(
+        &reservation("qr_1", "p", "1.0.0", "k1", 300),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(usage_of(meta, "p").await.in_flight_bytes, 400);
+    assert!(
+        meta.reserve_quota(
+            &reservation("qr_1", "p", "1.0.0", "k1", 601),
+            &quota,
+            now_ms()
+        )
+        .await
+        .unwrap()
+        .is_err()
+    );
+    // Committed under its blob key: its bytes are the files' (350), not counted twice,
+    // even before the upload releases the reservation.
+    meta.commit_version("p", "1.0.0", "k1", &one_file("k1", 350, "aa"), &[], &[])
+        .await
+        .unwrap();
+    let u = usage_of(meta, "p").await;
+    assert_eq!((u.bytes, u.in_flight_bytes, u.versions), (350, 0, 1));
+    // A reservation whose lease lapsed counts nothing, and the prune removes it.
+    let mut lapsed = reservation("qr_2", "p", "2.0.0", "k2", 500);
+    lapsed.lease_until = now_ms() - 1;
+    meta.reserve_quota(&lapsed, &quota, now_ms() - 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let u = usage_of(meta, "p").await;
+    assert_eq!((u.bytes, u.versions), (350, 1));
+    assert!(
+        meta.renew_quota_reservation("qr_1", now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(meta.prune_quota_reservations(now_ms()).await.unwrap(), 1);
+    assert!(
+        !meta
+            .renew_quota_reservation("qr_2", now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    meta.release_quota_reservation("qr_1").await.unwrap();
+    meta.release_quota_reservation("qr_1").await.unwrap();
+    assert!(
+        !meta
+            .renew_quota_reservation("qr_1", now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+}
+
+async fn max_versions_counts_a_version_once_whatever_holds_it(meta: &dyn MetaStore) {
+    product(meta, "p").await;
+    let quota = depot::domain::retention::QuotaPolicy {
+        max_bytes: None,
+        max_versions: Some(2),
+    };
+    publish_one(meta, "p", "1.0.0", "k1").await;
+    // A new version, held by its reservation and its pending record: one version.
+    meta.reserve_quota(
+        &reservation("qr_1", "p", "2.0.0", "k2", 5),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    meta.reserve_version(&pending("p", "2.0.0", "k2"))
+        .await
+        .unwrap();
+    assert_eq!(usage_of(meta, "p").await.versions, 2);
+    let refused = meta
+        .reserve_quota(
+            &reservation("qr_2", "p", "3.0.0", "k3", 5),
+            &quota,
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        (refused.quota, refused.usage, refused.limit),
+        ("max_versions", 3, 2)
+    );
+    // More for a version the product holds is no new version.
+    meta.reserve_quota(
+        &reservation("qr_3", "p", "1.0.0", "k4", 5),
+        &quota,
+        now_ms(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A pending record whose lease lapsed holds no version.
+    meta.release_quota_reservation("qr_1").await.unwrap();
+    let mut stale = pending("p", "2.0.0", "k2");
+    stale.lease_until = Some(now_ms() - 1);
+    meta.remove_pending_version("p", "2.0.0", "k2", &[])
+        .await
+        .unwrap();
+    meta.reserve_version(&stale).await.unwrap();
+    assert_eq!(usage_of(meta, "p").await.versions, 1);
 }

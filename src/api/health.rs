@@ -61,7 +61,7 @@ pub async fn metrics() -> ([(http::HeaderName, &'static str); 1], String) {
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::observability::metrics_handle().render(),
+        crate::observability::metrics_handle().render() + &crate::ops::quota::render_gauges(),
     )
 }
 

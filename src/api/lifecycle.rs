@@ -1,16 +1,18 @@
-//! Lifecycle routes: a product's retention settings, the retention preview and an
-//! on-demand run (maintainer or admin).
+//! Lifecycle routes: a product's retention and quota settings, the retention preview and
+//! an on-demand run (maintainer or admin), and what products hold (usage).
 
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::names::validate_product;
 use crate::domain::permissions::ProductOp;
 use crate::domain::retention::ProductSettings;
 use crate::error::{ApiError, ApiResult};
+use crate::ops::quota::{UsageOrder, UsageReport};
 use crate::ops::retention::{Preview, RunReport};
 use axum::Json;
 use axum::extract::State;
+use serde::Deserialize;
 
 /// `GET /product/settings/{product}`: the settings the product follows (its own, else
 /// the server's defaults), in the shape `PUT` takes.
@@ -40,12 +42,6 @@ pub async fn put_settings(
     settings
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_settings", e.to_string()))?;
-    if settings.quota != Default::default() {
-        return Err(ApiError::bad_request(
-            "quota_not_supported",
-            "this server does not enforce quotas yet: leave quota out (or its fields null)",
-        ));
-    }
     let ctx = crate::ops::Ctx::of(&caller);
     crate::ops::retention::set_settings(&app, &ctx, &product, Some(settings.clone())).await?;
     Ok(Json(settings))
@@ -88,4 +84,59 @@ fn parse_settings(body: serde_json::Value) -> ApiResult<ProductSettings> {
         }
     }
     serde_json::from_value(body).map_err(|e| invalid(format!("invalid settings: {e}")))
+}
+
+/// `GET /product/usage/{product}`: what the product holds, and its quota (any grant on
+/// the product, or admin).
+pub async fn product_usage(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(product): ApiPath<String>,
+) -> ApiResult<Json<UsageReport>> {
+    validate_product(&product)?;
+    caller.authorize(&product, ProductOp::Fetch)?;
+    Ok(Json(crate::ops::quota::usage(&app, &product).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    sort: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most products `GET /usage` returns (and its default).
+const MAX_USAGE_LIMIT: usize = 10_000;
+
+/// `GET /usage` (admin): every product's usage, largest first (`?sort=bytes|versions|name`,
+/// `?limit=`).
+pub async fn all_usage(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.require_admin()?;
+    let order = match query.sort.as_deref() {
+        None | Some("bytes") => UsageOrder::Bytes,
+        Some("versions") => UsageOrder::Versions,
+        Some("name") => UsageOrder::Name,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "sort must be one of bytes, versions, name",
+            ));
+        }
+    };
+    let limit = match query.limit {
+        None => MAX_USAGE_LIMIT,
+        Some(n) if (1..=MAX_USAGE_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {MAX_USAGE_LIMIT}"),
+            ));
+        }
+    };
+    let products = crate::ops::quota::usage_of_all(&app, order, limit).await?;
+    Ok(Json(serde_json::json!({ "products": products })))
 }

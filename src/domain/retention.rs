@@ -73,11 +73,19 @@ impl RetentionPolicy {
     }
 }
 
+/// The largest quota limit: what MongoDB stores as a 64-bit signed integer.
+pub const MAX_LIMIT: u64 = i64::MAX as u64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettingsError {
     KeepLastZero,
-    DaysOutOfRange { field: &'static str, days: u64 },
+    DaysOutOfRange {
+        field: &'static str,
+        days: u64,
+    },
     ZeroLimit(&'static str),
+    /// Past what the stores keep as a signed 64-bit integer.
+    LimitTooLarge(&'static str),
     TooManyLabels(usize),
     InvalidLabelKey(String),
     DuplicateLabel(String),
@@ -96,6 +104,10 @@ impl std::fmt::Display for SettingsError {
             SettingsError::ZeroLimit(field) => write!(
                 f,
                 "quota.{field} must be at least 1; use null for no limit"
+            ),
+            SettingsError::LimitTooLarge(field) => write!(
+                f,
+                "quota.{field} must be at most {MAX_LIMIT}; use null for no limit"
             ),
             SettingsError::TooManyLabels(n) => write!(
                 f,
@@ -135,6 +147,9 @@ impl ProductSettings {
         ] {
             if limit == Some(0) {
                 return Err(SettingsError::ZeroLimit(field));
+            }
+            if limit.is_some_and(|l| l > MAX_LIMIT) {
+                return Err(SettingsError::LimitTooLarge(field));
             }
         }
         if r.protect_labels.len() > MAX_PROTECT_LABELS {

@@ -23,6 +23,7 @@ const PRODUCT_EVENTS: TableDefinition<&str, ()> = TableDefinition::new("product_
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks"); // id -> record
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries"); // webhook\0event
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases"); // name -> (owner, until)
+const QUOTA_RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("quota_reservations"); // product\0id -> reservation
 
 /// Most events one audit page examines before it returns what it found with a cursor to
 /// go on from: a selective filter over a long history costs bounded time per page.
@@ -71,6 +72,7 @@ impl EmbeddedMetaStore {
         txn.open_table(WEBHOOKS)?;
         txn.open_table(DELIVERIES)?;
         txn.open_table(LEASES)?;
+        txn.open_table(QUOTA_RESERVATIONS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -209,6 +211,56 @@ fn scan_prefix_upto<T: ReadableTable<&'static str, &'static [u8]>, V: for<'de> D
         out.push((suffix, decode(v.value())?));
     }
     Ok(Some(out))
+}
+
+/// Feeds every version record of `product` to `tally`, one at a time (memory stays
+/// bounded whatever the number of versions).
+fn tally_versions<T: ReadableTable<&'static str, &'static [u8]>>(
+    versions: &T,
+    product: &str,
+    tally: &mut UsageTally,
+) -> MetaResult<()> {
+    let (lo, hi) = prefix_range(product);
+    for entry in versions
+        .range(lo.as_str()..hi.as_str())
+        .map_err(unavailable)?
+    {
+        let (_, v) = entry.map_err(unavailable)?;
+        tally.add(&decode::<VersionRecord>(v.value())?);
+    }
+    Ok(())
+}
+
+/// Every reservation held against `product`'s quota (live or lapsed).
+fn reservations_of<T: ReadableTable<&'static str, &'static [u8]>>(
+    reservations: &T,
+    product: &str,
+) -> MetaResult<Vec<QuotaReservation>> {
+    Ok(scan_prefix::<_, QuotaReservation>(reservations, product)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// The reservation with this id, and its key (few reservations exist at once: one per
+/// upload in flight to a product with a quota).
+fn find_reservation<T: ReadableTable<&'static str, &'static [u8]>>(
+    reservations: &T,
+    id: &str,
+) -> MetaResult<Option<(String, QuotaReservation)>> {
+    for entry in reservations.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let record: QuotaReservation = decode(v.value())?;
+        if record.id == id {
+            return Ok(Some((k.value().to_string(), record)));
+        }
+    }
+    Ok(None)
+}
+
+/// The key of a reservation: found by product for the tally, by id for the rest.
+fn reservation_key(product: &str, id: &str) -> String {
+    key2(product, id)
 }
 
 /// Versions a scan reads on the calling (runtime) thread before it moves to the blocking
@@ -1063,6 +1115,112 @@ impl MetaStore for EmbeddedMetaStore {
                 .insert(name.as_str(), encode(&(owner, until_ms))?.as_slice())
                 .map_err(unavailable)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>> {
+        let product = product.to_string();
+        self.read(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products
+                .get(product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
+            let held = reservations_of(&reservations, &product)?;
+            let mut tally = UsageTally::new(&held, now_ms);
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            tally_versions(&versions, &product, &mut tally)?;
+            Ok(Some(tally.finish()))
+        })
+        .await
+    }
+
+    async fn reserve_quota(
+        &self,
+        reservation: &QuotaReservation,
+        quota: &crate::domain::retention::QuotaPolicy,
+        now_ms: i64,
+    ) -> MetaResult<Result<(), crate::domain::retention::QuotaExceeded>> {
+        let (wanted, quota) = (reservation.clone(), quota.clone());
+        // redb runs one write transaction at a time: the check and the write are atomic.
+        self.write(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products
+                .get(wanted.product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Err(MetaError::NotFound);
+            }
+            let mut reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
+            let held = reservations_of(&reservations, &wanted.product)?;
+            let mut tally = UsageTally::for_reservation(&held, &wanted, now_ms);
+            let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            tally_versions(&versions, &wanted.product, &mut tally)?;
+            if let Err(refused) = tally.judge(&wanted, &quota) {
+                return Ok(Err(refused));
+            }
+            let mut stored = wanted.clone();
+            if let Some(existing) = held.iter().find(|r| r.id == wanted.id) {
+                stored.bytes = existing.bytes.saturating_add(wanted.bytes);
+            }
+            reservations
+                .insert(
+                    reservation_key(&stored.product, &stored.id).as_str(),
+                    encode(&stored)?.as_slice(),
+                )
+                .map_err(unavailable)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn renew_quota_reservation(&self, id: &str, lease_until: i64) -> MetaResult<bool> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
+            let Some((key, mut record)) = find_reservation(&reservations, &id)? else {
+                return Ok(false);
+            };
+            record.lease_until = record.lease_until.max(lease_until);
+            reservations
+                .insert(key.as_str(), encode(&record)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_quota_reservation(&self, id: &str) -> MetaResult<()> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
+            if let Some((key, _)) = find_reservation(&reservations, &id)? {
+                reservations.remove(key.as_str()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_quota_reservations(&self, now_ms: i64) -> MetaResult<u64> {
+        self.write(move |txn| {
+            let mut reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
+            let mut lapsed = 0u64;
+            reservations
+                .retain(|_, v| {
+                    let live = serde_json::from_slice::<QuotaReservation>(v)
+                        .is_ok_and(|r| r.lease_until >= now_ms);
+                    lapsed += u64::from(!live);
+                    live
+                })
+                .map_err(unavailable)?;
+            Ok(lapsed)
         })
         .await
     }

@@ -95,6 +95,11 @@ metered_methods! {
     set_product_settings(product: &str, settings: Option<&crate::domain::retention::ProductSettings>, event: Event) -> MetaResult<Option<crate::domain::retention::ProductSettings>>;
     note_download(product: &str, version: &str, now_ms: i64, stale_before_ms: i64) -> MetaResult<()>;
     take_lease(name: &str, owner: &str, now_ms: i64, until_ms: i64) -> MetaResult<bool>;
+    product_usage(product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>>;
+    reserve_quota(reservation: &QuotaReservation, quota: &crate::domain::retention::QuotaPolicy, now_ms: i64) -> MetaResult<Result<(), crate::domain::retention::QuotaExceeded>>;
+    renew_quota_reservation(id: &str, lease_until: i64) -> MetaResult<bool>;
+    release_quota_reservation(id: &str) -> MetaResult<()>;
+    prune_quota_reservations(now_ms: i64) -> MetaResult<u64>;
     stale_pending_versions(before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     blob_key_in_use(key: &str) -> MetaResult<bool>;
     renew_lease(product: &str, version: &str, blob_key: &str, lease_until: i64) -> MetaResult<bool>;

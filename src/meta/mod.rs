@@ -198,6 +198,156 @@ impl VersionRecord {
     }
 }
 
+/// Bytes (and possibly a new version) an upload in flight holds against its product's
+/// quota, from before its first byte is stored until it commits or fails. It counts only
+/// while its lease is live: a crashed upload's reservation stops counting on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaReservation {
+    /// `qr_` + random hex; the upload that holds it extends and releases it by this id.
+    pub id: String,
+    pub product: String,
+    /// The version the upload goes into: a new one counts against `max_versions`.
+    pub version: String,
+    /// The blob key of the upload's (first) file: a file stored under it means the upload
+    /// committed, and its bytes count as files from then on.
+    pub blob_key: String,
+    pub bytes: u64,
+    /// Unix milliseconds.
+    pub lease_until: i64,
+}
+
+/// What a product holds, counted from its records: every file of its published versions
+/// and drafts, plus the bytes reserved by uploads in flight (`in_flight_bytes`, also in
+/// `bytes`). `versions` counts published versions, drafts, and versions being uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductUsage {
+    pub bytes: u64,
+    pub versions: u64,
+    pub files: u64,
+    pub drafts: u64,
+    pub in_flight_bytes: u64,
+}
+
+impl ProductUsage {
+    /// The figures a quota is checked against.
+    pub fn quota_usage(&self) -> crate::domain::retention::Usage {
+        crate::domain::retention::Usage {
+            bytes: self.bytes,
+            versions: self.versions,
+        }
+    }
+}
+
+/// Adds up a product's usage over one scan of its version records, in memory bounded by
+/// the live reservations (not by the number of versions).
+///
+/// A reservation counts until the upload holding it is committed: once the scan finds a
+/// file stored under the reservation's blob key, its bytes are in the files (all of an
+/// upload's files commit together), so it counts nothing more even before its upload
+/// releases it. A reservation's version counts once, unless the scan finds a record of it.
+pub struct UsageTally {
+    usage: ProductUsage,
+    now_ms: i64,
+    /// Live reservations, and whether the scan found their upload committed.
+    live: Vec<(QuotaReservation, bool)>,
+    /// Versions named by live reservations and not (yet) seen among the records.
+    reserved_versions: std::collections::BTreeSet<String>,
+    /// The version a reservation being judged goes into, and whether the product holds it.
+    watched: Option<(String, bool)>,
+}
+
+impl UsageTally {
+    /// Starts from the product's reservations; lapsed ones do not count.
+    pub fn new<'a>(
+        reservations: impl IntoIterator<Item = &'a QuotaReservation>,
+        now_ms: i64,
+    ) -> Self {
+        let live: Vec<(QuotaReservation, bool)> = reservations
+            .into_iter()
+            .filter(|r| r.lease_until >= now_ms)
+            .map(|r| (r.clone(), false))
+            .collect();
+        let reserved_versions = live.iter().map(|(r, _)| r.version.clone()).collect();
+        UsageTally {
+            usage: ProductUsage::default(),
+            now_ms,
+            live,
+            reserved_versions,
+            watched: None,
+        }
+    }
+
+    /// Starts the tally that judges `reservation` (see [`UsageTally::judge`]).
+    pub fn for_reservation<'a>(
+        reservations: impl IntoIterator<Item = &'a QuotaReservation>,
+        reservation: &QuotaReservation,
+        now_ms: i64,
+    ) -> Self {
+        let mut tally = UsageTally::new(reservations, now_ms);
+        let held = tally.reserved_versions.contains(&reservation.version);
+        tally.watched = Some((reservation.version.clone(), held));
+        tally
+    }
+
+    /// Whether the product, as tallied, has room for `reservation`'s bytes and, when its
+    /// version is new, for one more version.
+    pub fn judge(
+        self,
+        reservation: &QuotaReservation,
+        quota: &crate::domain::retention::QuotaPolicy,
+    ) -> Result<(), crate::domain::retention::QuotaExceeded> {
+        let holds_version = self.watched.as_ref().is_some_and(|(_, held)| *held);
+        let usage = self.finish();
+        crate::domain::retention::check_quota(
+            quota,
+            &usage.quota_usage(),
+            reservation.bytes,
+            !holds_version,
+        )
+    }
+
+    /// One version record. A pending one counts as a version while its upload's lease
+    /// is live (its bytes are in the upload's reservation).
+    pub fn add(&mut self, record: &VersionRecord) {
+        if record.lease_lapsed(self.now_ms) {
+            return;
+        }
+        self.reserved_versions.remove(&record.version);
+        if let Some((version, held)) = self.watched.as_mut()
+            && *version == record.version
+        {
+            *held = true;
+        }
+        if record.state == VersionState::Draft {
+            self.usage.drafts += 1;
+        }
+        if record.state != VersionState::Pending {
+            for file in record.all_files().iter() {
+                self.usage.files += 1;
+                self.usage.bytes = self.usage.bytes.saturating_add(file.size);
+                for (reservation, committed) in self.live.iter_mut() {
+                    if reservation.blob_key == file.blob_key {
+                        *committed = true;
+                    }
+                }
+            }
+        }
+        self.usage.versions += 1;
+    }
+
+    pub fn finish(self) -> ProductUsage {
+        let mut usage = self.usage;
+        usage.versions += self.reserved_versions.len() as u64;
+        usage.in_flight_bytes = self
+            .live
+            .iter()
+            .filter(|(_, committed)| !committed)
+            .fold(0u64, |sum, (r, _)| sum.saturating_add(r.bytes));
+        usage.bytes = usage.bytes.saturating_add(usage.in_flight_bytes);
+        usage
+    }
+}
+
 /// A product with its grants and committed versions, as `GET /product/fetch` shows it.
 pub struct ProductView {
     pub record: ProductRecord,
@@ -486,6 +636,25 @@ pub trait MetaStore: Send + Sync {
         now_ms: i64,
         until_ms: i64,
     ) -> MetaResult<bool>;
+    /// What the product holds now ([`ProductUsage`]); `None` when it does not exist.
+    async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>>;
+    /// Takes `reservation.bytes` more against the product's `quota`, atomically with the
+    /// check against everything the product holds and every live reservation (two
+    /// uploads can never both pass a limit): a new reservation, or more bytes and a new
+    /// lease for the one with that id. `Ok(Err(_))`: refused, nothing written.
+    /// `NotFound` when the product does not exist.
+    async fn reserve_quota(
+        &self,
+        reservation: &QuotaReservation,
+        quota: &crate::domain::retention::QuotaPolicy,
+        now_ms: i64,
+    ) -> MetaResult<Result<(), crate::domain::retention::QuotaExceeded>>;
+    /// Extends a reservation's lease; false when it is gone.
+    async fn renew_quota_reservation(&self, id: &str, lease_until: i64) -> MetaResult<bool>;
+    /// Drops a reservation (its upload committed or failed); nothing when it is gone.
+    async fn release_quota_reservation(&self, id: &str) -> MetaResult<()>;
+    /// Removes reservations whose lease lapsed before `now_ms`; how many.
+    async fn prune_quota_reservations(&self, now_ms: i64) -> MetaResult<u64>;
     /// Drafts last changed before `before_ms`.
     async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     /// Pending reservations older than `before_ms` (left by crashes).

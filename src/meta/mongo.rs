@@ -33,6 +33,7 @@ pub struct MongoMetaStore {
     grants: Collection<GrantDoc>,
     versions: Collection<VersionRecord>,
     leases: Collection<Document>,
+    quota_reservations: Collection<QuotaReservation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +176,7 @@ impl MongoMetaStore {
             grants: db.collection("grants"),
             versions: db.collection("versions"),
             leases: db.collection("leases"),
+            quota_reservations: db.collection("quota_reservations"),
             db,
         };
         store.ensure_indexes().await?;
@@ -223,6 +225,12 @@ impl MongoMetaStore {
             .await?;
         self.versions
             .create_index(index(doc! { "state": 1, "uploaded_at": 1 }, false))
+            .await?;
+        self.quota_reservations
+            .create_index(index(doc! { "id": 1 }, true))
+            .await?;
+        self.quota_reservations
+            .create_index(index(doc! { "product": 1 }, false))
             .await?;
         self.events
             .create_index(index(doc! { "product": 1, "_id": -1 }, false))
@@ -351,6 +359,40 @@ impl MongoMetaStore {
         let docs: Vec<EventDoc> = events.iter().map(EventDoc::from).collect();
         self.events.insert_many(docs).session(s).await?;
         Ok(())
+    }
+
+    /// Feeds every version record of `product` to `tally` as the cursor yields them
+    /// (memory stays bounded whatever the number of versions), inside the transaction.
+    async fn tally_versions_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        product: &str,
+        tally: &mut UsageTally,
+    ) -> mongodb::error::Result<()> {
+        let mut cursor = self
+            .versions
+            .find(doc! { "product": product })
+            .session(&mut *s)
+            .await?;
+        let mut records = cursor.stream(s);
+        while let Some(record) = records.try_next().await? {
+            tally.add(&record);
+        }
+        Ok(())
+    }
+
+    async fn reservations_in(
+        &self,
+        s: &mut mongodb::ClientSession,
+        product: &str,
+    ) -> mongodb::error::Result<Vec<QuotaReservation>> {
+        self.quota_reservations
+            .find(doc! { "product": product })
+            .session(&mut *s)
+            .await?
+            .stream(s)
+            .try_collect()
+            .await
     }
 
     async fn collect_grants(
@@ -1162,6 +1204,88 @@ impl MetaStore for MongoMetaStore {
             Err(e) if is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>> {
+        // One snapshot for the product, its reservations and its versions.
+        in_transaction!(self, s, {
+            if !self.product_exists_in(&mut s, product).await? {
+                return Ok(Ok(None));
+            }
+            let held = self.reservations_in(&mut s, product).await?;
+            let mut tally = UsageTally::new(&held, now_ms);
+            self.tally_versions_in(&mut s, product, &mut tally).await?;
+            Ok(Ok(Some(tally.finish())))
+        })
+    }
+
+    async fn reserve_quota(
+        &self,
+        reservation: &QuotaReservation,
+        quota: &crate::domain::retention::QuotaPolicy,
+        now_ms: i64,
+    ) -> MetaResult<Result<(), crate::domain::retention::QuotaExceeded>> {
+        let product = reservation.product.as_str();
+        in_transaction!(self, s, {
+            // Writing the product document makes two reservations of one product conflict
+            // (one is retried, and then sees the other's): a check and its write are atomic.
+            if !self.touch_product_in(&mut s, product).await? {
+                return Ok(Err(MetaError::NotFound));
+            }
+            let held = self.reservations_in(&mut s, product).await?;
+            let mut tally = UsageTally::for_reservation(&held, reservation, now_ms);
+            self.tally_versions_in(&mut s, product, &mut tally).await?;
+            if let Err(refused) = tally.judge(reservation, quota) {
+                return Ok(Ok(Err(refused)));
+            }
+            if held.iter().any(|r| r.id == reservation.id) {
+                self.quota_reservations
+                    .update_one(
+                        doc! { "id": &reservation.id },
+                        doc! {
+                            "$inc": { "bytes": reservation.bytes as i64 },
+                            "$max": { "lease_until": reservation.lease_until },
+                        },
+                    )
+                    .session(&mut s)
+                    .await?;
+            } else {
+                self.quota_reservations
+                    .insert_one(reservation)
+                    .session(&mut s)
+                    .await?;
+            }
+            Ok(Ok(Ok(())))
+        })
+    }
+
+    async fn renew_quota_reservation(&self, id: &str, lease_until: i64) -> MetaResult<bool> {
+        let r = self
+            .quota_reservations
+            .update_one(
+                doc! { "id": id },
+                doc! { "$max": { "lease_until": lease_until } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn release_quota_reservation(&self, id: &str) -> MetaResult<()> {
+        self.quota_reservations
+            .delete_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn prune_quota_reservations(&self, now_ms: i64) -> MetaResult<u64> {
+        let r = self
+            .quota_reservations
+            .delete_many(doc! { "lease_until": { "$lt": now_ms } })
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count)
     }
 
     async fn idle_drafts(&self, before_ms: i64) -> MetaResult<Vec<VersionRecord>> {

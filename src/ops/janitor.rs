@@ -111,6 +111,9 @@ pub async fn sweep_leases(app: &AppState) -> anyhow::Result<usize> {
             tracing::warn!(key = %key, error = %err, "could not discard what a lapsed upload left; left for the full sweep");
         }
     }
+    // Quota reservations of uploads that died: they stopped counting when their lease
+    // lapsed; this removes the records.
+    app.meta.prune_quota_reservations(now).await?;
     Ok(removed)
 }
 

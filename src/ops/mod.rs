@@ -21,11 +21,38 @@ pub mod delivery;
 pub mod grants;
 pub mod janitor;
 pub mod products;
+pub mod quota;
 pub mod retention;
 pub mod tokens;
 pub mod upload;
 pub mod versions;
 pub mod webhooks;
+
+/// Waits for this process's turn at `key` (one holder at a time per key): writes that
+/// would all meet in one MongoDB document take turns here instead of retrying on write
+/// conflicts until some give up. Other replicas still conflict; the store retries those.
+pub async fn take_turn(key: String) -> tokio::sync::OwnedMutexGuard<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+    static LOCKS: Mutex<Option<HashMap<String, Weak<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    let lock = {
+        let mut guard = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        match map.get(&key).and_then(Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                // Entries of keys nobody holds now are dropped as the map grows.
+                if map.len() >= 1024 {
+                    map.retain(|_, weak| weak.strong_count() > 0);
+                }
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                map.insert(key, Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    lock.lock_owned().await
+}
 
 /// Who acts, and for which request.
 #[derive(Debug, Clone)]
@@ -137,6 +164,10 @@ mod tests {
         "set_product_settings(",
         "note_download(",
         "take_lease(",
+        "reserve_quota(",
+        "renew_quota_reservation(",
+        "release_quota_reservation(",
+        "prune_quota_reservations(",
     ];
 
     fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

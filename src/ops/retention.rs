@@ -288,6 +288,9 @@ pub fn spawn(app: AppState) {
                     }
                 }
             }
+            if let Err(err) = crate::ops::quota::refresh_gauges(&app).await {
+                tracing::warn!(error = %err.message, "could not refresh the bytes-per-product gauge");
+            }
         }
     });
 }

@@ -213,25 +213,5 @@ pub async fn latest(
 /// conflicts until some gave up; in turn they cost one short wait each. Other replicas
 /// still conflict, and the store's retries handle those.
 pub async fn draft_write_lock(product: &str, version: &str) -> tokio::sync::OwnedMutexGuard<()> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, Weak};
-    static LOCKS: Mutex<Option<HashMap<String, Weak<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
-    let key = format!("{product}\0{version}");
-    let lock = {
-        let mut guard = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-        let map = guard.get_or_insert_with(HashMap::new);
-        match map.get(&key).and_then(Weak::upgrade) {
-            Some(lock) => lock,
-            None => {
-                // Entries of drafts nobody writes now are dropped as the map grows.
-                if map.len() >= 1024 {
-                    map.retain(|_, weak| weak.strong_count() > 0);
-                }
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(key, Arc::downgrade(&lock));
-                lock
-            }
-        }
-    };
-    lock.lock_owned().await
+    super::take_turn(format!("draft\0{product}\0{version}")).await
 }

@@ -44,6 +44,11 @@ impl Progress {
         self.0.done.store(true, Ordering::Relaxed);
     }
 
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
     fn snapshot(&self) -> (u64, bool) {
         (
             self.0.bytes.load(Ordering::Relaxed),
@@ -86,6 +91,7 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
+    /// Renews the pending record (matched by blob key) of an upload of `version`.
     pub fn start(
         app: &AppState,
         product: &str,
@@ -93,14 +99,29 @@ impl LeaseKeeper {
         blob_key: &str,
         progress: Progress,
     ) -> LeaseKeeper {
-        let stop = CancellationToken::new();
-        let period = lease(app) / RENEWALS_PER_LEASE;
-        let (app, product, version, key) = (
-            app.clone(),
+        let (product, version, key) = (
             product.to_string(),
             version.to_string(),
             blob_key.to_string(),
         );
+        let what = format!("{product}/{version}");
+        Self::renewing(app, progress, what, move |app, until| {
+            let (product, version, key) = (product.clone(), version.clone(), key.clone());
+            Box::pin(async move { app.meta.renew_lease(&product, &version, &key, until).await })
+        })
+    }
+
+    /// Calls `renew(app, lease_until)` every third of a lease while the upload makes
+    /// progress; stops when `renew` says the leased thing is gone, or when dropped.
+    pub fn renewing<F>(app: &AppState, progress: Progress, what: String, renew: F) -> LeaseKeeper
+    where
+        F: Fn(AppState, i64) -> futures::future::BoxFuture<'static, MetaResult<bool>>
+            + Send
+            + 'static,
+    {
+        let stop = CancellationToken::new();
+        let period = lease(app) / RENEWALS_PER_LEASE;
+        let app = app.clone();
         let stopped = stop.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
@@ -120,18 +141,14 @@ impl LeaseKeeper {
                     continue;
                 }
                 seen = bytes;
-                match app
-                    .meta
-                    .renew_lease(&product, &version, &key, lease_until(&app))
-                    .await
-                {
+                match renew(app.clone(), lease_until(&app)).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::debug!(product = %product, version = %version, "reservation gone; lease keeper stops");
+                        tracing::debug!(upload = %what, "lease gone; lease keeper stops");
                         return;
                     }
                     Err(err) => {
-                        tracing::warn!(product = %product, version = %version, error = %err, "could not renew an upload's lease; retrying");
+                        tracing::warn!(upload = %what, error = %err, "could not renew an upload's lease; retrying");
                     }
                 }
             }

@@ -30,6 +30,7 @@ use crate::domain::version::{kind_of, sort_key};
 use crate::error::AssetRefusal;
 use crate::error::{ApiError, ApiResult, BUSY_RETRY_AFTER_SECONDS, BlobError, MetaError};
 use crate::meta::{FileRecord, VersionRecord, VersionState, check_can_add, now_ms};
+use crate::ops::quota::QuotaTicket;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -165,6 +166,8 @@ struct UploadGuard {
     reservation: Option<Reservation>,
     progress: crate::ops::upload::lease::Progress,
     lease: Option<crate::ops::upload::lease::LeaseKeeper>,
+    /// The upload's hold on its product's quota, if one applies.
+    quota: Option<QuotaTicket>,
 }
 
 impl Drop for UploadGuard {
@@ -182,11 +185,15 @@ impl UploadGuard {
     fn take_cleanup(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let blobs = std::mem::take(&mut self.blobs);
         let reservation = self.reservation.take();
-        if blobs.is_empty() && reservation.is_none() {
+        let quota = self.quota.take();
+        if blobs.is_empty() && reservation.is_none() && quota.is_none() {
             return None;
         }
         let app = self.app.clone();
         Some(async move {
+            if let Some(quota) = quota {
+                quota.release().await;
+            }
             for blob in blobs {
                 if let Some(writer) = blob.writer {
                     writer.abort().await;
@@ -229,20 +236,41 @@ impl UploadGuard {
             reservation: None,
             progress: Default::default(),
             lease: None,
+            quota: None,
         }
     }
 
-    /// Opens a writer for a new blob under `key`; the guard owns it from here on.
-    async fn open_blob(&mut self, key: String) -> ApiResult<&mut StoredBlob> {
+    /// Opens a writer for a new blob under `key`; the guard owns it from here on. Its
+    /// index in `blobs`.
+    async fn open_blob(&mut self, key: String) -> ApiResult<usize> {
         let writer = self.app.blobs.writer(&key).await?;
         self.blobs.push(StoredBlob {
             key,
             writer: Some(writer),
             finished: false,
         });
-        self.blobs
-            .last_mut()
-            .ok_or_else(|| ApiError::internal("blob just added is missing"))
+        Ok(self.blobs.len() - 1)
+    }
+
+    /// Streams one file from `source` into the blob at `index`, within the quota.
+    async fn stream(
+        &mut self,
+        index: usize,
+        source: &mut impl ChunkSource,
+        limit: u64,
+    ) -> ApiResult<(u64, String)> {
+        let blob = self
+            .blobs
+            .get_mut(index)
+            .ok_or_else(|| ApiError::internal("upload blob missing"))?;
+        stream_file(source, blob, limit, &self.progress, self.quota.as_mut()).await
+    }
+
+    /// Takes the upload's hold on the quota of `product` (see `ops::quota`): `bytes`
+    /// reserved now, more as they arrive.
+    async fn hold_quota(&mut self, target: (&str, &str, &str), bytes: u64) -> ApiResult<()> {
+        self.quota = QuotaTicket::open(&self.app, target, bytes, self.progress.clone()).await?;
+        Ok(())
     }
 
     async fn reserve(
@@ -252,8 +280,16 @@ impl UploadGuard {
         version: &str,
         file_name: &str,
         key: &str,
+        quota_bytes: u64,
     ) -> ApiResult<()> {
         caller.authorize(product, ProductOp::Upload)?;
+        // The quota first: a refused upload leaves no pending record.
+        self.hold_quota((product, version, key), quota_bytes)
+            .await?;
+        if let Some(quota) = self.quota.as_mut() {
+            // Bytes streamed before the form named the product.
+            quota.add(self.progress.bytes()).await?;
+        }
         let now = now_ms();
         let record = VersionRecord {
             product: product.to_string(),
@@ -421,6 +457,7 @@ async fn stream_file(
     blob: &mut StoredBlob,
     limit: u64,
     progress: &crate::ops::upload::lease::Progress,
+    mut quota: Option<&mut QuotaTicket>,
 ) -> ApiResult<(u64, String)> {
     let writer = blob
         .writer
@@ -435,6 +472,9 @@ async fn stream_file(
         progress.bump(chunk.len());
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
+        }
+        if let Some(quota) = quota.as_deref_mut() {
+            quota.add(chunk.len() as u64).await?;
         }
         let mut rest = &chunk[..];
         while !rest.is_empty() {
@@ -484,10 +524,7 @@ pub async fn receive(
     let _slot = app.uploads.admit()?;
     let limit = app.settings.max_upload_bytes;
     let body_limit = limit.saturating_add(ENVELOPE_LIMIT as u64);
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(headers);
     if declared.is_some_and(|len| len > body_limit) {
         return Err(ApiError::payload_too_large(limit));
     }
@@ -524,6 +561,11 @@ where
 {
     let limit = app.settings.max_upload_bytes;
     let expected = expected_digest(headers)?;
+    // The least the files of a form of this declared length can hold: what a quota
+    // reserves up front (and refuses at once when even that does not fit).
+    let declared_files = content_length(headers)
+        .unwrap_or(0)
+        .saturating_sub(ENVELOPE_LIMIT as u64);
     let mut field_checksum: Option<String> = None;
     let mut product: Option<String> = None;
     let mut version: Option<String> = None;
@@ -593,7 +635,8 @@ where
                 if g.reservation.is_none() {
                     if let (Some(p), Some(v)) = (&product, &version) {
                         // Fail fast (permission, duplicate) before reading the body.
-                        g.reserve(caller, p, v, &file_name, &key).await?;
+                        g.reserve(caller, p, v, &file_name, &key, declared_files)
+                            .await?;
                     } else if early_slot.is_none() {
                         // Not a byte stored for a token that can upload nowhere; the
                         // streams whose product is not known yet are few per token.
@@ -605,10 +648,9 @@ where
                         early_slot = Some(app.uploads.early_file(&caller.token.id)?);
                     }
                 }
-                let progress = g.progress.clone();
                 let blob = g.open_blob(key.clone()).await?;
                 let mut source = FormPart { form, limit };
-                let (size, digest) = stream_file(&mut source, blob, limit, &progress).await?;
+                let (size, digest) = g.stream(blob, &mut source, limit).await?;
                 streamed.push(Streamed {
                     size,
                     digest,
@@ -630,7 +672,7 @@ where
     if guard.reservation.is_none() {
         let key = first.key.clone();
         guard
-            .reserve(caller, &product, &version, &first.file_name, &key)
+            .reserve(caller, &product, &version, &first.file_name, &key, 0)
             .await?;
     }
     drop(early_slot);
@@ -687,6 +729,7 @@ where
     // The commit, too, runs to completion if the client hangs up; it takes the guard's
     // cleanup along for the case where it fails (a cleanup racing a commit that went
     // through would delete a committed version's blobs).
+    let quota = guard.quota.take();
     let cleanup = guard.take_cleanup();
     let commit = {
         let (app, product, version) = (app.clone(), product.clone(), version.clone());
@@ -703,6 +746,10 @@ where
                     std::slice::from_ref(&published),
                 )
                 .await;
+            // Committed or not, the bytes no longer need holding: they are in the files.
+            if let Some(quota) = quota {
+                quota.release().await;
+            }
             // Only a refusal is cleaned up now; after an unknown outcome the janitor
             // decides from what the store holds.
             if committed.as_ref().is_err_and(MetaError::is_refusal)
@@ -733,6 +780,14 @@ where
         state: "published".into(),
         files: files.iter().map(crate::dto::file_info).collect(),
     })
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// The digest `X-Checksum-Sha256` announces, if any.
@@ -773,10 +828,7 @@ pub async fn receive_draft_file(
     check_file_name(file_name)?;
     caller.authorize(product, ProductOp::Upload)?;
     let limit = app.settings.max_upload_bytes;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(headers);
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::payload_too_large(limit));
     }
@@ -796,14 +848,17 @@ pub async fn receive_draft_file(
     let mut guard = UploadGuard::new(app);
     let result = async {
         let key = new_blob_key(Some(product), Some(version));
-        let progress = guard.progress.clone();
+        // The declared length is exactly the file's: a quota refuses it before any byte.
+        guard
+            .hold_quota((product, version, &key), declared.unwrap_or(0))
+            .await?;
         let blob = guard.open_blob(key.clone()).await?;
         let mut source = RawBody {
             body: &mut body,
             idle,
             limit,
         };
-        let (size, digest) = stream_file(&mut source, blob, limit, &progress).await?;
+        let (size, digest) = guard.stream(blob, &mut source, limit).await?;
         if let Some(bad) = expected.as_deref().filter(|e| *e != digest) {
             return Err(checksum_mismatch(&digest, bad));
         }
@@ -837,6 +892,7 @@ pub async fn receive_draft_file(
         let ctx = crate::ops::Ctx::of(caller);
         let (created, uploaded) =
             crate::ops::versions::draft_file_events(&ctx, product, version, &file);
+        let quota = guard.quota.take();
         let cleanup = guard.take_cleanup();
         let commit = {
             let (app, file) = (app.clone(), file.clone());
@@ -852,6 +908,10 @@ pub async fn receive_draft_file(
                         std::slice::from_ref(&uploaded),
                     )
                     .await;
+                // Committed or not, the bytes no longer need holding: they are in the file.
+                if let Some(quota) = quota {
+                    quota.release().await;
+                }
                 // Only a refusal is cleaned up now; after an unknown outcome the janitor
                 // decides from what the store holds.
                 if added.as_ref().is_err_and(MetaError::is_refusal)
