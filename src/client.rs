@@ -192,6 +192,18 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: RetentionAction,
     },
+    /// What a product holds against its quota (any grant), or every product (admin)
+    ///
+    /// Rows: product, bytes (exact), versions, files, drafts, bytes of uploads in flight,
+    /// the quota (max_bytes/max_versions, `-` for none).
+    Usage {
+        #[command(flatten)]
+        connection: Connection,
+        product: Option<String>,
+        /// Order of the products, largest first (without a product)
+        #[arg(long, value_parser = ["bytes", "versions", "name"], default_value = "bytes", conflicts_with = "product")]
+        sort: String,
+    },
     /// Read the audit log, newest first (admin; a maintainer with --product)
     Audit {
         #[command(flatten)]
@@ -287,7 +299,7 @@ pub enum ProductCommand {
         #[arg(long)]
         delete: bool,
     },
-    /// Show a product's retention settings, or change them (maintainer)
+    /// Show a product's retention and quota settings, or change them (maintainer)
     ///
     /// Without flags: prints the settings the product follows (its own, else the
     /// server's). Each flag changes one rule and keeps the others; `off` turns it off.
@@ -311,6 +323,12 @@ pub enum ProductCommand {
         /// Empty the list of protected label keys
         #[arg(long, conflicts_with = "protect_labels")]
         no_protect_labels: bool,
+        /// Quota: the most bytes the product may hold (e.g. 10GiB, 500MB, 1048576)
+        #[arg(long, value_name = "SIZE|off", value_parser = parse_size_limit)]
+        max_bytes: Option<Limit>,
+        /// Quota: the most versions the product may hold (drafts included)
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        max_versions: Option<Limit>,
     },
     /// Remove a token's grant on a product
     Revoke {
@@ -330,6 +348,7 @@ impl ClientCommand {
             | ClientCommand::Pull { connection, .. }
             | ClientCommand::Ls { connection, .. }
             | ClientCommand::Retention { connection, .. }
+            | ClientCommand::Usage { connection, .. }
             | ClientCommand::Audit { connection, .. } => connection,
         }
     }
@@ -1106,6 +1125,42 @@ impl Client {
                     }
                 }
             }
+            ClientCommand::Usage { product, sort, .. } => {
+                let reports = match product {
+                    Some(product) => vec![
+                        self.json(self.request(
+                            Method::GET,
+                            &format!("/product/usage/{}", segment(&product)),
+                        )?)
+                        .await?,
+                    ],
+                    None => {
+                        let all = self
+                            .json(self.request(Method::GET, &format!("/usage?sort={sort}"))?)
+                            .await?;
+                        all["products"].as_array().cloned().unwrap_or_default()
+                    }
+                };
+                println!(
+                    "product\tbytes\tversions\tfiles\tdrafts\tin_flight_bytes\tmax_bytes\tmax_versions"
+                );
+                for r in &reports {
+                    let number = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        crate::domain::names::terminal_safe(
+                            r["product"].as_str().unwrap_or_default()
+                        ),
+                        number(&r["bytes"]),
+                        number(&r["versions"]),
+                        number(&r["files"]),
+                        number(&r["drafts"]),
+                        number(&r["in_flight_bytes"]),
+                        number(&r["quota"]["max_bytes"]),
+                        number(&r["quota"]["max_versions"]),
+                    );
+                }
+            }
             ClientCommand::Audit {
                 product,
                 kind,
@@ -1288,35 +1343,30 @@ impl Client {
                 not_downloaded_days,
                 protect_labels,
                 no_protect_labels,
+                max_bytes,
+                max_versions,
             } => {
                 let path = format!("/product/settings/{}", segment(&product));
                 let mut settings: crate::domain::retention::ProductSettings =
                     self.typed(self.request(Method::GET, &path)?).await?;
-                let changes = [
-                    keep_last,
-                    max_age_days,
-                    prerelease_max_age_days,
-                    not_downloaded_days,
-                ];
-                let changed = changes.iter().any(Option::is_some)
-                    || !protect_labels.is_empty()
-                    || no_protect_labels;
-                let policy = &mut settings.retention;
+                let (policy, quota) = (&mut settings.retention, &mut settings.quota);
+                let mut changed = false;
                 for (field, change) in [
-                    &mut policy.keep_last,
-                    &mut policy.max_age_days,
-                    &mut policy.prerelease_max_age_days,
-                    &mut policy.not_downloaded_days,
-                ]
-                .into_iter()
-                .zip(changes)
-                {
+                    (&mut policy.keep_last, keep_last),
+                    (&mut policy.max_age_days, max_age_days),
+                    (&mut policy.prerelease_max_age_days, prerelease_max_age_days),
+                    (&mut policy.not_downloaded_days, not_downloaded_days),
+                    (&mut quota.max_bytes, max_bytes),
+                    (&mut quota.max_versions, max_versions),
+                ] {
                     if let Some(Limit(value)) = change {
                         *field = value;
+                        changed = true;
                     }
                 }
                 if !protect_labels.is_empty() || no_protect_labels {
                     policy.protect_labels = protect_labels;
+                    changed = true;
                 }
                 if changed {
                     settings = self
@@ -1501,6 +1551,66 @@ fn parse_limit(text: &str) -> Result<Limit, String> {
     text.parse::<u64>()
         .map(|n| Limit(Some(n)))
         .map_err(|_| format!("expected a number or 'off', got '{text}'"))
+}
+
+/// A byte quota given on the command line: bytes, a size with a unit (`10GiB`, `500MB`,
+/// `1.5TiB`), or `off`.
+fn parse_size_limit(text: &str) -> Result<Limit, String> {
+    if text == "off" {
+        return Ok(Limit(None));
+    }
+    parse_size(text).map(|n| Limit(Some(n)))
+}
+
+/// `1048576`, `512KiB`, `10GiB`, `500MB`, `1.5TB`: KB/MB/GB/TB are powers of 1000,
+/// KiB/MiB/GiB/TiB powers of 1024 (case-insensitive; a `B` alone means bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000u64.pow(2),
+        "gb" => 1000u64.pow(3),
+        "tb" => 1000u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit in '{text}': use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
+            ));
+        }
+    };
+    let invalid = || format!("expected a size such as 10GiB, 500MB or 1048576, got '{text}'");
+    let bytes = match number.split_once('.') {
+        None => number
+            .parse::<u64>()
+            .map_err(|_| invalid())?
+            .checked_mul(factor),
+        Some((whole, fraction)) => {
+            if fraction.is_empty() || fraction.len() > 9 || factor == 1 {
+                return Err(invalid());
+            }
+            let whole = if whole.is_empty() {
+                0
+            } else {
+                whole.parse::<u64>().map_err(|_| invalid())?
+            };
+            let digits: u64 = fraction.parse().map_err(|_| invalid())?;
+            let scale = 10u64.pow(fraction.len() as u32);
+            // Whole units, plus the fraction of a unit rounded down to a byte.
+            whole.checked_mul(factor).and_then(|w| {
+                let part = (u128::from(factor) * u128::from(digits) / u128::from(scale)) as u64;
+                w.checked_add(part)
+            })
+        }
+    };
+    bytes.ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// `KEY=VALUE` for a label: the server's key rule, a value without control characters.
@@ -1862,6 +1972,10 @@ async fn server_error(resp: reqwest::Response) -> ClientError {
             Failure::Server,
             "the server or its storage is having trouble; retry later",
         ),
+        _ if code == "quota_exceeded" => (
+            Failure::Other,
+            "the product is at its quota: see `depot usage PRODUCT`; delete old versions (depot rm, depot retention run) or have a maintainer raise it (depot product settings --max-bytes / --max-versions)",
+        ),
         _ if code == "checksum_mismatch" => (
             Failure::Checksum,
             "the file changed or was corrupted in transit; push again",
@@ -1879,6 +1993,40 @@ async fn server_error(resp: reqwest::Response) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("1048576", 1 << 20),
+            ("7B", 7),
+            ("512KiB", 512 << 10),
+            ("10GiB", 10 << 30),
+            ("10gib", 10 << 30),
+            ("500MB", 500_000_000),
+            ("1.5TiB", 3 << 39),
+            ("0.5KB", 500),
+            ("2 TB", 2_000_000_000_000),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "GiB",
+            "10XB",
+            "1.5",
+            "1.",
+            "-1",
+            "1e9",
+            "1.0000000001GiB",
+            "99999999999TiB",
+            "1..5GB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} parsed");
+        }
+        assert!(matches!(parse_size_limit("off"), Ok(Limit(None))));
+        assert!(matches!(parse_size_limit("1KiB"), Ok(Limit(Some(1024)))));
+    }
 
     #[test]
     fn grant_specs_parse_into_grant_objects() {

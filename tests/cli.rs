@@ -1196,6 +1196,90 @@ async fn product_settings_and_retention_preview_and_run_from_the_cli() {
         .assert_code(3);
 }
 
+#[tokio::test]
+async fn quota_settings_and_usage_from_the_cli_and_a_push_past_the_quota_says_why() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let other = app.product().await;
+    app.upload_ok(app.admin(), &product, "1.0.0", &payload(1, 3000))
+        .await;
+    app.upload_ok(app.admin(), &other, "1.0.0", &payload(2, 10))
+        .await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli
+        .run(&[
+            "product",
+            "settings",
+            &product,
+            "--max-bytes",
+            "4KiB",
+            "--max-versions",
+            "10",
+        ])
+        .await;
+    run.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON settings");
+    assert_eq!(
+        shown["quota"],
+        json!({"max_bytes": 4096, "max_versions": 10})
+    );
+    cli.run(&["product", "settings", &product, "--max-bytes", "4 parsecs"])
+        .await
+        .assert_code(2);
+
+    // A push past the quota fails with the server's figures and a hint.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, payload(3, 2000)).unwrap();
+    let run = cli
+        .run(&["push", &product, "2.0.0", file.to_str().unwrap()])
+        .await;
+    run.assert_code(1);
+    assert!(run.stderr.contains("max_bytes"), "{}", run.stderr);
+    assert!(run.stderr.contains("depot usage"), "{}", run.stderr);
+
+    let run = cli.run(&["usage", &product]).await;
+    run.assert_ok();
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows[0][0], "product");
+    assert_eq!(
+        rows[1],
+        vec![product.as_str(), "3000", "1", "1", "0", "0", "4096", "10"]
+    );
+
+    // Every product, largest first (admin); `off` lifts the limit.
+    let run = cli.run(&["usage"]).await;
+    run.assert_ok();
+    let order: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap())
+        .filter(|p| *p == product || *p == other)
+        .collect();
+    assert_eq!(order, [product.as_str(), other.as_str()]);
+    cli.run(&["product", "settings", &product, "--max-bytes", "off"])
+        .await
+        .assert_ok();
+    cli.run(&["push", &product, "2.0.0", file.to_str().unwrap()])
+        .await
+        .assert_ok();
+    // A token with a grant reads its product's usage, not the list of all.
+    let reader = app.token_with(&product, Perms::DOWNLOAD).await;
+    Cli::new(&app, Some(&reader))
+        .run(&["usage", &product])
+        .await
+        .assert_ok();
+    Cli::new(&app, Some(&reader))
+        .run(&["usage"])
+        .await
+        .assert_code(3);
+}
+
 // ---- tokens and products ------------------------------------------------------------
 
 #[tokio::test]
