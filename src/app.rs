@@ -25,6 +25,8 @@ pub struct AppState {
     pub signer: UrlSigner,
     pub shutdown: Shutdown,
     pub uploads: crate::ops::upload::UploadLimits,
+    /// Verifies OIDC tokens for trusted publishing (caches issuers' keys).
+    pub oidc: Arc<crate::oidc::OidcVerifier>,
 }
 
 impl AppState {
@@ -39,8 +41,13 @@ impl AppState {
             settings.max_concurrent_uploads,
             settings.max_early_file_uploads_per_token,
         );
+        let oidc = Arc::new(crate::oidc::OidcVerifier::new(
+            settings.oidc_issuers.clone(),
+            settings.oidc_audience.clone(),
+        ));
         Self {
             uploads,
+            oidc,
             settings: Arc::new(settings),
             tokens: TokenService {
                 meta: meta.clone(),

@@ -204,6 +204,14 @@ pub enum ClientCommand {
         #[arg(long, value_parser = ["bytes", "versions", "name"], default_value = "bytes", conflicts_with = "product")]
         sort: String,
     },
+    /// Trusted publishing: which CI identities may exchange their OIDC token for a
+    /// short-lived token on a product (maintainer)
+    Trust {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: TrustAction,
+    },
     /// Read the audit log, newest first (admin; a maintainer with --product)
     Audit {
         #[command(flatten)]
@@ -230,6 +238,39 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustAction {
+    /// Trust an issuer's tokens whose claims match; prints the new policy
+    ///
+    /// Example (GitHub Actions): depot trust add my-lib
+    ///   --issuer https://token.actions.githubusercontent.com --claim repository=org/repo
+    ///   --claim 'ref=refs/tags/v*' --claim 'workflow_ref=org/repo/.github/workflows/release.yml@*'
+    ///   --upload --download
+    Add {
+        product: String,
+        /// The issuer URL, exactly as the server's DEPOT_OIDC_ISSUERS lists it
+        #[arg(long)]
+        issuer: String,
+        /// A claim the token must have (repeatable; `*` in VALUE matches any run of
+        /// characters); one of repository, project_path, sub is required
+        #[arg(long = "claim", value_name = "NAME=VALUE", required = true, value_parser = parse_claim)]
+        claims: Vec<(String, String)>,
+        #[arg(long)]
+        upload: bool,
+        #[arg(long)]
+        download: bool,
+        #[arg(long)]
+        delete: bool,
+        /// Lifetime of an exchanged token in seconds [default: the server's maximum]
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
+    },
+    /// List a product's trust policies: id, issuer, rights, ttl, claims
+    Ls { product: String },
+    /// Remove a trust policy
+    Rm { product: String, id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +390,7 @@ impl ClientCommand {
             | ClientCommand::Ls { connection, .. }
             | ClientCommand::Retention { connection, .. }
             | ClientCommand::Usage { connection, .. }
+            | ClientCommand::Trust { connection, .. }
             | ClientCommand::Audit { connection, .. } => connection,
         }
     }
@@ -1161,6 +1203,7 @@ impl Client {
                     );
                 }
             }
+            ClientCommand::Trust { action, .. } => self.trust(action).await?,
             ClientCommand::Audit {
                 product,
                 kind,
@@ -1299,6 +1342,158 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    async fn trust(&self, action: TrustAction) -> ClientResult<()> {
+        let safe = crate::domain::names::terminal_safe;
+        match action {
+            TrustAction::Add {
+                product,
+                issuer,
+                claims,
+                upload,
+                download,
+                delete,
+                ttl,
+            } => {
+                let body = json!({
+                    "issuer": issuer,
+                    "claims": claims.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    "permissions": { "upload": upload, "download": download, "delete": delete },
+                    "ttl_seconds": ttl,
+                });
+                let path = format!("/product/trust/{}", segment(&product));
+                let policy = self
+                    .json(self.request(Method::PUT, &path)?.json(&body))
+                    .await?;
+                eprintln!(
+                    "trust policy {} added to {product}",
+                    safe(policy["id"].as_str().unwrap_or_default())
+                );
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&policy).unwrap_or_default()
+                );
+            }
+            TrustAction::Ls { product } => {
+                let path = format!("/product/trust/{}", segment(&product));
+                let listed = self.json(self.request(Method::GET, &path)?).await?;
+                for p in listed["policies"].as_array().into_iter().flatten() {
+                    let rights: Vec<&str> = ["upload", "download", "delete"]
+                        .into_iter()
+                        .filter(|r| p["permissions"][r].as_bool() == Some(true))
+                        .collect();
+                    let claims: Vec<String> = p["claims"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        safe(p["id"].as_str().unwrap_or_default()),
+                        safe(p["issuer"].as_str().unwrap_or_default()),
+                        rights.join(","),
+                        p["ttl_seconds"].as_u64().unwrap_or(0),
+                        safe(&claims.join(","))
+                    );
+                }
+            }
+            TrustAction::Rm { product, id } => {
+                let path = format!("/product/trust/{}/{}", segment(&product), segment(&id));
+                self.send(self.request(Method::DELETE, &path)?).await?;
+                eprintln!("trust policy {} removed from {product}", safe(&id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a token, in a CI job that has an OIDC identity, exchanges it for a
+    /// short-lived token (trusted publishing): in GitHub Actions, an ID token requested
+    /// from ACTIONS_ID_TOKEN_REQUEST_URL (for the audience DEPOT_OIDC_AUDIENCE, default
+    /// `depot`); elsewhere DEPOT_OIDC_TOKEN (GitLab's `id_tokens:`). Neither: unchanged.
+    pub async fn with_ci_identity(mut self) -> ClientResult<Self> {
+        if self.token.is_some() {
+            return Ok(self);
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let audience = env("DEPOT_OIDC_AUDIENCE").unwrap_or_else(|| "depot".into());
+        let jwt = match (
+            env("ACTIONS_ID_TOKEN_REQUEST_URL"),
+            env("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+        ) {
+            (Some(url), Some(request_token)) => Some(
+                self.github_id_token(&url, &request_token, &audience)
+                    .await?,
+            ),
+            _ => env("DEPOT_OIDC_TOKEN"),
+        };
+        let Some(jwt) = jwt else {
+            return Ok(self);
+        };
+        let resp = self
+            .send(
+                self.http
+                    .post(format!("{}/oidc/token", self.base))
+                    .json(&json!({ "token": jwt })),
+            )
+            .await?;
+        let issued: Value = resp.json().await.map_err(network)?;
+        let token = issued["token"]
+            .as_str()
+            .filter(|t| crate::auth::is_token_format(t))
+            .ok_or_else(|| fail(Failure::Server, "the server's token exchange gave no token"))?;
+        eprintln!(
+            "depot: exchanged this job's OIDC identity for a token valid until {}",
+            crate::domain::names::terminal_safe(issued["expires_at"].as_str().unwrap_or("?"))
+        );
+        self.token = Some(token.to_string());
+        Ok(self)
+    }
+
+    /// GitHub Actions' ID token for `audience` (the job needs `permissions: id-token: write`).
+    async fn github_id_token(
+        &self,
+        url: &str,
+        request_token: &str,
+        audience: &str,
+    ) -> ClientResult<String> {
+        let mut endpoint = url::Url::parse(url)
+            .map_err(|_| fail(Failure::Other, "ACTIONS_ID_TOKEN_REQUEST_URL is not a URL"))?;
+        endpoint.query_pairs_mut().append_pair("audience", audience);
+        let resp = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| fail(Failure::Other, format!("cannot build HTTP client: {e}")))?
+            .get(endpoint)
+            .bearer_auth(request_token)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(
+                    Failure::Network,
+                    format!(
+                        "cannot get the job's OIDC token from GitHub Actions: {}",
+                        e.without_url()
+                    ),
+                )
+            })?;
+        if !resp.status().is_success() {
+            return Err(fail(
+                Failure::Auth,
+                format!(
+                    "GitHub Actions refused an OIDC token ({}); the job needs `permissions: id-token: write`",
+                    resp.status().as_u16()
+                ),
+            ));
+        }
+        let body: Value = resp.json().await.map_err(network)?;
+        body["value"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| fail(Failure::Auth, "GitHub Actions gave no OIDC token"))
     }
 
     pub async fn product(&self, command: ProductCommand) -> ClientResult<()> {
@@ -1611,6 +1806,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
     };
     bytes.ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// `NAME=VALUE` for a trust policy's claim.
+fn parse_claim(spec: &str) -> Result<(String, String), String> {
+    spec.split_once('=')
+        .filter(|(name, value)| !name.is_empty() && !value.is_empty())
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got '{spec}'"))
 }
 
 /// `KEY=VALUE` for a label: the server's key rule, a value without control characters.

@@ -123,6 +123,18 @@ pub struct RawSettings {
     /// Let webhooks target loopback, private, link-local and metadata addresses (tests, private networks) [default: false]
     #[arg(long, env = "DEPOT_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: Option<bool>,
+    /// Trusted publishing: OIDC issuers whose tokens `POST /oidc/token` exchanges for short-lived Depot tokens, comma-separated (e.g. https://token.actions.githubusercontent.com,https://gitlab.com) [default: none, the feature is off]
+    #[arg(long, env = "DEPOT_OIDC_ISSUERS")]
+    pub oidc_issuers: Option<String>,
+    /// Trusted publishing: the audience (`aud`) an exchanged OIDC token must name [default: depot]
+    #[arg(long, env = "DEPOT_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// Trusted publishing: the longest lifetime of an exchanged token, in seconds (a policy's ttl_seconds is at most this) [default: 900, range 60-86400]
+    #[arg(long, env = "DEPOT_OIDC_MAX_TTL_SECONDS")]
+    pub oidc_max_ttl_seconds: Option<u64>,
+    /// Trusted publishing: accept http:// issuers on loopback addresses (tests only) [default: false]
+    #[arg(long, env = "DEPOT_OIDC_ALLOW_HTTP")]
+    pub oidc_allow_http: Option<bool>,
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
     #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
@@ -198,6 +210,11 @@ pub struct Settings {
     /// What products without settings of their own follow (the config file's tables).
     pub default_product_settings: crate::domain::retention::ProductSettings,
     pub webhook_allow_private: bool,
+    /// Trusted publishing: the issuers trusted (empty: the feature is off).
+    pub oidc_issuers: Vec<String>,
+    pub oidc_audience: String,
+    pub oidc_max_ttl_seconds: u64,
+    pub oidc_allow_http: bool,
     pub header_timeout_seconds: u64,
     pub keepalive_timeout_seconds: u64,
     /// `None`: the default, fitted to the open-file limit at start-up.
@@ -307,6 +324,10 @@ impl RawSettings {
             retention,
             quota,
             webhook_allow_private,
+            oidc_issuers,
+            oidc_audience,
+            oidc_max_ttl_seconds,
+            oidc_allow_http,
             header_timeout_seconds,
             keepalive_timeout_seconds,
             max_connections,
@@ -454,6 +475,22 @@ impl Settings {
             1,
             86_400,
         )?;
+        let oidc_allow_http = raw.oidc_allow_http.unwrap_or(false);
+        let oidc_issuers = parse_oidc_issuers(raw.oidc_issuers.as_deref(), oidc_allow_http)?;
+        let oidc_audience = raw.oidc_audience.clone().unwrap_or_else(|| "depot".into());
+        anyhow::ensure!(
+            !oidc_audience.is_empty()
+                && oidc_audience.len() <= 256
+                && !oidc_audience.chars().any(char::is_control),
+            "DEPOT_OIDC_AUDIENCE must be 1-256 characters without control characters"
+        );
+        let oidc_max_ttl_seconds = ranged(
+            "DEPOT_OIDC_MAX_TTL_SECONDS",
+            raw.oidc_max_ttl_seconds,
+            900,
+            60,
+            86_400,
+        )?;
         let default_product_settings = crate::domain::retention::ProductSettings {
             retention: raw.retention.clone().unwrap_or_default(),
             quota: raw.quota.clone().unwrap_or_default(),
@@ -564,6 +601,10 @@ impl Settings {
             retention_interval_seconds,
             default_product_settings,
             webhook_allow_private: raw.webhook_allow_private.unwrap_or(false),
+            oidc_issuers,
+            oidc_audience,
+            oidc_max_ttl_seconds,
+            oidc_allow_http,
             shutdown_grace_seconds,
             header_timeout_seconds,
             keepalive_timeout_seconds,
@@ -571,6 +612,42 @@ impl Settings {
             request_timeout_seconds,
         })
     }
+}
+
+/// The trusted OIDC issuers: https URLs (http only with `allow_http`, and only on a
+/// loopback host), each exactly as its tokens' `iss` claim names it.
+fn parse_oidc_issuers(raw: Option<&str>, allow_http: bool) -> anyhow::Result<Vec<String>> {
+    let mut issuers = Vec::new();
+    for issuer in raw.unwrap_or_default().split(',').map(str::trim) {
+        if issuer.is_empty() {
+            continue;
+        }
+        let url = url::Url::parse(issuer)
+            .map_err(|e| anyhow::anyhow!("DEPOT_OIDC_ISSUERS: '{issuer}' is not a URL: {e}"))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        let scheme_ok =
+            url.scheme() == "https" || (allow_http && url.scheme() == "http" && loopback);
+        anyhow::ensure!(
+            scheme_ok,
+            "DEPOT_OIDC_ISSUERS: '{issuer}' must be an https URL (http only on a loopback address with DEPOT_OIDC_ALLOW_HTTP=true)"
+        );
+        anyhow::ensure!(
+            url.username().is_empty()
+                && url.password().is_none()
+                && url.query().is_none()
+                && url.fragment().is_none(),
+            "DEPOT_OIDC_ISSUERS: '{issuer}' must not carry credentials, a query or a fragment"
+        );
+        if !issuers.iter().any(|i| i == issuer) {
+            issuers.push(issuer.to_string());
+        }
+    }
+    Ok(issuers)
 }
 
 /// `redis://` or `rediss://` (TLS), with optional `user:password@`. The error never

@@ -15,6 +15,7 @@ pub mod dto;
 pub mod error;
 pub mod meta;
 pub mod observability;
+pub mod oidc;
 pub mod ops;
 pub mod router;
 pub mod server;

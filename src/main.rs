@@ -152,7 +152,10 @@ async fn run(cli: Cli) -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Client(command) => match Client::new(command.connection()) {
-            Ok(client) => client.run(command).await,
+            Ok(client) => match client.with_ci_identity().await {
+                Ok(client) => client.run(command).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
     };

@@ -138,6 +138,7 @@ fn token(id: &str) -> TokenRecord {
         expires_at: None,
         parent: None,
         bootstrap: false,
+        exchanged: false,
     }
 }
 
@@ -1410,6 +1411,17 @@ async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_laps
         .unwrap();
     let u = usage_of(meta, "p").await;
     assert_eq!((u.bytes, u.versions), (350, 1));
+    // Extending a lapsed reservation takes all of its bytes again: 350 + 500 + 1 > 800.
+    let refused = meta
+        .reserve_quota(
+            &reservation("qr_2", "p", "2.0.0", "k2", 1),
+            &bytes_quota(800),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((refused.usage, refused.limit), (851, 800));
     assert!(
         meta.renew_quota_reservation("qr_1", now_ms() + 60_000)
             .await

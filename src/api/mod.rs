@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod openapi;
 pub mod products;
 pub mod tokens;
+pub mod trust;
 pub mod ui;
 pub mod webhooks;
 
@@ -64,6 +65,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/product/retention/{product}/run"),
     ("GET", "/product/usage/{product}"),
     ("GET", "/usage"),
+    ("PUT", "/product/trust/{product}"),
+    ("GET", "/product/trust/{product}"),
+    ("DELETE", "/product/trust/{product}/{id}"),
+    ("POST", "/oidc/token"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
     ("PUT", "/webhooks"),
@@ -150,6 +155,10 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("POST", "/product/retention/{product}/run") => post(lifecycle::run),
         ("GET", "/product/usage/{product}") => get(lifecycle::product_usage),
         ("GET", "/usage") => get(lifecycle::all_usage),
+        ("PUT", "/product/trust/{product}") => put(trust::create),
+        ("GET", "/product/trust/{product}") => get(trust::list),
+        ("DELETE", "/product/trust/{product}/{id}") => delete(trust::delete),
+        ("POST", "/oidc/token") => post(trust::exchange),
         ("GET", "/audit") => get(audit::audit),
         ("POST", "/ui/login") => post(ui::login),
         ("PUT", "/webhooks") => put(webhooks::create),

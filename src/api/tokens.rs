@@ -36,6 +36,8 @@ pub struct TokenInfo {
     expires_at: Option<String>,
     /// Id of the token that minted this one; null for tokens made at start-up or by the CLI.
     parent: Option<String>,
+    /// True for a token issued by an OIDC exchange (trusted publishing).
+    exchanged: bool,
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -48,6 +50,7 @@ impl From<&TokenRecord> for TokenInfo {
             name: t.name.clone(),
             expires_at: t.expires_at.map(rfc3339),
             parent: t.parent.clone(),
+            exchanged: t.exchanged,
         }
     }
 }

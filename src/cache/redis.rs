@@ -588,6 +588,7 @@ mod tests {
                 expires_at: None,
                 parent: None,
                 bootstrap: false,
+                exchanged: false,
             },
             grants: vec![],
         }

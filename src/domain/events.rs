@@ -57,6 +57,16 @@ pub enum EventType {
     /// Retention deleted a published version (details: the reason).
     #[serde(rename = "version.expired")]
     VersionExpired,
+    /// A trust policy for trusted publishing was added to a product.
+    #[serde(rename = "trust.created")]
+    TrustCreated,
+    /// A trust policy was removed.
+    #[serde(rename = "trust.deleted")]
+    TrustDeleted,
+    /// A CI job's OIDC token was exchanged for a short-lived Depot token (details: the
+    /// identity's claims and the token's id, never the OIDC token itself).
+    #[serde(rename = "token.exchanged")]
+    TokenExchanged,
 }
 
 impl EventType {
@@ -78,6 +88,9 @@ impl EventType {
         EventType::VersionLabeled,
         EventType::SettingsChanged,
         EventType::VersionExpired,
+        EventType::TrustCreated,
+        EventType::TrustDeleted,
+        EventType::TokenExchanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +112,9 @@ impl EventType {
             EventType::VersionLabeled => "version.labeled",
             EventType::SettingsChanged => "settings.changed",
             EventType::VersionExpired => "version.expired",
+            EventType::TrustCreated => "trust.created",
+            EventType::TrustDeleted => "trust.deleted",
+            EventType::TokenExchanged => "token.exchanged",
         }
     }
 
@@ -115,6 +131,8 @@ pub enum SystemActor {
     Retention,
     Bootstrap,
     Cli,
+    /// Trusted publishing: the exchange of a CI job's OIDC token.
+    Oidc,
 }
 
 /// Who made a change: a token (by public id) or a part of Depot.

@@ -4,5 +4,6 @@ pub mod events;
 pub mod names;
 pub mod permissions;
 pub mod retention;
+pub mod trust;
 pub mod version;
 pub mod webhooks;

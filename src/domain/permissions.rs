@@ -74,6 +74,8 @@ pub enum ProductOp {
     Label,
     /// Read and change retention settings, preview and run retention.
     Lifecycle,
+    /// Add, list and remove trust policies (trusted publishing).
+    ManageTrust,
 }
 
 impl ProductOp {
@@ -85,7 +87,8 @@ impl ProductOp {
             | ProductOp::ReadAudit
             | ProductOp::ManageWebhooks
             | ProductOp::Label
-            | ProductOp::Lifecycle => grant.maintainer,
+            | ProductOp::Lifecycle
+            | ProductOp::ManageTrust => grant.maintainer,
             ProductOp::Upload => grant.upload,
             ProductOp::Download => grant.download,
         }
@@ -103,6 +106,7 @@ impl ProductOp {
             ProductOp::ManageWebhooks => "manage this product's webhooks (needs maintainer)",
             ProductOp::Label => "change version labels (needs maintainer)",
             ProductOp::Lifecycle => "manage retention settings and runs (needs maintainer)",
+            ProductOp::ManageTrust => "manage this product's trust policies (needs maintainer)",
         }
     }
 }

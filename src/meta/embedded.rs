@@ -23,6 +23,8 @@ const PRODUCT_EVENTS: TableDefinition<&str, ()> = TableDefinition::new("product_
 const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks"); // id -> record
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries"); // webhook\0event
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases"); // name -> (owner, until)
+const TRUST_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_policies"); // product\0id
+const USED_TOKENS: TableDefinition<&str, i64> = TableDefinition::new("used_tokens"); // used_token_key -> until
 const QUOTA_RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("quota_reservations"); // product\0id -> reservation
 
 /// Most events one audit page examines before it returns what it found with a cursor to
@@ -73,6 +75,8 @@ impl EmbeddedMetaStore {
         txn.open_table(DELIVERIES)?;
         txn.open_table(LEASES)?;
         txn.open_table(QUOTA_RESERVATIONS)?;
+        txn.open_table(TRUST_POLICIES)?;
+        txn.open_table(USED_TOKENS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -641,6 +645,11 @@ impl MetaStore for EmbeddedMetaStore {
                 }
                 deleted.versions.push(record);
             }
+            let mut trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            let (lo, hi) = prefix_range(&name);
+            trust
+                .retain_in(lo.as_str()..hi.as_str(), |_, _| false)
+                .map_err(unavailable)?;
             event.details = product_deleted_details(&deleted);
             record_events(txn, std::slice::from_ref(&event))?;
             Ok(Some(deleted))
@@ -1119,6 +1128,114 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
+    async fn insert_trust_policy(
+        &self,
+        policy: &crate::domain::trust::TrustPolicy,
+        events: &[Event],
+    ) -> MetaResult<()> {
+        let (policy, events) = (policy.clone(), events.to_vec());
+        self.write(move |txn| {
+            let products = txn.open_table(PRODUCTS).map_err(unavailable)?;
+            if products
+                .get(policy.product.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Err(MetaError::NotFound);
+            }
+            let mut trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            trust
+                .insert(
+                    key2(&policy.product, &policy.id).as_str(),
+                    encode(&policy)?.as_slice(),
+                )
+                .map_err(unavailable)?;
+            record_events(txn, &events)
+        })
+        .await
+    }
+
+    async fn trust_policies(
+        &self,
+        product: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>> {
+        let mut policies: Vec<crate::domain::trust::TrustPolicy> = self.read_now(|txn| {
+            let trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            Ok(scan_prefix(&trust, product)?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect())
+        })?;
+        policies.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(policies)
+    }
+
+    async fn trust_policies_of_issuer(
+        &self,
+        issuer: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>> {
+        let issuer = issuer.to_string();
+        self.read(move |txn| {
+            let trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in trust.iter().map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                let policy: crate::domain::trust::TrustPolicy = decode(v.value())?;
+                if policy.issuer == issuer {
+                    out.push(policy);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_trust_policy(
+        &self,
+        product: &str,
+        id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        let (key, events) = (key2(product, id), events.to_vec());
+        self.write(move |txn| {
+            let mut trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            if trust.remove(key.as_str()).map_err(unavailable)?.is_none() {
+                return Ok(false);
+            }
+            record_events(txn, &events)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn use_token_once(&self, issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool> {
+        let key = used_token_key(issuer, jti);
+        self.write(move |txn| {
+            let mut used = txn.open_table(USED_TOKENS).map_err(unavailable)?;
+            if used.get(key.as_str()).map_err(unavailable)?.is_some() {
+                return Ok(false);
+            }
+            used.insert(key.as_str(), until_ms).map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn prune_used_tokens(&self, now_ms: i64) -> MetaResult<u64> {
+        self.write(move |txn| {
+            let mut used = txn.open_table(USED_TOKENS).map_err(unavailable)?;
+            let mut pruned = 0u64;
+            used.retain(|_, until| {
+                let keep = until >= now_ms;
+                pruned += u64::from(!keep);
+                keep
+            })
+            .map_err(unavailable)?;
+            Ok(pruned)
+        })
+        .await
+    }
+
     async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>> {
         let product = product.to_string();
         self.read(move |txn| {
@@ -1159,10 +1276,11 @@ impl MetaStore for EmbeddedMetaStore {
             }
             let mut reservations = txn.open_table(QUOTA_RESERVATIONS).map_err(unavailable)?;
             let held = reservations_of(&reservations, &wanted.product)?;
-            let mut tally = UsageTally::for_reservation(&held, &wanted, now_ms);
+            let judged = judged_reservation(&held, &wanted, now_ms);
+            let mut tally = UsageTally::for_reservation(&held, &judged, now_ms);
             let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             tally_versions(&versions, &wanted.product, &mut tally)?;
-            if let Err(refused) = tally.judge(&wanted, &quota) {
+            if let Err(refused) = tally.judge(&judged, &quota) {
                 return Ok(Err(refused));
             }
             let mut stored = wanted.clone();

@@ -39,6 +39,10 @@ pub struct TokenRecord {
     /// the next start revokes it.
     #[serde(default)]
     pub bootstrap: bool,
+    /// True for a token issued by an OIDC exchange (trusted publishing): short-lived,
+    /// and it may not mint other tokens.
+    #[serde(default)]
+    pub exchanged: bool,
 }
 
 impl TokenRecord {
@@ -236,6 +240,24 @@ impl ProductUsage {
             versions: self.versions,
         }
     }
+}
+
+/// What a reservation request is judged as: its bytes, plus those of the reservation it
+/// extends when that one's lease lapsed (a lapsed reservation no longer counts, so
+/// extending it takes all of its bytes again).
+pub fn judged_reservation(
+    held: &[QuotaReservation],
+    wanted: &QuotaReservation,
+    now_ms: i64,
+) -> QuotaReservation {
+    let mut judged = wanted.clone();
+    if let Some(lapsed) = held
+        .iter()
+        .find(|r| r.id == wanted.id && r.lease_until < now_ms)
+    {
+        judged.bytes = judged.bytes.saturating_add(lapsed.bytes);
+    }
+    judged
 }
 
 /// Adds up a product's usage over one scan of its version records, in memory bounded by
@@ -683,6 +705,36 @@ pub trait MetaStore: Send + Sync {
         events: &[Event],
     ) -> MetaResult<bool>;
 
+    // Trusted publishing.
+    /// Stores a trust policy with its event. `NotFound` when its product does not exist.
+    async fn insert_trust_policy(
+        &self,
+        policy: &crate::domain::trust::TrustPolicy,
+        events: &[Event],
+    ) -> MetaResult<()>;
+    /// A product's trust policies, oldest first.
+    async fn trust_policies(
+        &self,
+        product: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>>;
+    /// Every trust policy naming `issuer` (of any product): what an exchange matches.
+    async fn trust_policies_of_issuer(
+        &self,
+        issuer: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>>;
+    /// Deletes a product's policy with its event; false (and no event) when there is none.
+    async fn delete_trust_policy(
+        &self,
+        product: &str,
+        id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool>;
+    /// Records that the OIDC token `jti` of `issuer` was exchanged, until `until_ms`;
+    /// false when it already was (a replay, on any replica).
+    async fn use_token_once(&self, issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool>;
+    /// Forgets used token ids whose tokens expired before `now_ms`; how many.
+    async fn prune_used_tokens(&self, now_ms: i64) -> MetaResult<u64>;
+
     // Webhooks.
     async fn insert_webhook(&self, webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()>;
     async fn list_webhooks(&self) -> MetaResult<Vec<WebhookRecord>>;
@@ -830,4 +882,15 @@ pub fn seal(
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// The key under which a used OIDC token id is remembered: a digest of issuer and `jti`
+/// (fixed length whatever the claim holds).
+pub fn used_token_key(issuer: &str, jti: &str) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(issuer.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(jti.as_bytes());
+    hex::encode(hasher.finalize())
 }

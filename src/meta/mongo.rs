@@ -34,6 +34,8 @@ pub struct MongoMetaStore {
     versions: Collection<VersionRecord>,
     leases: Collection<Document>,
     quota_reservations: Collection<QuotaReservation>,
+    trust_policies: Collection<crate::domain::trust::TrustPolicy>,
+    used_tokens: Collection<Document>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +179,8 @@ impl MongoMetaStore {
             versions: db.collection("versions"),
             leases: db.collection("leases"),
             quota_reservations: db.collection("quota_reservations"),
+            trust_policies: db.collection("trust_policies"),
+            used_tokens: db.collection("used_tokens"),
             db,
         };
         store.ensure_indexes().await?;
@@ -228,6 +232,15 @@ impl MongoMetaStore {
             .await?;
         self.quota_reservations
             .create_index(index(doc! { "id": 1 }, true))
+            .await?;
+        self.trust_policies
+            .create_index(index(doc! { "product": 1, "id": 1 }, true))
+            .await?;
+        self.trust_policies
+            .create_index(index(doc! { "issuer": 1 }, false))
+            .await?;
+        self.used_tokens
+            .create_index(index(doc! { "until": 1 }, false))
             .await?;
         self.quota_reservations
             .create_index(index(doc! { "product": 1 }, false))
@@ -623,6 +636,10 @@ impl MetaStore for MongoMetaStore {
                 .try_collect()
                 .await?;
             self.versions
+                .delete_many(doc! { "product": name })
+                .session(&mut s)
+                .await?;
+            self.trust_policies
                 .delete_many(doc! { "product": name })
                 .session(&mut s)
                 .await?;
@@ -1206,6 +1223,91 @@ impl MetaStore for MongoMetaStore {
         }
     }
 
+    async fn insert_trust_policy(
+        &self,
+        policy: &crate::domain::trust::TrustPolicy,
+        events: &[Event],
+    ) -> MetaResult<()> {
+        in_transaction!(self, s, {
+            // Writing the product document: a deletion of the product conflicts with this.
+            if !self.touch_product_in(&mut s, &policy.product).await? {
+                return Ok(Err(MetaError::NotFound));
+            }
+            self.trust_policies
+                .insert_one(policy)
+                .session(&mut s)
+                .await?;
+            self.insert_events_in(&mut s, events).await?;
+            Ok(Ok(()))
+        })
+    }
+
+    async fn trust_policies(
+        &self,
+        product: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>> {
+        self.trust_policies
+            .find(doc! { "product": product })
+            .sort(doc! { "created_at": 1, "id": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn trust_policies_of_issuer(
+        &self,
+        issuer: &str,
+    ) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>> {
+        self.trust_policies
+            .find(doc! { "issuer": issuer })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_trust_policy(
+        &self,
+        product: &str,
+        id: &str,
+        events: &[Event],
+    ) -> MetaResult<bool> {
+        self.delete_with_dependents(
+            &self.trust_policies,
+            doc! { "product": product, "id": id },
+            &self.used_tokens,
+            // Nothing depends on a policy.
+            doc! { "_id": { "$exists": false } },
+            events,
+        )
+        .await
+    }
+
+    async fn use_token_once(&self, issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool> {
+        // The unique `_id` decides between replicas exchanging the same token at once.
+        match self
+            .used_tokens
+            .insert_one(doc! { "_id": used_token_key(issuer, jti), "until": until_ms })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn prune_used_tokens(&self, now_ms: i64) -> MetaResult<u64> {
+        let r = self
+            .used_tokens
+            .delete_many(doc! { "until": { "$lt": now_ms } })
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count)
+    }
+
     async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>> {
         // One snapshot for the product, its reservations and its versions.
         in_transaction!(self, s, {
@@ -1233,9 +1335,10 @@ impl MetaStore for MongoMetaStore {
                 return Ok(Err(MetaError::NotFound));
             }
             let held = self.reservations_in(&mut s, product).await?;
-            let mut tally = UsageTally::for_reservation(&held, reservation, now_ms);
+            let judged = judged_reservation(&held, reservation, now_ms);
+            let mut tally = UsageTally::for_reservation(&held, &judged, now_ms);
             self.tally_versions_in(&mut s, product, &mut tally).await?;
-            if let Err(refused) = tally.judge(reservation, quota) {
+            if let Err(refused) = tally.judge(&judged, quota) {
                 return Ok(Ok(Err(refused)));
             }
             if held.iter().any(|r| r.id == reservation.id) {

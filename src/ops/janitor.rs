@@ -77,6 +77,8 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
             report.drafts_expired += 1;
         }
     }
+    // Exchanged OIDC token ids past their token's expiry can no longer be replayed.
+    app.meta.prune_used_tokens(crate::meta::now_ms()).await?;
     let retention_ms = app.settings.audit_retention_days as i64 * 86_400_000;
     report.events_pruned = app
         .meta

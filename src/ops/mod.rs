@@ -24,6 +24,7 @@ pub mod products;
 pub mod quota;
 pub mod retention;
 pub mod tokens;
+pub mod trust;
 pub mod upload;
 pub mod versions;
 pub mod webhooks;
@@ -168,6 +169,10 @@ mod tests {
         "renew_quota_reservation(",
         "release_quota_reservation(",
         "prune_quota_reservations(",
+        "insert_trust_policy(",
+        "delete_trust_policy(",
+        "use_token_once(",
+        "prune_used_tokens(",
     ];
 
     fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

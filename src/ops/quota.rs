@@ -169,6 +169,9 @@ pub struct QuotaTicket {
     reservation: QuotaReservation,
     /// Bytes received so far.
     used: u64,
+    /// The most the upload can bring (its declared length), when known: growth steps
+    /// never reserve past it.
+    ceiling: Option<u64>,
     _keeper: LeaseKeeper,
     released: bool,
 }
@@ -176,12 +179,13 @@ pub struct QuotaTicket {
 impl QuotaTicket {
     /// Reserves `bytes` (and the version, if new) for an upload into `product`/`version`
     /// whose (first) file is stored under `blob_key`, before any byte is stored; `None`
-    /// when no quota applies. A refusal is 413 `quota_exceeded`.
+    /// when no quota applies. `ceiling`: the most the upload can bring, when its length
+    /// is declared. A refusal is 413 `quota_exceeded`.
     pub async fn open(
         app: &AppState,
         (product, version, blob_key): (&str, &str, &str),
         bytes: u64,
-        progress: Progress,
+        ceiling: Option<u64>,
     ) -> ApiResult<Option<QuotaTicket>> {
         let quota = quota_of(app, product).await?;
         if !is_set(&quota) {
@@ -197,7 +201,11 @@ impl QuotaTicket {
         };
         take(app, &reservation, &quota).await?;
         let id = reservation.id.clone();
-        let keeper = LeaseKeeper::renewing(app, progress, id.clone(), move |app, until| {
+        // Renewed while this process runs the upload, stalled or not (a stall ends at the
+        // idle timeout, which releases it): only a dead process's reservation lapses.
+        let alive = Progress::default();
+        alive.done();
+        let keeper = LeaseKeeper::renewing(app, alive, id.clone(), move |app, until| {
             let id = id.clone();
             Box::pin(async move { app.meta.renew_quota_reservation(&id, until).await })
         });
@@ -206,6 +214,7 @@ impl QuotaTicket {
             quota,
             reservation,
             used: 0,
+            ceiling,
             _keeper: keeper,
             released: false,
         }))
@@ -222,7 +231,15 @@ impl QuotaTicket {
         else {
             return Ok(());
         };
-        let step = deficit.max(self.reservation.bytes.clamp(MIN_STEP, MAX_STEP));
+        let headroom = self
+            .ceiling
+            .map_or(u64::MAX, |c| c.saturating_sub(self.reservation.bytes));
+        let step = deficit.max(
+            self.reservation
+                .bytes
+                .clamp(MIN_STEP, MAX_STEP)
+                .min(headroom),
+        );
         let extended = match self.extend(step).await {
             Err(err) if step > deficit && err.code == "quota_exceeded" => {
                 self.extend(deficit).await

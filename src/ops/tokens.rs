@@ -53,6 +53,11 @@ pub async fn mint(
     caller: &Caller,
     mut req: Mint,
 ) -> ApiResult<Changed<(String, TokenRecord)>> {
+    if caller.token.exchanged {
+        return Err(ApiError::forbidden(
+            "a token from an OIDC exchange (trusted publishing) may not register tokens",
+        ));
+    }
     if let Some((product, _)) = req.grants.iter().find(|(_, g)| g.is_empty()) {
         return Err(ApiError::empty_grant(product));
     }
@@ -93,6 +98,7 @@ pub async fn mint(
         expires_at: req.expires_at,
         parent: Some(caller.token.id.clone()),
         bootstrap: false,
+        exchanged: false,
     };
     let created = created_event(&ctx, &record, &req.grants);
     app.meta
@@ -139,6 +145,7 @@ pub async fn create(
         expires_at: None,
         parent: None,
         bootstrap,
+        exchanged: false,
     };
     let created = created_event(ctx, &record, &[]);
     meta.insert_token(&record, &[], std::slice::from_ref(&created))

@@ -268,8 +268,13 @@ impl UploadGuard {
 
     /// Takes the upload's hold on the quota of `product` (see `ops::quota`): `bytes`
     /// reserved now, more as they arrive.
-    async fn hold_quota(&mut self, target: (&str, &str, &str), bytes: u64) -> ApiResult<()> {
-        self.quota = QuotaTicket::open(&self.app, target, bytes, self.progress.clone()).await?;
+    async fn hold_quota(
+        &mut self,
+        target: (&str, &str, &str),
+        bytes: u64,
+        ceiling: Option<u64>,
+    ) -> ApiResult<()> {
+        self.quota = QuotaTicket::open(&self.app, target, bytes, ceiling).await?;
         Ok(())
     }
 
@@ -280,15 +285,27 @@ impl UploadGuard {
         version: &str,
         file_name: &str,
         key: &str,
-        quota_bytes: u64,
+        (quota_bytes, ceiling): (u64, Option<u64>),
     ) -> ApiResult<()> {
         caller.authorize(product, ProductOp::Upload)?;
         // The quota first: a refused upload leaves no pending record.
-        self.hold_quota((product, version, key), quota_bytes)
-            .await?;
-        if let Some(quota) = self.quota.as_mut() {
-            // Bytes streamed before the form named the product.
-            quota.add(self.progress.bytes()).await?;
+        let held = async {
+            self.hold_quota((product, version, key), quota_bytes, ceiling)
+                .await?;
+            if let Some(quota) = self.quota.as_mut() {
+                // Bytes streamed before the form named the product.
+                quota.add(self.progress.bytes()).await?;
+            }
+            Ok::<_, ApiError>(())
+        };
+        if let Err(refused) = held.await {
+            // A version that exists is the clearer answer than a full quota.
+            if refused.code == "quota_exceeded"
+                && self.app.meta.version(product, version).await?.is_some()
+            {
+                return Err(version_exists(product, version));
+            }
+            return Err(refused);
         }
         let now = now_ms();
         let record = VersionRecord {
@@ -563,9 +580,8 @@ where
     let expected = expected_digest(headers)?;
     // The least the files of a form of this declared length can hold: what a quota
     // reserves up front (and refuses at once when even that does not fit).
-    let declared_files = content_length(headers)
-        .unwrap_or(0)
-        .saturating_sub(ENVELOPE_LIMIT as u64);
+    let declared = content_length(headers);
+    let declared_files = declared.unwrap_or(0).saturating_sub(ENVELOPE_LIMIT as u64);
     let mut field_checksum: Option<String> = None;
     let mut product: Option<String> = None;
     let mut version: Option<String> = None;
@@ -635,7 +651,7 @@ where
                 if g.reservation.is_none() {
                     if let (Some(p), Some(v)) = (&product, &version) {
                         // Fail fast (permission, duplicate) before reading the body.
-                        g.reserve(caller, p, v, &file_name, &key, declared_files)
+                        g.reserve(caller, p, v, &file_name, &key, (declared_files, declared))
                             .await?;
                     } else if early_slot.is_none() {
                         // Not a byte stored for a token that can upload nowhere; the
@@ -672,7 +688,14 @@ where
     if guard.reservation.is_none() {
         let key = first.key.clone();
         guard
-            .reserve(caller, &product, &version, &first.file_name, &key, 0)
+            .reserve(
+                caller,
+                &product,
+                &version,
+                &first.file_name,
+                &key,
+                (0, declared),
+            )
             .await?;
     }
     drop(early_slot);
@@ -850,7 +873,7 @@ pub async fn receive_draft_file(
         let key = new_blob_key(Some(product), Some(version));
         // The declared length is exactly the file's: a quota refuses it before any byte.
         guard
-            .hold_quota((product, version, &key), declared.unwrap_or(0))
+            .hold_quota((product, version, &key), declared.unwrap_or(0), declared)
             .await?;
         let blob = guard.open_blob(key.clone()).await?;
         let mut source = RawBody {
