@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """A/B probe of the fixed cost of an upload on MongoDB + Redis + S3: N sequential 1 MiB
 uploads; prints the median time and the metadata calls per upload from /metrics.
-Usage: bench/commit_probe.py BINARY N   (services from scripts/services.sh start all)"""
+Usage: bench/commit_probe.py BINARY N   (services from scripts/services.sh start all)
+PROBE_SEED=K first publishes K small versions; PROBE_QUOTA=BYTES sets the product's
+max_bytes quota (each upload then takes a quota reservation, which reads the product's
+versions): the cost of a quota, against the same run without PROBE_QUOTA."""
 import os, sys, subprocess, time, secrets, socket, urllib.request, json, statistics, re, tempfile
 binary, n = sys.argv[1], int(sys.argv[2])
 s = dict(l.split(" ",1)[1].split("=",1) for l in subprocess.check_output([os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "services.sh"),"env"],text=True).splitlines())
@@ -27,6 +30,10 @@ def req(method, path, body=None):
     r = urllib.request.Request(url+path, method=method, data=body, headers={"X-Api-Token":admin,"Content-Type":"application/json"})
     return urllib.request.urlopen(r).read()
 req("PUT","/product/create", json.dumps({"name":"m"}).encode())
+for i in range(int(os.environ.get("PROBE_SEED","0"))):
+    subprocess.run(["curl","-s","-o","/dev/null","-H",f"X-Api-Token: {admin}","-F","product=m","-F",f"version=0.0.{i}","-F","file=@/etc/hostname",url+"/product/upload"],check=True)
+if os.environ.get("PROBE_QUOTA"):
+    req("PUT","/product/settings/m", json.dumps({"quota":{"max_bytes":int(os.environ["PROBE_QUOTA"])}}).encode())
 f = d+"/f.bin"; open(f,"wb").write(os.urandom(1<<20))
 def metrics():
     out = {}

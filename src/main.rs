@@ -11,7 +11,10 @@ use std::process::ExitCode;
 /// environment variable, or a key in the TOML file named by --config (flags win over the
 /// environment, the environment over the file). The other commands are clients of a
 /// running server (DEPOT_URL, DEPOT_TOKEN), except `token create`, which writes
-/// straight into the configured store.
+/// straight into the configured store. Without DEPOT_TOKEN, in a CI job with an OIDC
+/// identity (GitHub Actions with `id-token: write`, or DEPOT_OIDC_TOKEN), a client
+/// command exchanges that identity for a short-lived token (trusted publishing; see
+/// `depot trust`).
 ///
 /// Client exit codes: 0 ok, 1 other error, 2 usage, 3 auth (401/403), 4 not found,
 /// 5 conflict (version exists; for pull: the output file exists, see --force),

@@ -1280,6 +1280,134 @@ async fn quota_settings_and_usage_from_the_cli_and_a_push_past_the_quota_says_wh
         .assert_code(3);
 }
 
+// ---- trusted publishing ------------------------------------------------------------
+
+#[tokio::test]
+async fn trust_policies_from_the_cli_and_a_push_in_github_actions_needs_no_stored_token() {
+    use common::oidc::TestIssuer;
+    let issuer = TestIssuer::start().await;
+    let app = TestApp::builder()
+        .env("DEPOT_OIDC_ISSUERS", issuer.url())
+        .env("DEPOT_OIDC_ALLOW_HTTP", "true")
+        .start()
+        .await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    let run = cli
+        .run(&[
+            "trust",
+            "add",
+            &product,
+            "--issuer",
+            issuer.url(),
+            "--claim",
+            "repository=org/repo",
+            "--claim",
+            "ref=refs/tags/v*",
+            "--claim",
+            "workflow_ref=org/repo/.github/workflows/release.yml@*",
+            "--upload",
+            "--download",
+            "--ttl",
+            "300",
+        ])
+        .await;
+    run.assert_ok();
+    let policy: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON policy");
+    let id = policy["id"].as_str().unwrap().to_string();
+    let run = cli.run(&["trust", "ls", &product]).await;
+    run.assert_ok();
+    let row: Vec<&str> = run.stdout.lines().next().unwrap().split('\t').collect();
+    assert_eq!(row[0], id);
+    assert_eq!(row[2], "upload,download");
+    assert_eq!(row[3], "300");
+    assert!(row[4].contains("repository=org/repo"), "{row:?}");
+    // A policy that trusts a whole issuer is refused with the server's reason.
+    let run = cli
+        .run(&[
+            "trust",
+            "add",
+            &product,
+            "--issuer",
+            issuer.url(),
+            "--claim",
+            "ref=x",
+            "--upload",
+        ])
+        .await;
+    run.assert_code(1);
+    assert!(run.stderr.contains("pin the repository"), "{}", run.stderr);
+
+    // In a GitHub Actions job: no DEPOT_TOKEN, an ID token from the runner's endpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.tar.gz");
+    std::fs::write(&file, b"release bytes").unwrap();
+    let (request_url, request_token) = issuer.actions_endpoint();
+    let ci = Cli::new(&app, None);
+    ci.remember(&request_token);
+    let env = vec![
+        ("DEPOT_URL".to_string(), app.url("")),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_URL".to_string(),
+            request_url.clone(),
+        ),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN".to_string(),
+            request_token.clone(),
+        ),
+    ];
+    let run = ci
+        .run_with_env(&["push", &product, "1.0.0", file.to_str().unwrap()], &env)
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("exchanged this job's OIDC identity"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(issuer.actions_tokens_issued(), 1);
+    app.download(app.admin(), &product, "1.0.0")
+        .await
+        .assert_status(200);
+    // The request token is a secret: the runner's endpoint refuses another.
+    let env_bad = vec![
+        ("DEPOT_URL".to_string(), app.url("")),
+        ("ACTIONS_ID_TOKEN_REQUEST_URL".to_string(), request_url),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN".to_string(),
+            "wrong".to_string(),
+        ),
+    ];
+    ci.run_with_env(
+        &["push", &product, "1.0.1", file.to_str().unwrap()],
+        &env_bad,
+    )
+    .await
+    .assert_code(3);
+
+    // Elsewhere (GitLab's id_tokens): DEPOT_OIDC_TOKEN.
+    let jwt = issuer.sign(&issuer.claims(), common::oidc::Key::Ec1);
+    ci.remember(&jwt);
+    let env = vec![
+        ("DEPOT_URL".to_string(), app.url("")),
+        ("DEPOT_OIDC_TOKEN".to_string(), jwt.clone()),
+    ];
+    ci.run_with_env(&["pull", &product, "1.0.0", "-o", "out.bin"], &env)
+        .await
+        .assert_ok();
+    assert_eq!(std::fs::read(ci.path("out.bin")).unwrap(), b"release bytes");
+    // Used once: the same token again is refused (exit 3, the server's reason).
+    let run = ci
+        .run_with_env(&["pull", &product, "1.0.0", "-o", "again.bin"], &env)
+        .await;
+    run.assert_code(3);
+    assert!(run.stderr.contains("already exchanged"), "{}", run.stderr);
+
+    cli.run(&["trust", "rm", &product, &id]).await.assert_ok();
+    assert_eq!(cli.run(&["trust", "ls", &product]).await.stdout, "");
+    app.assert_no_secrets_logged();
+}
+
 // ---- tokens and products ------------------------------------------------------------
 
 #[tokio::test]

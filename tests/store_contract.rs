@@ -106,6 +106,8 @@ contract!(
     a_reservation_past_a_quota_is_refused_and_writes_nothing,
     a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_lapsed,
     max_versions_counts_a_version_once_whatever_holds_it,
+    trust_policies_are_kept_per_product_found_by_issuer_and_go_with_their_product,
+    an_oidc_token_id_is_used_once_until_it_is_pruned,
 );
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -1495,4 +1497,126 @@ async fn max_versions_counts_a_version_once_whatever_holds_it(meta: &dyn MetaSto
         .unwrap();
     meta.reserve_version(&stale).await.unwrap();
     assert_eq!(usage_of(meta, "p").await.versions, 1);
+}
+
+fn trust_policy(id: &str, product: &str, issuer: &str) -> depot::domain::trust::TrustPolicy {
+    depot::domain::trust::TrustPolicy {
+        id: id.into(),
+        product: product.into(),
+        issuer: issuer.into(),
+        claims: [("repository".to_string(), "org/repo".to_string())].into(),
+        permissions: depot::domain::trust::TrustPermissions {
+            upload: true,
+            ..Default::default()
+        },
+        ttl_seconds: 600,
+        created_at: now_ms(),
+        created_by: "tok_00000000000000aa".into(),
+    }
+}
+
+async fn trust_policies_are_kept_per_product_found_by_issuer_and_go_with_their_product(
+    meta: &dyn MetaStore,
+) {
+    product(meta, "p").await;
+    product(meta, "q").await;
+    let created = event(EventType::TrustCreated, Some("p"), None);
+    meta.insert_trust_policy(
+        &trust_policy("trust_1", "p", "https://a"),
+        std::slice::from_ref(&created),
+    )
+    .await
+    .unwrap();
+    meta.insert_trust_policy(&trust_policy("trust_2", "p", "https://b"), &[])
+        .await
+        .unwrap();
+    meta.insert_trust_policy(&trust_policy("trust_3", "q", "https://a"), &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.insert_trust_policy(&trust_policy("trust_4", "nope", "https://a"), &[])
+            .await,
+        Err(MetaError::NotFound)
+    ));
+    let ids = |policies: Vec<depot::domain::trust::TrustPolicy>| {
+        let mut ids: Vec<String> = policies.into_iter().map(|p| p.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(meta.trust_policies("p").await.unwrap()),
+        ["trust_1", "trust_2"]
+    );
+    assert_eq!(
+        ids(meta.trust_policies_of_issuer("https://a").await.unwrap()),
+        ["trust_1", "trust_3"]
+    );
+    let stored = meta.trust_policies_of_issuer("https://b").await.unwrap();
+    assert_eq!(stored[0].claims["repository"], "org/repo");
+    assert_eq!(stored[0].ttl_seconds, 600);
+    let deleted = event(EventType::TrustDeleted, Some("p"), None);
+    assert!(
+        meta.delete_trust_policy("p", "trust_2", std::slice::from_ref(&deleted))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .delete_trust_policy("p", "trust_2", std::slice::from_ref(&deleted))
+            .await
+            .unwrap()
+    );
+    // Another product's id is not this product's.
+    assert!(!meta.delete_trust_policy("p", "trust_3", &[]).await.unwrap());
+    let kinds: Vec<EventType> = all_events(meta).await.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventType::TrustDeleted)
+            .count(),
+        1
+    );
+    assert!(kinds.contains(&EventType::TrustCreated));
+    // A deleted product takes its policies along.
+    meta.delete_product("p", event(EventType::ProductDeleted, Some("p"), None))
+        .await
+        .unwrap();
+    assert!(meta.trust_policies("p").await.unwrap().is_empty());
+    assert_eq!(
+        ids(meta.trust_policies_of_issuer("https://a").await.unwrap()),
+        ["trust_3"]
+    );
+}
+
+async fn an_oidc_token_id_is_used_once_until_it_is_pruned(meta: &dyn MetaStore) {
+    let now = now_ms();
+    assert!(
+        meta.use_token_once("https://a", "jti-1", now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta
+            .use_token_once("https://a", "jti-1", now + 60_000)
+            .await
+            .unwrap()
+    );
+    // The same id from another issuer is another token.
+    assert!(
+        meta.use_token_once("https://b", "jti-1", now - 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(meta.prune_used_tokens(now).await.unwrap(), 1);
+    assert!(
+        !meta
+            .use_token_once("https://a", "jti-1", now + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.use_token_once("https://b", "jti-1", now + 60_000)
+            .await
+            .unwrap()
+    );
 }

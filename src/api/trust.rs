@@ -104,9 +104,13 @@ pub async fn exchange(
         .and_then(|v| v.to_str().ok())
         .filter(|id| crate::observability::valid_request_id(id.as_bytes()))
         .map(str::to_string);
-    let issued = crate::ops::trust::exchange(&app, &jwt, request_id)
-        .await?
-        .value;
+    let outcome = crate::ops::trust::exchange(&app, &jwt, request_id).await;
+    let result = match &outcome {
+        Ok(_) => "issued",
+        Err(err) => err.code,
+    };
+    metrics::counter!("depot_oidc_exchanges_total", "result" => result).increment(1);
+    let issued = outcome?.value;
     let mut out = serde_json::to_value(&issued).map_err(ApiError::internal)?;
     if form {
         // RFC 8693 section 2.2.1, beside Depot's own fields.

@@ -267,6 +267,11 @@ pub fn spawn(app: AppState) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        // The bytes-per-product gauge is filled soon after start, not an interval later.
+        tokio::time::sleep(Duration::from_secs(5).min(interval)).await;
+        if let Err(err) = crate::ops::quota::refresh_gauges(&app).await {
+            tracing::warn!(error = %err.message, "could not fill the bytes-per-product gauge");
+        }
         loop {
             ticker.tick().await;
             let products = match app.meta.list_products().await {
