@@ -116,6 +116,39 @@ impl EmbeddedMetaStore {
         f(&txn)
     }
 
+    /// Deletes the version record if `deletable` accepts it, with its blob keys and its
+    /// event (completed from the record); the record, or `None` when nothing was deleted.
+    async fn delete_version_if<F>(
+        &self,
+        product: &str,
+        version: &str,
+        mut event: Event,
+        deletable: F,
+    ) -> MetaResult<Option<VersionRecord>>
+    where
+        F: FnOnce(&VersionRecord) -> bool + Send + 'static,
+    {
+        let key = key2(product, version);
+        self.write(move |txn| {
+            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
+            let Some(record) = get_version(&versions, &key)? else {
+                return Ok(None);
+            };
+            if !deletable(&record) {
+                return Ok(None);
+            }
+            versions.remove(key.as_str()).map_err(unavailable)?;
+            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
+            for blob_key in record.blob_keys() {
+                blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
+            }
+            event.details = deleted_details(&record, &event.details);
+            record_events(txn, std::slice::from_ref(&event))?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
     /// Every version record (of any product) that `keep` accepts: the janitor's scans.
     async fn versions_where<F>(&self, keep: F) -> MetaResult<Vec<VersionRecord>>
     where
@@ -998,29 +1031,11 @@ impl MetaStore for EmbeddedMetaStore {
         product: &str,
         version: &str,
         idle_before: Option<i64>,
-        mut event: Event,
+        event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
-        let key = key2(product, version);
-        self.write(move |txn| {
-            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let Some(record) = get_version(&versions, &key)? else {
-                return Ok(None);
-            };
-            let deletable = match idle_before {
-                None => record.state != VersionState::Pending,
-                Some(before) => record.state == VersionState::Draft && record.updated_at < before,
-            };
-            if !deletable {
-                return Ok(None);
-            }
-            versions.remove(key.as_str()).map_err(unavailable)?;
-            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
-            for blob_key in record.blob_keys() {
-                blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
-            }
-            event.details = deleted_details(&record, &event.details);
-            record_events(txn, std::slice::from_ref(&event))?;
-            Ok(Some(record))
+        self.delete_version_if(product, version, event, move |record| match idle_before {
+            None => record.state != VersionState::Pending,
+            Some(before) => record.state == VersionState::Draft && record.updated_at < before,
         })
         .await
     }
@@ -1030,25 +1045,11 @@ impl MetaStore for EmbeddedMetaStore {
         product: &str,
         version: &str,
         blob_key: &str,
-        mut event: Event,
+        event: Event,
     ) -> MetaResult<Option<VersionRecord>> {
-        let (key, blob_key) = (key2(product, version), blob_key.to_string());
-        self.write(move |txn| {
-            let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
-            let Some(record) = get_version(&versions, &key)? else {
-                return Ok(None);
-            };
-            if record.state != VersionState::Committed || record.blob_key != blob_key {
-                return Ok(None);
-            }
-            versions.remove(key.as_str()).map_err(unavailable)?;
-            let mut blob_keys = txn.open_table(BLOB_KEYS).map_err(unavailable)?;
-            for blob_key in record.blob_keys() {
-                blob_keys.remove(blob_key.as_str()).map_err(unavailable)?;
-            }
-            event.details = deleted_details(&record, &event.details);
-            record_events(txn, std::slice::from_ref(&event))?;
-            Ok(Some(record))
+        let blob_key = blob_key.to_string();
+        self.delete_version_if(product, version, event, move |record| {
+            record.state == VersionState::Committed && record.blob_key == blob_key
         })
         .await
     }

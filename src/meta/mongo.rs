@@ -374,6 +374,30 @@ impl MongoMetaStore {
         Ok(())
     }
 
+    /// Deletes the version record `filter` matches with its event (completed from the
+    /// record), in one transaction; the record, or `None` when nothing matched.
+    async fn delete_version_matching(
+        &self,
+        filter: Document,
+        event: Event,
+    ) -> MetaResult<Option<VersionRecord>> {
+        in_transaction!(self, s, {
+            let Some(record) = self
+                .versions
+                .find_one_and_delete(filter.clone())
+                .session(&mut s)
+                .await?
+            else {
+                return Ok(Ok(None));
+            };
+            let mut event = event.clone();
+            event.details = deleted_details(&record, &event.details);
+            self.insert_events_in(&mut s, std::slice::from_ref(&event))
+                .await?;
+            Ok(Ok(Some(record)))
+        })
+    }
+
     /// Feeds every version record of `product` to `tally` as the cursor yields them
     /// (memory stays bounded whatever the number of versions), inside the transaction.
     async fn tally_versions_in(
@@ -1104,21 +1128,7 @@ impl MetaStore for MongoMetaStore {
                 filter.insert("state", "draft")
             }
         };
-        in_transaction!(self, s, {
-            let Some(record) = self
-                .versions
-                .find_one_and_delete(filter.clone())
-                .session(&mut s)
-                .await?
-            else {
-                return Ok(Ok(None));
-            };
-            let mut event = event.clone();
-            event.details = deleted_details(&record, &event.details);
-            self.insert_events_in(&mut s, std::slice::from_ref(&event))
-                .await?;
-            Ok(Ok(Some(record)))
-        })
+        self.delete_version_matching(filter, event).await
     }
 
     async fn expire_version(
@@ -1131,21 +1141,7 @@ impl MetaStore for MongoMetaStore {
         let mut filter = version_filter(product, version);
         filter.insert("state", "committed");
         filter.insert("blob_key", blob_key);
-        in_transaction!(self, s, {
-            let Some(record) = self
-                .versions
-                .find_one_and_delete(filter.clone())
-                .session(&mut s)
-                .await?
-            else {
-                return Ok(Ok(None));
-            };
-            let mut event = event.clone();
-            event.details = deleted_details(&record, &event.details);
-            self.insert_events_in(&mut s, std::slice::from_ref(&event))
-                .await?;
-            Ok(Ok(Some(record)))
-        })
+        self.delete_version_matching(filter, event).await
     }
 
     async fn set_product_settings(
