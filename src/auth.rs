@@ -158,6 +158,12 @@ impl Caller {
     /// Applies the permission matrix. A caller without any grant gets the same 404 as
     /// for a missing product, so product names do not leak.
     pub fn authorize(&self, product: &str, op: ProductOp) -> ApiResult<()> {
+        if self.token.exchanged && op == ProductOp::DeleteProduct && self.grant(product).is_some() {
+            // A CI job's `delete` right is for versions, not the whole product.
+            return Err(ApiError::forbidden(format!(
+                "a token from an OIDC exchange may not delete product '{product}'"
+            )));
+        }
         match decide(self.is_admin(), self.grant(product), op) {
             Decision::Allow => Ok(()),
             Decision::Hidden => Err(ApiError::product_not_found(product)),

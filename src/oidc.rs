@@ -27,6 +27,10 @@ const MAX_KEYS_AGE: Duration = Duration::from_secs(3600);
 const DEFAULT_KEYS_AGE: Duration = Duration::from_secs(300);
 /// An unknown key id fetches the keys again at most this often per issuer.
 const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(60);
+/// Whatever happens (keys expired at once, an issuer failing), an issuer is asked at most
+/// this often: a flood of forged tokens cannot turn Depot against it, and meanwhile the
+/// last answer stands (the keys it gave, or its failure).
+const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Timeout of each request to an issuer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +70,8 @@ pub struct OidcVerifier {
     audience: String,
     http: reqwest::Client,
     keys: Mutex<HashMap<String, Arc<IssuerKeys>>>,
+    /// Per issuer: when it was last asked, and why that failed (if it did).
+    attempts: Mutex<HashMap<String, (Instant, Option<String>)>>,
     /// One fetch per issuer at a time; later callers wait and use its result.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -87,6 +93,7 @@ impl OidcVerifier {
             audience,
             http,
             keys: Mutex::default(),
+            attempts: Mutex::default(),
             fetching: Mutex::default(),
         }
     }
@@ -162,6 +169,18 @@ impl OidcVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| invalid(check_failed(e.kind(), &self.audience)))?;
         let claims = data.claims;
+        // OIDC Core 3.1.3.7: a token that also names audiences this server does not trust
+        // is refused (the other party could replay it here).
+        if claims
+            .get("aud")
+            .and_then(Value::as_array)
+            .is_some_and(|audiences| audiences.len() != 1)
+        {
+            return Err(invalid(format!(
+                "the token names other audiences besides '{}'",
+                self.audience
+            )));
+        }
         let iat = claims.get("iat").and_then(Value::as_i64);
         if iat.is_none_or(|iat| iat > now_s + LEEWAY_SECONDS as i64) {
             return Err(invalid("the token is issued in the future (iat)"));
@@ -192,6 +211,12 @@ impl OidcVerifier {
             fetching.entry(issuer.to_string()).or_default().clone()
         };
         let _turn = turn.lock().await;
+        let no_key = || {
+            invalid(format!(
+                "the issuer has no key '{}'",
+                crate::domain::names::terminal_safe(&kid.chars().take(100).collect::<String>())
+            ))
+        };
         // Someone else may have fetched while we waited.
         let cached = self.cached(issuer);
         if let Some(keys) = &cached {
@@ -200,23 +225,41 @@ impl OidcVerifier {
                 return Ok(jwk);
             }
             if fresh && keys.fetched_at.elapsed() < UNKNOWN_KID_REFRESH {
-                return Err(invalid(format!(
-                    "the issuer has no key '{}'",
-                    crate::domain::names::terminal_safe(&kid.chars().take(100).collect::<String>())
-                )));
+                return Err(no_key());
             }
         }
-        let fetched = Arc::new(self.fetch_keys(issuer).await?);
+        let last = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(issuer)
+            .cloned();
+        if let Some((at, failure)) = last
+            && at.elapsed() < MIN_FETCH_INTERVAL
+        {
+            // Asked moments ago: its answer stands.
+            if let Some(why) = failure {
+                return Err(OidcError::Unavailable(why));
+            }
+            return cached
+                .and_then(|keys| find(&keys.keys, kid))
+                .ok_or_else(no_key);
+        }
+        let outcome = self.fetch_keys(issuer).await;
+        let failure = match &outcome {
+            Err(OidcError::Unavailable(why)) | Err(OidcError::Invalid(why)) => Some(why.clone()),
+            Ok(_) => None,
+        };
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(issuer.to_string(), (Instant::now(), failure));
+        let fetched = Arc::new(outcome?);
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(issuer.to_string(), fetched.clone());
-        find(&fetched.keys, kid).ok_or_else(|| {
-            invalid(format!(
-                "the issuer has no key '{}'",
-                crate::domain::names::terminal_safe(&kid.chars().take(100).collect::<String>())
-            ))
-        })
+        find(&fetched.keys, kid).ok_or_else(no_key)
     }
 
     fn cached(&self, issuer: &str) -> Option<Arc<IssuerKeys>> {

@@ -463,19 +463,19 @@ async fn keys_are_cached_refetched_after_their_max_age_and_an_outage_is_a_503() 
         .await
         .assert_status(201);
     issuer2.publish(&[Key::Rsa2]);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     exchange(&app2, &issuer2.sign(&issuer2.claims(), Key::Rsa2))
         .await
         .assert_status(201);
     // The old key is gone from the new set.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     exchange(&app2, &issuer2.sign(&issuer2.claims(), Key::Rsa1))
         .await
         .assert_error(401, "invalid_oidc_token");
 
     // Issuer down, keys not cached: 503, no token.
     issuer2.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let r = exchange(&app2, &issuer2.sign(&issuer2.claims(), Key::Rsa2)).await;
     r.assert_error(503, "oidc_issuer_unavailable");
     let audit = app2

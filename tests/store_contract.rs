@@ -1377,9 +1377,10 @@ async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_laps
     .await
     .unwrap()
     .unwrap();
-    // Growing by the same id adds to it (and is refused past the quota like any).
+    // Growing by the same id asks for the new total, and only the difference is judged
+    // (so it is refused past the quota like any).
     meta.reserve_quota(
-        &reservation("qr_1", "p", "1.0.0", "k1", 300),
+        &reservation("qr_1", "p", "1.0.0", "k1", 400),
         &quota,
         now_ms(),
     )
@@ -1389,7 +1390,7 @@ async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_laps
     assert_eq!(usage_of(meta, "p").await.in_flight_bytes, 400);
     assert!(
         meta.reserve_quota(
-            &reservation("qr_1", "p", "1.0.0", "k1", 601),
+            &reservation("qr_1", "p", "1.0.0", "k1", 1001),
             &quota,
             now_ms()
         )
@@ -1413,10 +1414,10 @@ async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_laps
         .unwrap();
     let u = usage_of(meta, "p").await;
     assert_eq!((u.bytes, u.versions), (350, 1));
-    // Extending a lapsed reservation takes all of its bytes again: 350 + 500 + 1 > 800.
+    // Growing a lapsed reservation takes all of it again: 350 + 501 > 800.
     let refused = meta
         .reserve_quota(
-            &reservation("qr_2", "p", "2.0.0", "k2", 1),
+            &reservation("qr_2", "p", "2.0.0", "k2", 501),
             &bytes_quota(800),
             now_ms(),
         )
@@ -1424,6 +1425,17 @@ async fn a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_laps
         .unwrap()
         .unwrap_err();
     assert_eq!((refused.usage, refused.limit), (851, 800));
+    // So is one that was removed meanwhile (pruned after an outage): its whole total.
+    let refused = meta
+        .reserve_quota(
+            &reservation("qr_gone", "p", "3.0.0", "k3", 700),
+            &bytes_quota(1000),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.usage, 1050);
     assert!(
         meta.renew_quota_reservation("qr_1", now_ms() + 60_000)
             .await
@@ -1523,18 +1535,25 @@ async fn trust_policies_are_kept_per_product_found_by_issuer_and_go_with_their_p
     let created = event(EventType::TrustCreated, Some("p"), None);
     meta.insert_trust_policy(
         &trust_policy("trust_1", "p", "https://a"),
+        2,
         std::slice::from_ref(&created),
     )
     .await
     .unwrap();
-    meta.insert_trust_policy(&trust_policy("trust_2", "p", "https://b"), &[])
+    meta.insert_trust_policy(&trust_policy("trust_2", "p", "https://b"), 2, &[])
         .await
         .unwrap();
-    meta.insert_trust_policy(&trust_policy("trust_3", "q", "https://a"), &[])
+    // The limit is checked with the insert.
+    assert!(matches!(
+        meta.insert_trust_policy(&trust_policy("trust_9", "p", "https://b"), 2, &[])
+            .await,
+        Err(MetaError::Conflict)
+    ));
+    meta.insert_trust_policy(&trust_policy("trust_3", "q", "https://a"), 64, &[])
         .await
         .unwrap();
     assert!(matches!(
-        meta.insert_trust_policy(&trust_policy("trust_4", "nope", "https://a"), &[])
+        meta.insert_trust_policy(&trust_policy("trust_4", "nope", "https://a"), 64, &[])
             .await,
         Err(MetaError::NotFound)
     ));

@@ -52,6 +52,12 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_product(&req.name)?;
+    if caller.token.exchanged {
+        // It would be the new product's maintainer: more than any trust policy gives.
+        return Err(ApiError::forbidden(
+            "a token from an OIDC exchange (trusted publishing) may not create products",
+        ));
+    }
     if req.tokens.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_body",

@@ -85,10 +85,9 @@ impl std::fmt::Display for TrustError {
                 "issuer '{}' is not one this server trusts (DEPOT_OIDC_ISSUERS)",
                 crate::domain::names::terminal_safe(&issuer.chars().take(200).collect::<String>())
             ),
-            TrustError::NoPinningClaim => write!(
-                f,
-                "a policy must pin the repository: set one of the claims {}",
-                PINNING_CLAIMS.join(", ")
+            TrustError::NoPinningClaim => f.write_str(
+                "a policy must pin the repository: set repository or project_path without '*', \
+                 or sub with a literal prefix naming it (e.g. 'repo:org/repo:*')",
             ),
             TrustError::TooManyClaims => write!(f, "a policy matches at most {MAX_CLAIMS} claims"),
             TrustError::InvalidClaimName(name) => write!(
@@ -107,6 +106,23 @@ impl std::fmt::Display for TrustError {
                 f,
                 "ttl_seconds must be between {MIN_TTL_SECONDS} and {max} (DEPOT_OIDC_MAX_TTL_SECONDS), got {ttl}"
             ),
+        }
+    }
+}
+
+/// Whether a claim names one repository: `repository` or `project_path` exactly (no
+/// `*`), or `sub` exactly or with a literal prefix up to a `:` that includes the
+/// repository's path (`repo:org/repo:*`, `project_path:group/project:*`).
+fn pins_repository(name: &str, value: &str) -> bool {
+    if !PINNING_CLAIMS.contains(&name) {
+        return false;
+    }
+    match value.find('*') {
+        None => true,
+        Some(_) if name != "sub" => false,
+        Some(star) => {
+            let prefix = &value[..star];
+            prefix.ends_with(':') && prefix.contains('/')
         }
     }
 }
@@ -139,7 +155,11 @@ impl TrustPolicyInput {
                 return Err(TrustError::InvalidClaimValue(name.clone()));
             }
         }
-        if !PINNING_CLAIMS.iter().any(|c| self.claims.contains_key(*c)) {
+        if !self
+            .claims
+            .iter()
+            .any(|(name, value)| pins_repository(name, value))
+        {
             return Err(TrustError::NoPinningClaim);
         }
         let p = &self.permissions;
@@ -263,7 +283,32 @@ mod tests {
         );
         for pinned in PINNING_CLAIMS {
             assert!(
-                input(json!({ *pinned: "x" }))
+                input(json!({ *pinned: "org/x" }))
+                    .validate(&issuers(), 900)
+                    .is_ok()
+            );
+        }
+        // Wildcards that match every repository pin nothing.
+        for (name, value) in [
+            ("repository", "*/*"),
+            ("repository", "org/*"),
+            ("project_path", "*/*"),
+            ("sub", "repo:*"),
+            ("sub", "*:ref:refs/tags/*"),
+            ("sub", "repo:org/*"),
+        ] {
+            assert_eq!(
+                input(json!({ name: value })).validate(&issuers(), 900),
+                Err(TrustError::NoPinningClaim),
+                "{name}={value}"
+            );
+        }
+        for (name, value) in [
+            ("sub", "repo:org/repo:*"),
+            ("sub", "project_path:group/project:*"),
+        ] {
+            assert!(
+                input(json!({ name: value }))
                     .validate(&issuers(), 900)
                     .is_ok()
             );

@@ -1132,6 +1132,7 @@ impl MetaStore for EmbeddedMetaStore {
     async fn insert_trust_policy(
         &self,
         policy: &crate::domain::trust::TrustPolicy,
+        max_per_product: usize,
         events: &[Event],
     ) -> MetaResult<()> {
         let (policy, events) = (policy.clone(), events.to_vec());
@@ -1145,6 +1146,15 @@ impl MetaStore for EmbeddedMetaStore {
                 return Err(MetaError::NotFound);
             }
             let mut trust = txn.open_table(TRUST_POLICIES).map_err(unavailable)?;
+            let (lo, hi) = prefix_range(&policy.product);
+            if trust
+                .range(lo.as_str()..hi.as_str())
+                .map_err(unavailable)?
+                .count()
+                >= max_per_product
+            {
+                return Err(MetaError::Conflict);
+            }
             trust
                 .insert(
                     key2(&policy.product, &policy.id).as_str(),
@@ -1286,7 +1296,7 @@ impl MetaStore for EmbeddedMetaStore {
             }
             let mut stored = wanted.clone();
             if let Some(existing) = held.iter().find(|r| r.id == wanted.id) {
-                stored.bytes = existing.bytes.saturating_add(wanted.bytes);
+                stored.bytes = existing.bytes.max(wanted.bytes);
             }
             reservations
                 .insert(

@@ -106,7 +106,7 @@ metered_methods! {
     lapsed_pending_versions(now_ms: i64) -> MetaResult<Vec<VersionRecord>>;
     remove_lapsed_version(product: &str, version: &str, blob_key: &str, now_ms: i64, events: &[Event]) -> MetaResult<bool>;
     events_page(filter: &EventFilter, limit: usize) -> MetaResult<EventPage>;
-    insert_trust_policy(policy: &crate::domain::trust::TrustPolicy, events: &[Event]) -> MetaResult<()>;
+    insert_trust_policy(policy: &crate::domain::trust::TrustPolicy, max_per_product: usize, events: &[Event]) -> MetaResult<()>;
     trust_policies(product: &str) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>>;
     trust_policies_of_issuer(issuer: &str) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>>;
     delete_trust_policy(product: &str, id: &str, events: &[Event]) -> MetaResult<bool>;

@@ -242,20 +242,20 @@ impl ProductUsage {
     }
 }
 
-/// What a reservation request is judged as: its bytes, plus those of the reservation it
-/// extends when that one's lease lapsed (a lapsed reservation no longer counts, so
-/// extending it takes all of its bytes again).
+/// What a reservation request is judged as: `wanted.bytes` is the total the upload wants
+/// to hold, so what it adds is that less what its reservation holds while live. A
+/// reservation that lapsed or was removed (it no longer counts) is taken whole again.
 pub fn judged_reservation(
     held: &[QuotaReservation],
     wanted: &QuotaReservation,
     now_ms: i64,
 ) -> QuotaReservation {
     let mut judged = wanted.clone();
-    if let Some(lapsed) = held
+    if let Some(live) = held
         .iter()
-        .find(|r| r.id == wanted.id && r.lease_until < now_ms)
+        .find(|r| r.id == wanted.id && r.lease_until >= now_ms)
     {
-        judged.bytes = judged.bytes.saturating_add(lapsed.bytes);
+        judged.bytes = judged.bytes.saturating_sub(live.bytes);
     }
     judged
 }
@@ -660,10 +660,11 @@ pub trait MetaStore: Send + Sync {
     ) -> MetaResult<bool>;
     /// What the product holds now ([`ProductUsage`]); `None` when it does not exist.
     async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>>;
-    /// Takes `reservation.bytes` more against the product's `quota`, atomically with the
+    /// Holds `reservation.bytes` in all against the product's `quota`, atomically with the
     /// check against everything the product holds and every live reservation (two
-    /// uploads can never both pass a limit): a new reservation, or more bytes and a new
-    /// lease for the one with that id. `Ok(Err(_))`: refused, nothing written.
+    /// uploads can never both pass a limit): a new reservation, or a larger one and a new
+    /// lease for the one with that id (what it adds is judged: [`judged_reservation`]).
+    /// `Ok(Err(_))`: refused, nothing written.
     /// `NotFound` when the product does not exist.
     async fn reserve_quota(
         &self,
@@ -706,10 +707,13 @@ pub trait MetaStore: Send + Sync {
     ) -> MetaResult<bool>;
 
     // Trusted publishing.
-    /// Stores a trust policy with its event. `NotFound` when its product does not exist.
+    /// Stores a trust policy with its event. `NotFound` when its product does not exist,
+    /// `Conflict` when the product holds `max_per_product` policies already (checked in
+    /// the same transaction).
     async fn insert_trust_policy(
         &self,
         policy: &crate::domain::trust::TrustPolicy,
+        max_per_product: usize,
         events: &[Event],
     ) -> MetaResult<()>;
     /// A product's trust policies, oldest first.

@@ -1222,12 +1222,22 @@ impl MetaStore for MongoMetaStore {
     async fn insert_trust_policy(
         &self,
         policy: &crate::domain::trust::TrustPolicy,
+        max_per_product: usize,
         events: &[Event],
     ) -> MetaResult<()> {
         in_transaction!(self, s, {
             // Writing the product document: a deletion of the product conflicts with this.
             if !self.touch_product_in(&mut s, &policy.product).await? {
                 return Ok(Err(MetaError::NotFound));
+            }
+            // Two creations conflict on the product document: the count is exact.
+            let held = self
+                .trust_policies
+                .count_documents(doc! { "product": &policy.product })
+                .session(&mut s)
+                .await?;
+            if held >= max_per_product as u64 {
+                return Ok(Err(MetaError::Conflict));
             }
             self.trust_policies
                 .insert_one(policy)
@@ -1342,8 +1352,10 @@ impl MetaStore for MongoMetaStore {
                     .update_one(
                         doc! { "id": &reservation.id },
                         doc! {
-                            "$inc": { "bytes": reservation.bytes as i64 },
-                            "$max": { "lease_until": reservation.lease_until },
+                            "$max": {
+                                "bytes": reservation.bytes as i64,
+                                "lease_until": reservation.lease_until,
+                            },
                         },
                     )
                     .session(&mut s)

@@ -249,10 +249,12 @@ impl QuotaTicket {
         extended.map(|granted| self.reservation.bytes += granted)
     }
 
-    /// Takes `bytes` more for this reservation; how many it took.
+    /// Takes `bytes` more for this reservation; how many it took. The store is asked for
+    /// the new total, so a reservation lost meanwhile (an outage longer than its lease)
+    /// is taken whole again rather than only its step.
     async fn extend(&self, bytes: u64) -> ApiResult<u64> {
         let more = QuotaReservation {
-            bytes,
+            bytes: self.reservation.bytes.saturating_add(bytes),
             lease_until: lease_until(&self.app),
             ..self.reservation.clone()
         };

@@ -24,8 +24,10 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// Longest `sub` kept in the issued token's name.
-const MAX_SUBJECT_IN_NAME: usize = 200;
+/// Most bytes of `sub` kept in the issued token's name.
+const MAX_SUBJECT_IN_NAME: usize = 120;
+/// How long past its expiry (and the leeway) a used token id is remembered.
+const USED_TOKEN_MARGIN_SECONDS: i64 = 300;
 
 fn feature_off() -> ApiError {
     ApiError::not_found(
@@ -48,14 +50,6 @@ pub async fn create_policy(
     let ttl_seconds = input
         .validate(app.oidc.issuers(), app.settings.oidc_max_ttl_seconds)
         .map_err(|e| ApiError::bad_request("invalid_trust_policy", e.to_string()))?;
-    if app.meta.trust_policies(product).await?.len() >= MAX_POLICIES_PER_PRODUCT {
-        return Err(ApiError::conflict(
-            "too_many_policies",
-            format!(
-                "a product holds at most {MAX_POLICIES_PER_PRODUCT} trust policies; delete one first"
-            ),
-        ));
-    }
     let policy = TrustPolicy {
         id: format!("trust_{}", hex::encode(rand::random::<[u8; 8]>())),
         product: product.to_string(),
@@ -76,10 +70,16 @@ pub async fn create_policy(
         }),
     );
     app.meta
-        .insert_trust_policy(&policy, std::slice::from_ref(&event))
+        .insert_trust_policy(&policy, MAX_POLICIES_PER_PRODUCT, std::slice::from_ref(&event))
         .await
         .map_err(|e| match e {
             MetaError::NotFound => ApiError::product_not_found(product),
+            MetaError::Conflict => ApiError::conflict(
+                "too_many_policies",
+                format!(
+                    "a product holds at most {MAX_POLICIES_PER_PRODUCT} trust policies; delete one first"
+                ),
+            ),
             other => other.into(),
         })?;
     Ok(Changed::new(policy, vec![event]))
@@ -181,12 +181,12 @@ pub async fn exchange(
                 "the token has no usable 'jti' claim".into(),
             ))
         })?;
-    // Kept until the token could no longer pass the expiry check anyway.
+    // Kept until the token could no longer pass the expiry check anyway, with a margin
+    // for replicas whose clocks disagree.
     let used_until = identity
         .expires_at
-        .saturating_add(LEEWAY_SECONDS as i64)
-        .saturating_mul(1000)
-        .saturating_add(1000);
+        .saturating_add(LEEWAY_SECONDS as i64 + USED_TOKEN_MARGIN_SECONDS)
+        .saturating_mul(1000);
     if !app
         .meta
         .use_token_once(&identity.issuer, jti, used_until)
@@ -205,13 +205,7 @@ pub async fn exchange(
         hash: hash_token(&raw),
         admin: false,
         created_at: now,
-        name: Some(format!(
-            "oidc:{}",
-            sub.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_SUBJECT_IN_NAME)
-                .collect::<String>()
-        )),
+        name: Some(format!("oidc:{}", token_name_subject(sub))),
         expires_at: Some(expires_at),
         parent: None,
         bootstrap: false,
@@ -266,4 +260,20 @@ pub async fn exchange(
         },
         vec![event],
     ))
+}
+
+/// The subject as it goes into the token's name: without control or format characters
+/// (bidi overrides), at most `MAX_SUBJECT_IN_NAME` bytes.
+fn token_name_subject(sub: &str) -> String {
+    let mut out = String::new();
+    for c in sub
+        .chars()
+        .filter(|c| !c.is_control() && !crate::domain::names::is_format_character(*c))
+    {
+        if out.len() + c.len_utf8() > MAX_SUBJECT_IN_NAME {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
