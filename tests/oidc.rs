@@ -162,6 +162,15 @@ async fn a_matching_token_is_exchanged_for_a_short_lived_token_with_the_policys_
         !audit.text().contains(&jwt),
         "the JWT never reaches an event"
     );
+    // Recorded under the product it reaches: its maintainers see it.
+    let scoped = app
+        .get(
+            &format!("/audit?product={product}&type=token.exchanged"),
+            Some(app.admin()),
+        )
+        .await
+        .json();
+    assert_eq!(scoped["events"].as_array().unwrap().len(), 1);
 
     app.prune(issued["token_id"].as_str().unwrap()).await;
     app.download(&token, &product, "1.0.0")

@@ -71,11 +71,12 @@ fn filter_of(query: &AuditQuery) -> ApiResult<EventFilter> {
                 "system:retention",
                 "system:bootstrap",
                 "system:cli",
+                "system:oidc",
             ]
             .contains(&actor.as_str()))
     {
         return Err(invalid(
-            "actor must be a token id (tok_...) or system:janitor, system:retention, system:bootstrap, system:cli",
+            "actor must be a token id (tok_...) or system:janitor, system:retention, system:bootstrap, system:cli, system:oidc",
         ));
     }
     let before_id = match &query.cursor {

@@ -120,7 +120,7 @@ pub async fn exchange(
             .unwrap_or(expires_in);
         out["access_token"] = json!(issued.token);
         out["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
-        out["token_type"] = json!("N_A");
+        out["token_type"] = json!("Bearer");
         out["expires_in"] = json!(((expires_at - expires_in) / 1000).max(0));
     }
     Ok((StatusCode::CREATED, Json(out)))

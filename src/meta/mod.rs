@@ -331,30 +331,54 @@ impl UsageTally {
     /// One version record. A pending one counts as a version while its upload's lease
     /// is live (its bytes are in the upload's reservation).
     pub fn add(&mut self, record: &VersionRecord) {
-        if record.lease_lapsed(self.now_ms) {
+        let files = record.all_files();
+        self.add_parts(
+            &record.version,
+            record.state,
+            record.lease_lapsed(self.now_ms),
+            files.iter().map(|f| (f.size, f.blob_key.as_str())),
+        );
+    }
+
+    /// [`UsageTally::add`] from the parts it reads (a store may fetch only these): the
+    /// version, its state, whether it is a pending record whose lease lapsed, and the
+    /// size and blob key of each file.
+    pub fn add_parts<'a>(
+        &mut self,
+        version: &str,
+        state: VersionState,
+        lease_lapsed: bool,
+        files: impl Iterator<Item = (u64, &'a str)>,
+    ) {
+        if lease_lapsed {
             return;
         }
-        self.reserved_versions.remove(&record.version);
-        if let Some((version, held)) = self.watched.as_mut()
-            && *version == record.version
+        self.reserved_versions.remove(version);
+        if let Some((watched, held)) = self.watched.as_mut()
+            && watched == version
         {
             *held = true;
         }
-        if record.state == VersionState::Draft {
+        if state == VersionState::Draft {
             self.usage.drafts += 1;
         }
-        if record.state != VersionState::Pending {
-            for file in record.all_files().iter() {
+        if state != VersionState::Pending {
+            for (size, blob_key) in files {
                 self.usage.files += 1;
-                self.usage.bytes = self.usage.bytes.saturating_add(file.size);
+                self.usage.bytes = self.usage.bytes.saturating_add(size);
                 for (reservation, committed) in self.live.iter_mut() {
-                    if reservation.blob_key == file.blob_key {
+                    if reservation.blob_key == blob_key {
                         *committed = true;
                     }
                 }
             }
         }
         self.usage.versions += 1;
+    }
+
+    /// The time lapsed leases are judged at.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
     }
 
     pub fn finish(self) -> ProductUsage {

@@ -73,6 +73,27 @@ impl From<&Event> for EventDoc {
     }
 }
 
+/// The fields of a version record a usage tally reads.
+#[derive(Debug, Deserialize)]
+struct UsageDoc {
+    version: String,
+    state: VersionState,
+    #[serde(default)]
+    lease_until: Option<i64>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    blob_key: String,
+    #[serde(default)]
+    files: Vec<UsageFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageFile {
+    size: u64,
+    blob_key: String,
+}
+
 /// Transient failures (write conflicts, elections) retry the whole transaction this often.
 const TRANSACTION_ATTEMPTS: usize = 8;
 
@@ -406,14 +427,31 @@ impl MongoMetaStore {
         product: &str,
         tally: &mut UsageTally,
     ) -> mongodb::error::Result<()> {
+        // Only the fields the tally reads: a product's every version crosses the wire.
         let mut cursor = self
             .versions
+            .clone_with_type::<UsageDoc>()
             .find(doc! { "product": product })
+            .projection(doc! {
+                "_id": 0, "version": 1, "state": 1, "lease_until": 1, "size": 1,
+                "blob_key": 1, "files.size": 1, "files.blob_key": 1,
+            })
             .session(&mut *s)
             .await?;
-        let mut records = cursor.stream(s);
-        while let Some(record) = records.try_next().await? {
-            tally.add(&record);
+        let mut docs = cursor.stream(s);
+        let now = tally.now_ms();
+        while let Some(doc) = docs.try_next().await? {
+            let lapsed = doc.state == VersionState::Pending
+                && doc.lease_until.is_some_and(|until| until < now);
+            // Records from before several files per version: their primary file.
+            let legacy = doc.files.is_empty() && doc.state == VersionState::Committed;
+            let primary = legacy.then_some((doc.size, doc.blob_key.as_str()));
+            let files = doc
+                .files
+                .iter()
+                .map(|f| (f.size, f.blob_key.as_str()))
+                .chain(primary);
+            tally.add_parts(&doc.version, doc.state, lapsed, files);
         }
         Ok(())
     }

@@ -180,7 +180,8 @@ impl QuotaTicket {
     /// Reserves `bytes` (and the version, if new) for an upload into `product`/`version`
     /// whose (first) file is stored under `blob_key`, before any byte is stored; `None`
     /// when no quota applies. `ceiling`: the most the upload can bring, when its length
-    /// is declared. A refusal is 413 `quota_exceeded`.
+    /// is declared: that is reserved when it fits (one store call covers the whole
+    /// upload), else `bytes`, the least it brings. A refusal is 413 `quota_exceeded`.
     pub async fn open(
         app: &AppState,
         (product, version, blob_key): (&str, &str, &str),
@@ -191,15 +192,21 @@ impl QuotaTicket {
         if !is_set(&quota) {
             return Ok(None);
         }
-        let reservation = QuotaReservation {
+        let mut reservation = QuotaReservation {
             id: format!("qr_{}", hex::encode(rand::random::<[u8; 16]>())),
             product: product.to_string(),
             version: version.to_string(),
             blob_key: blob_key.to_string(),
-            bytes,
+            bytes: ceiling.unwrap_or(bytes).max(bytes),
             lease_until: lease_until(app),
         };
-        take(app, &reservation, &quota).await?;
+        if let Err(refused) = try_take(app, &reservation, &quota).await? {
+            if reservation.bytes == bytes {
+                return Err(quota_exceeded(&refused));
+            }
+            reservation.bytes = bytes;
+            take(app, &reservation, &quota).await?;
+        }
         let id = reservation.id.clone();
         // Renewed while this process runs the upload, stalled or not (a stall ends at the
         // idle timeout, which releases it): only a dead process's reservation lapses.
@@ -283,12 +290,22 @@ async fn take(
     reservation: &QuotaReservation,
     quota: &QuotaPolicy,
 ) -> ApiResult<()> {
+    try_take(app, reservation, quota)
+        .await?
+        .map_err(|refused| quota_exceeded(&refused))
+}
+
+/// [`take`], with a refusal as a value (not yet counted as a refused upload).
+async fn try_take(
+    app: &AppState,
+    reservation: &QuotaReservation,
+    quota: &QuotaPolicy,
+) -> ApiResult<Result<(), QuotaExceeded>> {
     // Each reservation writes the product's document on MongoDB: this process's take
     // turns rather than conflict.
     let _turn = crate::ops::take_turn(format!("quota\0{}", reservation.product)).await;
     match app.meta.reserve_quota(reservation, quota, now_ms()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(refused)) => Err(quota_exceeded(&refused)),
+        Ok(outcome) => Ok(outcome),
         Err(MetaError::NotFound) => Err(ApiError::product_not_found(&reservation.product)),
         Err(err) => Err(err.into()),
     }

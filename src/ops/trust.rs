@@ -220,26 +220,35 @@ pub async fn exchange(
     };
     let claim = |name: &str| identity.claim(name).map(str::to_string);
     let expires = crate::domain::events::rfc3339_ms(expires_at);
-    let event = ctx.event(
-        EventType::TokenExchanged,
-        None,
-        None,
-        json!({
-            "token_id": record.id,
-            "name": record.name,
-            "expires_at": expires,
-            "grants": grant.grants,
-            "policies": grant.policy_ids,
-            "iss": identity.issuer,
-            "sub": claim("sub"),
-            "repository": claim("repository").or_else(|| claim("project_path")),
-            "ref": claim("ref"),
-            "workflow_ref": claim("workflow_ref"),
-            "jti": jti,
-        }),
-    );
+    let details = json!({
+        "token_id": record.id,
+        "name": record.name,
+        "expires_at": expires,
+        "grants": grant.grants,
+        "policies": grant.policy_ids,
+        "iss": identity.issuer,
+        "sub": claim("sub"),
+        "repository": claim("repository").or_else(|| claim("project_path")),
+        "ref": claim("ref"),
+        "workflow_ref": claim("workflow_ref"),
+        "jti": jti,
+    });
+    // One event per product the token reaches: each product's audit log and webhooks
+    // see the exchanges that concern it.
+    let events: Vec<crate::domain::events::Event> = grant
+        .grants
+        .keys()
+        .map(|product| {
+            ctx.event(
+                EventType::TokenExchanged,
+                Some(product),
+                None,
+                details.clone(),
+            )
+        })
+        .collect();
     app.meta
-        .insert_token(&record, &grants, std::slice::from_ref(&event))
+        .insert_token(&record, &grants, &events)
         .await
         .map_err(|e| match e {
             // A product deleted since its policy matched.
@@ -258,7 +267,7 @@ pub async fn exchange(
             expires_at: expires,
             grants: grant.grants,
         },
-        vec![event],
+        events,
     ))
 }
 
