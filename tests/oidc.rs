@@ -638,3 +638,36 @@ async fn trust_policies_are_validated_permission_checked_and_recorded() {
         .await
         .assert_error(404, "oidc_disabled");
 }
+
+#[tokio::test]
+async fn an_unknown_key_fetches_the_keys_again_but_at_most_once_a_minute() {
+    let issuer = TestIssuer::start().await;
+    issuer.set_jwks_max_age(3600);
+    let app = app_trusting(&issuer).await;
+    let product = app.product().await;
+    add_policy(&app, &product, &release_policy(&issuer)).await;
+    exchange(&app, &issuer.sign(&issuer.claims(), Key::Rsa1))
+        .await
+        .assert_status(201);
+    assert_eq!(issuer.jwks_fetches(), 1);
+    // The issuer rotates to a key the cached (still fresh) set does not have.
+    issuer.publish(&[Key::Rsa1, Key::Rsa2]);
+    for _ in 0..5 {
+        exchange(&app, &issuer.sign(&issuer.claims(), Key::Rsa2))
+            .await
+            .assert_error(401, "invalid_oidc_token");
+    }
+    assert_eq!(issuer.jwks_fetches(), 1, "no refetch within the minute");
+    // A minute after the last fetch, the unknown key makes Depot ask again, and the
+    // rotated key is accepted.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    exchange(&app, &issuer.sign(&issuer.claims(), Key::Rsa2))
+        .await
+        .assert_status(201);
+    assert_eq!(issuer.jwks_fetches(), 2);
+    // The known key still works from the refreshed set without another fetch.
+    exchange(&app, &issuer.sign(&issuer.claims(), Key::Rsa1))
+        .await
+        .assert_status(201);
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
