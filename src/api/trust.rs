@@ -21,13 +21,20 @@ const JWT_TOKEN_TYPES: &[&str] = &[
     "urn:ietf:params:oauth:token-type:id_token",
 ];
 
+/// A policy as the API shows it: times in RFC 3339, like every other time it answers.
+fn policy_view(policy: &TrustPolicy) -> Value {
+    let mut view = serde_json::to_value(policy).unwrap_or_default();
+    view["created_at"] = json!(crate::domain::events::rfc3339_ms(policy.created_at));
+    view
+}
+
 /// `PUT /product/trust/{product}`: adds a trust policy; 201 with it.
 pub async fn create(
     State(app): State<AppState>,
     caller: Caller,
     ApiPath(product): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<(StatusCode, Json<TrustPolicy>)> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_product(&product)?;
     caller.authorize(&product, ProductOp::ManageTrust)?;
     if !body.is_object() {
@@ -41,7 +48,7 @@ pub async fn create(
     let ctx = crate::ops::Ctx::of(&caller);
     let created =
         crate::ops::trust::create_policy(&app, &ctx, &product, &caller.token.id, input).await?;
-    Ok((StatusCode::CREATED, Json(created.value)))
+    Ok((StatusCode::CREATED, Json(policy_view(&created.value))))
 }
 
 /// `GET /product/trust/{product}`: the product's policies, oldest first.
@@ -53,6 +60,7 @@ pub async fn list(
     validate_product(&product)?;
     caller.authorize(&product, ProductOp::ManageTrust)?;
     let policies = crate::ops::trust::policies(&app, &product).await?;
+    let policies: Vec<Value> = policies.iter().map(policy_view).collect();
     Ok(Json(json!({ "policies": policies })))
 }
 
