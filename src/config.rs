@@ -135,6 +135,15 @@ pub struct RawSettings {
     /// Trusted publishing: accept http:// issuers on loopback addresses (tests only) [default: false]
     #[arg(long, env = "DEPOT_OIDC_ALLOW_HTTP")]
     pub oidc_allow_http: Option<bool>,
+    /// Seconds a resumable (tus) upload may take from its creation; past it the upload is refused with 410 upload_expired and the janitor removes what it stored [default: 86400, range 1-2592000]
+    #[arg(long, env = "DEPOT_RESUMABLE_TTL_SECONDS")]
+    pub resumable_ttl_seconds: Option<u64>,
+    /// Seconds a direct-to-bucket upload URL (POST /product/upload-url) stays valid; an upload not completed by then is removed by the janitor [default: 3600, range 1-604800]
+    #[arg(long, env = "DEPOT_UPLOAD_URL_TTL_SECONDS")]
+    pub upload_url_ttl_seconds: Option<u64>,
+    /// Origins (comma-separated, or *) whose browser pages may call the upload routes (/uploads, /product/upload-url) with CORS; the tus headers are exposed to them [default: none, no CORS headers]
+    #[arg(long, env = "DEPOT_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]
     #[arg(long, env = "DEPOT_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
@@ -204,6 +213,10 @@ pub struct Settings {
     pub max_concurrent_uploads: usize,
     pub max_early_file_uploads_per_token: usize,
     pub upload_lease_seconds: u64,
+    pub resumable_ttl_seconds: u64,
+    pub upload_url_ttl_seconds: u64,
+    /// Browser origins allowed on the upload routes; `["*"]` for any; empty: no CORS.
+    pub cors_origins: Vec<String>,
     pub audit_retention_days: u64,
     pub draft_ttl_seconds: u64,
     pub retention_interval_seconds: u64,
@@ -318,6 +331,9 @@ impl RawSettings {
             max_early_file_uploads_per_token,
             s3_buffer_wait_seconds,
             upload_lease_seconds,
+            resumable_ttl_seconds,
+            upload_url_ttl_seconds,
+            cors_origins,
             audit_retention_days,
             draft_ttl_seconds,
             retention_interval_seconds,
@@ -550,6 +566,21 @@ impl Settings {
             *UPLOAD_LEASE_RANGE.start(),
             *UPLOAD_LEASE_RANGE.end(),
         )?;
+        let resumable_ttl_seconds = ranged(
+            "DEPOT_RESUMABLE_TTL_SECONDS",
+            raw.resumable_ttl_seconds,
+            86_400,
+            1,
+            30 * 86_400,
+        )?;
+        let upload_url_ttl_seconds = ranged(
+            "DEPOT_UPLOAD_URL_TTL_SECONDS",
+            raw.upload_url_ttl_seconds,
+            3600,
+            1,
+            7 * 86_400,
+        )?;
+        let cors_origins = parse_cors_origins(raw.cors_origins.as_deref())?;
         if let Some(key) = &raw.signing_key {
             anyhow::ensure!(
                 key.len() >= MIN_SIGNING_KEY_BYTES,
@@ -596,6 +627,9 @@ impl Settings {
             janitor_grace_seconds,
             log_format: raw.log_format.unwrap_or(LogFormat::Pretty),
             upload_lease_seconds,
+            resumable_ttl_seconds,
+            upload_url_ttl_seconds,
+            cors_origins,
             audit_retention_days,
             draft_ttl_seconds,
             retention_interval_seconds,
@@ -612,6 +646,33 @@ impl Settings {
             request_timeout_seconds,
         })
     }
+}
+
+/// `DEPOT_CORS_ORIGINS`: `*`, or origins (`scheme://host[:port]`, no path), comma-separated.
+fn parse_cors_origins(raw: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut origins = Vec::new();
+    for origin in raw.unwrap_or_default().split(',').map(str::trim) {
+        if origin.is_empty() {
+            continue;
+        }
+        if origin == "*" {
+            origins.push(origin.to_string());
+            continue;
+        }
+        let url = url::Url::parse(origin)
+            .map_err(|e| anyhow::anyhow!("DEPOT_CORS_ORIGINS: {origin:?} is not an origin: {e}"))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.path() == "/"
+                && !origin.ends_with('/')
+                && url.query().is_none()
+                && url.username().is_empty(),
+            "DEPOT_CORS_ORIGINS: {origin:?} is not an origin (scheme://host[:port], nothing after it)"
+        );
+        origins.push(origin.to_string());
+    }
+    Ok(origins)
 }
 
 /// The trusted OIDC issuers: https URLs (http only with `allow_http`, and only on a

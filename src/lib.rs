@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod digest;
 pub mod domain;
 pub mod download;
 pub mod dto;

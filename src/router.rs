@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         // Deliberately no URI here: paths can carry raw tokens.
         tracing::info_span!("request", request_id = %id)
     };
+    let cors = cors_layer(&state.settings.cors_origins);
     Router::new()
         .merge(routes.clone())
         .nest("/api", routes)
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
             time_limit,
         ))
+        .layer(tower::util::option_layer(cors))
         .layer(axum::middleware::from_fn(observability::track))
         .layer(
             ServiceBuilder::new()
@@ -45,10 +47,81 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// CORS for browser clients of the configured origins (`DEPOT_CORS_ORIGINS`): any route
+/// (the token travels in a header, never a cookie, so no credentials mode), with the tus
+/// headers allowed and exposed. `None` without origins: no CORS headers at all.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let names = |list: &[&'static str]| -> Vec<http::HeaderName> {
+        list.iter()
+            .map(|n| http::HeaderName::from_static(n))
+            .collect()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                http::Method::GET,
+                http::Method::HEAD,
+                http::Method::POST,
+                http::Method::PUT,
+                http::Method::PATCH,
+                http::Method::DELETE,
+                http::Method::OPTIONS,
+            ])
+            .allow_headers(names(&[
+                "x-api-token",
+                "authorization",
+                "content-type",
+                "tus-resumable",
+                "upload-length",
+                "upload-metadata",
+                "upload-offset",
+                "upload-checksum",
+                "upload-defer-length",
+                "upload-concat",
+                "x-http-method-override",
+                "x-request-id",
+                "x-checksum-sha256",
+            ]))
+            .expose_headers(names(&[
+                "location",
+                "upload-offset",
+                "upload-length",
+                "upload-expires",
+                "upload-metadata",
+                "tus-resumable",
+                "tus-version",
+                "tus-extension",
+                "tus-max-size",
+                "tus-checksum-algorithm",
+                "x-request-id",
+                "retry-after",
+            ]))
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
 /// Routes that move an artifact's bytes: their time depends on its size and the client's
 /// speed, so [`time_limit`] does not apply (the upload has its own body idle timeout).
 const TRANSFER_ROUTES: &[&str] = &[
     "/product/upload",
+    "/uploads",
+    "/uploads/{id}",
+    "/direct/{upload_id}",
+    "/product/upload-url/{upload_id}/complete",
     "/product/download/{product}/{version}",
     "/signed/{product}/{version}",
 ];

@@ -393,7 +393,7 @@ async fn direct_url(
 /// Where clients reach Depot: `DEPOT_PUBLIC_URL`, else `http://` + the request's `Host`,
 /// which must then be exactly `host[:port]` (400 `invalid_host` otherwise), so nothing a
 /// client sends can add a path, query or user info to a `Location`.
-fn public_base(app: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+pub(crate) fn public_base(app: &AppState, headers: &HeaderMap) -> ApiResult<String> {
     if let Some(base) = &app.settings.public_url {
         return Ok(base.clone());
     }

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, head, options, patch, post, put};
 use http::StatusCode;
 
 pub mod artifacts;
@@ -20,6 +20,7 @@ pub mod products;
 pub mod tokens;
 pub mod trust;
 pub mod ui;
+pub mod uploads;
 pub mod webhooks;
 
 /// Every route of the API as (method, path template): the single list that `routes()`
@@ -69,6 +70,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/product/trust/{product}"),
     ("DELETE", "/product/trust/{product}/{id}"),
     ("POST", "/oidc/token"),
+    ("OPTIONS", "/uploads"),
+    ("POST", "/uploads"),
+    ("GET", "/uploads"),
+    ("HEAD", "/uploads/{id}"),
+    ("PATCH", "/uploads/{id}"),
+    ("DELETE", "/uploads/{id}"),
+    ("POST", "/product/upload-url"),
+    ("POST", "/product/upload-url/{upload_id}/complete"),
+    ("PUT", "/direct/{upload_id}"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
     ("PUT", "/webhooks"),
@@ -92,15 +102,27 @@ pub const HEAD_ROUTES: &[&str] = &[
 /// does, and its guard cleans up.
 fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
     let handler = route_handler(method, path);
-    if matches!(
-        (method, path),
-        ("POST", "/product/upload") | ("PUT", "/product/upload/{product}/{version}/{file}")
-    ) {
+    let handler = if STREAMED_UPLOADS.contains(&(method, path)) {
         handler
     } else {
         handler.layer(axum::middleware::from_fn(run_to_completion))
+    };
+    if path.starts_with("/uploads") {
+        handler.layer(axum::middleware::from_fn(uploads::tus_headers))
+    } else {
+        handler
     }
 }
+
+/// Routes whose body is a file's bytes: they stop when their client does (their guards
+/// clean up, or keep what is durable), and enforce their own size limits.
+const STREAMED_UPLOADS: &[(&str, &str)] = &[
+    ("POST", "/product/upload"),
+    ("PUT", "/product/upload/{product}/{version}/{file}"),
+    ("POST", "/uploads"),
+    ("PATCH", "/uploads/{id}"),
+    ("PUT", "/direct/{upload_id}"),
+];
 
 /// Runs a request's handler on its own task, so a client that disconnects (or times out)
 /// does not cancel it half-way through a backend call. The MongoDB driver must not have an
@@ -159,6 +181,17 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/product/trust/{product}") => get(trust::list),
         ("DELETE", "/product/trust/{product}/{id}") => delete(trust::delete),
         ("POST", "/oidc/token") => post(trust::exchange),
+        ("OPTIONS", "/uploads") => options(uploads::options),
+        ("POST", "/uploads") => post(uploads::create).layer(DefaultBodyLimit::disable()),
+        ("GET", "/uploads") => get(uploads::list),
+        ("HEAD", "/uploads/{id}") => head(uploads::head),
+        ("PATCH", "/uploads/{id}") => patch(uploads::patch).layer(DefaultBodyLimit::disable()),
+        ("DELETE", "/uploads/{id}") => delete(uploads::terminate),
+        ("POST", "/product/upload-url") => post(uploads::upload_url),
+        ("POST", "/product/upload-url/{upload_id}/complete") => post(uploads::complete),
+        ("PUT", "/direct/{upload_id}") => {
+            put(uploads::direct_put).layer(DefaultBodyLimit::disable())
+        }
         ("GET", "/audit") => get(audit::audit),
         ("POST", "/ui/login") => post(ui::login),
         ("PUT", "/webhooks") => put(webhooks::create),

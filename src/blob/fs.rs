@@ -6,6 +6,7 @@ use futures::StreamExt;
 use std::io::SeekFrom;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::fs::{self, File};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::mpsc;
@@ -381,7 +382,12 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| BlobError::Unavailable(e.to_string()))?
     }
 
-    async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize> {
+    async fn remove_partials_before(
+        &self,
+        before: SystemTime,
+        // Resumable writes are `.resumable` files, which this never lists.
+        _keep: &std::collections::HashSet<String>,
+    ) -> BlobResult<usize> {
         let root = self.root.clone();
         let partials = tokio::task::spawn_blocking(move || walk(&root, before, true))
             .await
@@ -394,12 +400,48 @@ impl BlobStore for FsBlobStore {
 
     async fn discard(&self, key: &str) -> BlobResult<()> {
         let partial = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", self.path(key)?.display()));
-        match fs::remove_file(&partial).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
+        for path in [partial, self.resumable_path(key)?] {
+            match fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            }
         }
         self.delete(key).await
+    }
+
+    async fn resume(
+        &self,
+        key: &str,
+        _point: &ResumePoint,
+        offset: u64,
+    ) -> BlobResult<Box<dyn ResumableWriter>> {
+        self.resume_writer(key, offset).await
+    }
+
+    async fn discard_resumable(&self, key: &str, _point: &ResumePoint) -> BlobResult<()> {
+        self.discard(key).await
+    }
+
+    async fn presign_put(
+        &self,
+        _key: &str,
+        _size: u64,
+        _sha256_hex: &str,
+        _ttl: Duration,
+    ) -> BlobResult<Option<UploadUrl>> {
+        Ok(None)
+    }
+
+    async fn stat(&self, key: &str) -> BlobResult<ObjectInfo> {
+        let meta = fs::metadata(self.path(key)?).await.map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(BlobError::NotFound);
+        }
+        Ok(ObjectInfo {
+            size: meta.len(),
+            sha256_hex: None,
+        })
     }
 }
 
@@ -577,5 +619,140 @@ mod tests {
         }
         assert!(!partial.exists());
         assert!(!dir.path().join("blobs/p/v/blob").exists());
+    }
+}
+
+/// A resumable write's file: `<key>.resumable`, never touched by the janitor's sweeps of
+/// partial files (an upload may rest for hours between requests).
+const RESUMABLE_SUFFIX: &str = ".resumable";
+/// A resumable write is fsynced (made durable) at every multiple of this offset, and at
+/// each checkpoint.
+const RESUMABLE_STEP: u64 = 8 * 1024 * 1024;
+/// Bytes collected before one write to the file.
+const RESUMABLE_WRITE: usize = 1024 * 1024;
+
+struct FsResumable {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    target: PathBuf,
+    /// Bytes in the file (written, not necessarily synced).
+    flushed: u64,
+    buffer: Vec<u8>,
+    reached: Vec<(u64, ResumePoint)>,
+}
+
+impl FsResumable {
+    fn written(&self) -> u64 {
+        self.flushed + self.buffer.len() as u64
+    }
+
+    /// Writes the buffer at the end of the file; `sync` then makes the file durable.
+    async fn flush(&mut self, sync: bool) -> BlobResult<()> {
+        let data = std::mem::take(&mut self.buffer);
+        let (file, at) = (self.file.clone(), self.flushed);
+        let len = data.len() as u64;
+        let data = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&data, at)?;
+            if sync {
+                file.sync_data()?;
+            }
+            Ok::<_, std::io::Error>(data)
+        })
+        .await
+        .map_err(|e| BlobError::Unavailable(e.to_string()))?
+        .map_err(io_err)?;
+        self.flushed += len;
+        self.buffer = data;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResumableWriter for FsResumable {
+    fn room(&self) -> u64 {
+        RESUMABLE_STEP - self.written() % RESUMABLE_STEP
+    }
+
+    async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
+        while !chunk.is_empty() {
+            let take = (self.room() as usize).min(chunk.len());
+            self.buffer.extend_from_slice(&chunk.split_to(take));
+            if self.written().is_multiple_of(RESUMABLE_STEP) {
+                self.flush(true).await?;
+                self.reached.push((self.flushed, ResumePoint::default()));
+            } else if self.buffer.len() >= RESUMABLE_WRITE {
+                self.flush(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn durable(&mut self) -> BlobResult<Vec<(u64, ResumePoint)>> {
+        Ok(std::mem::take(&mut self.reached))
+    }
+
+    async fn checkpoint(&mut self) -> BlobResult<(u64, ResumePoint)> {
+        self.flush(true).await?;
+        self.reached.clear();
+        Ok((self.flushed, ResumePoint::default()))
+    }
+
+    async fn finish(mut self: Box<Self>, _sha256_hex: &str) -> BlobResult<()> {
+        self.flush(true).await?;
+        let (path, target) = (self.path.clone(), self.target.clone());
+        fs::rename(&path, &target).await.map_err(io_err)
+    }
+}
+
+impl FsBlobStore {
+    fn resumable_path(&self, key: &str) -> BlobResult<PathBuf> {
+        Ok(PathBuf::from(format!(
+            "{}{RESUMABLE_SUFFIX}",
+            self.path(key)?.display()
+        )))
+    }
+
+    async fn resume_writer(&self, key: &str, offset: u64) -> BlobResult<Box<dyn ResumableWriter>> {
+        let target = self.path(key)?;
+        let path = self.resumable_path(key)?;
+        if let Some(parent) = target.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .await
+                .map_err(io_err)?;
+        }
+        let opened = path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&opened)?;
+            let len = file.metadata()?.len();
+            if len < offset {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "resumable upload's file is shorter than its recorded offset",
+                ));
+            }
+            // Bytes past the durable offset came from a request that did not finish.
+            file.set_len(offset)?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| BlobError::Unavailable(e.to_string()))?
+        .map_err(io_err)?;
+        Ok(Box::new(FsResumable {
+            file: Arc::new(file),
+            path,
+            target,
+            flushed: offset,
+            buffer: Vec::with_capacity(RESUMABLE_WRITE),
+            reached: Vec::new(),
+        }))
     }
 }

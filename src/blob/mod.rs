@@ -43,6 +43,63 @@ pub trait BlobWriter: Send {
     async fn abort(self: Box<Self>);
 }
 
+/// Where a resumable write stands, as Depot records it between requests: enough for
+/// the store to continue it, in this process or another, and to remove it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumePoint {
+    /// S3: the multipart upload's id (empty before its first part).
+    #[serde(default)]
+    pub session: String,
+    /// S3: the parts stored, in order.
+    #[serde(default)]
+    pub parts: Vec<StoredPart>,
+    /// S3: bytes past the last part (fewer than a part needs), kept as a plain object
+    /// under the upload's key until more arrive.
+    #[serde(default)]
+    pub tail: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPart {
+    pub number: i32,
+    pub size: u64,
+    pub etag: String,
+    pub crc32c: String,
+}
+
+/// Appends to an object over many requests. Bytes become durable in steps: `room` says
+/// how many more bytes complete the current step, and `durable` hands out each step
+/// reached (in order) with the offset it covers, to be recorded; `checkpoint` makes
+/// everything written durable. Dropped, it leaves what is durable and nothing else.
+#[async_trait]
+pub trait ResumableWriter: Send {
+    /// Bytes until the next durable step (writes are cut there by the caller, so a
+    /// step's offset is known exactly).
+    fn room(&self) -> u64;
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()>;
+    /// The durable steps reached since the last call: (offset, point), oldest first.
+    async fn durable(&mut self) -> BlobResult<Vec<(u64, ResumePoint)>>;
+    /// Makes everything written durable; the point (and offset) to record.
+    async fn checkpoint(&mut self) -> BlobResult<(u64, ResumePoint)>;
+    /// Everything is written: makes the object visible under its key.
+    async fn finish(self: Box<Self>, sha256_hex: &str) -> BlobResult<()>;
+}
+
+/// What a store knows about a finished object: its size, and its SHA-256 (hex) when the
+/// store keeps one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub sha256_hex: Option<String>,
+}
+
+/// A URL a client uploads one object to, and the headers it must send.
+#[derive(Debug, Clone)]
+pub struct UploadUrl {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// Human name for `/health` ("Filesystem", "S3").
@@ -63,11 +120,38 @@ pub trait BlobStore: Send + Sync {
     /// Keys of finished objects last modified before `before`.
     async fn list_keys_before(&self, before: SystemTime) -> BlobResult<Vec<String>>;
     /// Removes unfinished writes (partial files, incomplete multipart uploads) started
-    /// before `before`; returns how many it removed.
-    async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize>;
+    /// before `before`, except those of the keys in `keep` (resumable uploads still
+    /// open); returns how many it removed.
+    async fn remove_partials_before(
+        &self,
+        before: SystemTime,
+        keep: &std::collections::HashSet<String>,
+    ) -> BlobResult<usize>;
     /// Removes everything stored under `key`: the object and any unfinished write of it
     /// (partial file, multipart upload). What a dead upload left; missing is not an error.
     async fn discard(&self, key: &str) -> BlobResult<()>;
+
+    /// Continues (or, from `ResumePoint::default()`, starts) a resumable write of `key`
+    /// whose first `offset` bytes are durable at `point`.
+    async fn resume(
+        &self,
+        key: &str,
+        point: &ResumePoint,
+        offset: u64,
+    ) -> BlobResult<Box<dyn ResumableWriter>>;
+    /// Removes an unfinished resumable write of `key` and everything it stored.
+    async fn discard_resumable(&self, key: &str, point: &ResumePoint) -> BlobResult<()>;
+    /// A presigned `PUT` of exactly `size` bytes whose SHA-256 is `sha256_hex` to `key`,
+    /// or `None` if this store cannot presign (Depot then serves the upload itself).
+    async fn presign_put(
+        &self,
+        key: &str,
+        size: u64,
+        sha256_hex: &str,
+        ttl: Duration,
+    ) -> BlobResult<Option<UploadUrl>>;
+    /// The finished object's size and stored SHA-256; `NotFound` when absent.
+    async fn stat(&self, key: &str) -> BlobResult<ObjectInfo>;
 }
 
 /// Whether `key` (relative to the store's root or prefix) has the shape of a key

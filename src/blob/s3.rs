@@ -331,30 +331,8 @@ impl S3Writer {
             .send()
             .await
             .map_err(sdk_err)?;
-        // The digest is known only now; a tag keeps it with the object (best effort:
-        // the metadata store has it either way).
-        let tagging = Tagging::builder()
-            .tag_set(
-                Tag::builder()
-                    .key("sha256")
-                    .value(sha256_hex)
-                    .build()
-                    .map_err(sdk_err)?,
-            )
-            .build()
-            .map_err(sdk_err)?;
-        if let Err(err) = self
-            .inner
-            .client
-            .put_object_tagging()
-            .bucket(&self.inner.bucket)
-            .key(&self.key)
-            .tagging(tagging)
-            .send()
-            .await
-        {
-            tracing::warn!(key = %self.key, error = %describe_sdk_error(&err), "could not tag object with its sha256");
-        }
+        // The digest is known only now; a tag keeps it with the object.
+        tag_sha256(&self.inner, &self.key, sha256_hex).await;
         Ok(())
     }
 
@@ -565,7 +543,11 @@ impl BlobStore for S3BlobStore {
         Ok(keys)
     }
 
-    async fn remove_partials_before(&self, before: SystemTime) -> BlobResult<usize> {
+    async fn remove_partials_before(
+        &self,
+        before: SystemTime,
+        keep: &std::collections::HashSet<String>,
+    ) -> BlobResult<usize> {
         let inner = &self.inner;
         let mut removed = 0;
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
@@ -588,7 +570,7 @@ impl BlobStore for S3BlobStore {
                 let ours = upload
                     .key()
                     .and_then(|key| key.strip_prefix(inner.prefix.as_str()))
-                    .is_some_and(is_depot_key);
+                    .is_some_and(|rel| is_depot_key(rel) && !keep.contains(rel));
                 if let (true, true, Some(key), Some(id)) =
                     (old, ours, upload.key(), upload.upload_id())
                 {
@@ -628,5 +610,401 @@ impl BlobStore for S3BlobStore {
             }
         }
         self.delete(key).await
+    }
+
+    async fn resume(
+        &self,
+        key: &str,
+        point: &ResumePoint,
+        offset: u64,
+    ) -> BlobResult<Box<dyn ResumableWriter>> {
+        self.resume_writer(key, point, offset).await
+    }
+
+    async fn discard_resumable(&self, key: &str, point: &ResumePoint) -> BlobResult<()> {
+        if !point.session.is_empty() {
+            abort_upload(&self.inner, &self.full_key(key), &point.session).await;
+        }
+        self.discard(key).await
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        size: u64,
+        sha256_hex: &str,
+        ttl: Duration,
+    ) -> BlobResult<Option<UploadUrl>> {
+        let config = PresigningConfig::expires_in(ttl).map_err(sdk_err)?;
+        let request = self
+            .inner
+            .public_client
+            .put_object()
+            .bucket(&self.inner.bucket)
+            .key(self.full_key(key))
+            .content_length(size as i64)
+            .checksum_sha256(hex_to_b64(sha256_hex)?)
+            .presigned(config)
+            .await
+            .map_err(sdk_err)?;
+        let headers = request
+            .headers()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Ok(Some(UploadUrl {
+            url: request.uri().to_string(),
+            headers,
+        }))
+    }
+
+    async fn stat(&self, key: &str) -> BlobResult<ObjectInfo> {
+        let head = self
+            .inner
+            .client
+            .head_object()
+            .bucket(&self.inner.bucket)
+            .key(self.full_key(key))
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|err| {
+                if err.as_service_error().is_some_and(|e| e.is_not_found()) {
+                    BlobError::NotFound
+                } else {
+                    BlobError::Unavailable(describe_sdk_error(&err))
+                }
+            })?;
+        // A multipart object's checksum is a checksum of checksums ("...-N"): not the file's.
+        let sha256_hex = head
+            .checksum_sha256()
+            .filter(|c| !c.contains('-'))
+            .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+            .filter(|raw| raw.len() == 32)
+            .map(hex::encode);
+        Ok(ObjectInfo {
+            size: head.content_length().unwrap_or(0).max(0) as u64,
+            sha256_hex,
+        })
+    }
+}
+
+/// S3's smallest part but the last.
+const MIN_PART: usize = 5 * 1024 * 1024;
+
+/// A resumable write: a multipart upload whose parts are recorded (in the
+/// [`ResumePoint`]) as they complete; bytes that do not fill a part when a request ends
+/// are kept as a plain object under the key itself (read back on resume, replaced by the
+/// finished object).
+struct S3Resumable {
+    inner: Arc<Inner>,
+    key: String,
+    point: ResumePoint,
+    /// Where the buffer starts in the object.
+    buffer_start: u64,
+    buffer: BytesMut,
+    _permit: OwnedSemaphorePermit,
+    in_flight: std::collections::VecDeque<(u64, tokio::task::JoinHandle<BlobResult<StoredPart>>)>,
+    reached: Vec<(u64, ResumePoint)>,
+}
+
+impl S3Resumable {
+    fn written(&self) -> u64 {
+        self.buffer_start + self.buffer.len() as u64
+    }
+
+    async fn ensure_session(&mut self) -> BlobResult<()> {
+        if self.point.session.is_empty() {
+            let created = self
+                .inner
+                .client
+                .create_multipart_upload()
+                .bucket(&self.inner.bucket)
+                .key(&self.key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            self.point.session = created
+                .upload_id()
+                .ok_or_else(|| BlobError::Unavailable("store returned no upload id".into()))?
+                .to_string();
+        }
+        Ok(())
+    }
+
+    /// Sends the buffer as the next part (in the background).
+    async fn send_part(&mut self) -> BlobResult<()> {
+        self.ensure_session().await?;
+        while self.in_flight.len() >= self.inner.parts_in_flight {
+            self.settle_front().await?;
+        }
+        let data = std::mem::replace(
+            &mut self.buffer,
+            BytesMut::with_capacity(self.inner.part_size),
+        )
+        .freeze();
+        let number = (self.point.parts.len() + self.in_flight.len() + 1) as i32;
+        let size = data.len() as u64;
+        self.buffer_start += size;
+        let (inner, key, upload_id) = (
+            self.inner.clone(),
+            self.key.clone(),
+            self.point.session.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let checksum = crc32c_b64(&data);
+            let out = inner
+                .client
+                .upload_part()
+                .bucket(&inner.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .content_length(size as i64)
+                .checksum_crc32_c(&checksum)
+                .body(SdkStream::from(data))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            Ok(StoredPart {
+                number,
+                size,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+                crc32c: out.checksum_crc32_c().unwrap_or(&checksum).to_string(),
+            })
+        });
+        self.in_flight.push_back((self.buffer_start, task));
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and records it.
+    async fn settle_front(&mut self) -> BlobResult<()> {
+        if let Some((end, task)) = self.in_flight.pop_front() {
+            let part = task
+                .await
+                .map_err(|e| BlobError::Unavailable(e.to_string()))??;
+            self.point.parts.push(part);
+            self.point.tail = 0;
+            self.reached.push((end, self.point.clone()));
+        }
+        Ok(())
+    }
+
+    async fn settle_all(&mut self) -> BlobResult<()> {
+        while !self.in_flight.is_empty() {
+            self.settle_front().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Resumable {
+    fn drop(&mut self) {
+        // Parts still in flight are not recorded: a resume sends them again.
+        for (_, task) in &self.in_flight {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl ResumableWriter for S3Resumable {
+    fn room(&self) -> u64 {
+        (self.inner.part_size - self.buffer.len()) as u64
+    }
+
+    async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
+        while !chunk.is_empty() {
+            let take = (self.inner.part_size - self.buffer.len()).min(chunk.len());
+            self.buffer.extend_from_slice(&chunk.split_to(take));
+            if self.buffer.len() == self.inner.part_size {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn durable(&mut self) -> BlobResult<Vec<(u64, ResumePoint)>> {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(_, task)| task.is_finished())
+        {
+            self.settle_front().await?;
+        }
+        Ok(std::mem::take(&mut self.reached))
+    }
+
+    async fn checkpoint(&mut self) -> BlobResult<(u64, ResumePoint)> {
+        self.settle_all().await?;
+        if self.buffer.len() >= MIN_PART {
+            self.send_part().await?;
+            self.settle_all().await?;
+        } else if !self.buffer.is_empty() {
+            // Too short for a part: kept as the object under the key until more comes.
+            let data = Bytes::copy_from_slice(&self.buffer);
+            self.inner
+                .client
+                .put_object()
+                .bucket(&self.inner.bucket)
+                .key(&self.key)
+                .content_length(data.len() as i64)
+                .checksum_crc32_c(crc32c_b64(&data))
+                .body(SdkStream::from(data))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            self.point.tail = self.buffer.len() as u64;
+        }
+        self.reached.clear();
+        Ok((self.written(), self.point.clone()))
+    }
+
+    async fn finish(mut self: Box<Self>, sha256_hex: &str) -> BlobResult<()> {
+        self.settle_all().await?;
+        if self.point.parts.is_empty() && self.buffer_start == 0 {
+            // Small enough for one PUT: the store verifies its SHA-256.
+            let data = std::mem::take(&mut self.buffer).freeze();
+            self.inner
+                .client
+                .put_object()
+                .bucket(&self.inner.bucket)
+                .key(&self.key)
+                .content_length(data.len() as i64)
+                .checksum_sha256(hex_to_b64(sha256_hex)?)
+                .metadata("sha256", sha256_hex)
+                .body(SdkStream::from(data))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            if !self.point.session.is_empty() {
+                abort_upload(&self.inner, &self.key, &self.point.session).await;
+            }
+            return Ok(());
+        }
+        if !self.buffer.is_empty() {
+            self.send_part().await?;
+            self.settle_all().await?;
+        }
+        let parts: Vec<CompletedPart> = self
+            .point
+            .parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(&p.etag)
+                    .checksum_crc32_c(&p.crc32c)
+                    .build()
+            })
+            .collect();
+        self.inner
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.inner.bucket)
+            .key(&self.key)
+            .upload_id(&self.point.session)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        tag_sha256(&self.inner, &self.key, sha256_hex).await;
+        Ok(())
+    }
+}
+
+/// Keeps the digest with the object as a `sha256` tag (best effort: the metadata store
+/// has it either way).
+async fn tag_sha256(inner: &Inner, key: &str, sha256_hex: &str) {
+    let tagging = Tag::builder()
+        .key("sha256")
+        .value(sha256_hex)
+        .build()
+        .and_then(|tag| Tagging::builder().tag_set(tag).build());
+    let Ok(tagging) = tagging else {
+        return;
+    };
+    if let Err(err) = inner
+        .client
+        .put_object_tagging()
+        .bucket(&inner.bucket)
+        .key(key)
+        .tagging(tagging)
+        .send()
+        .await
+    {
+        tracing::warn!(key = %key, error = %describe_sdk_error(&err), "could not tag object with its sha256");
+    }
+}
+
+impl S3BlobStore {
+    async fn resume_writer(
+        &self,
+        key: &str,
+        point: &ResumePoint,
+        offset: u64,
+    ) -> BlobResult<Box<dyn ResumableWriter>> {
+        let inner = &self.inner;
+        let permit = tokio::time::timeout(inner.buffer_wait, inner.buffers.clone().acquire_owned())
+            .await
+            .map_err(|_| BlobError::Busy)?
+            .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+        let key = self.full_key(key);
+        let mut buffer = BytesMut::with_capacity(inner.part_size);
+        if point.tail > 0 {
+            let object = inner
+                .client
+                .get_object()
+                .bucket(&inner.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|err| {
+                    if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+                        BlobError::NotFound
+                    } else {
+                        BlobError::Unavailable(describe_sdk_error(&err))
+                    }
+                })?;
+            let mut body = object.body;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(sdk_err)?;
+                if buffer.len() + chunk.len() > inner.part_size {
+                    return Err(BlobError::Unavailable(
+                        "the stored tail of a resumable upload is longer than recorded".into(),
+                    ));
+                }
+                buffer.extend_from_slice(&chunk);
+            }
+            if buffer.len() as u64 != point.tail {
+                return Err(BlobError::NotFound);
+            }
+        }
+        let stored: u64 = point.parts.iter().map(|p| p.size).sum::<u64>() + point.tail;
+        if stored != offset {
+            return Err(BlobError::Unavailable(format!(
+                "resumable upload records {offset} bytes but its parts hold {stored}"
+            )));
+        }
+        Ok(Box::new(S3Resumable {
+            inner: inner.clone(),
+            key,
+            point: point.clone(),
+            buffer_start: offset - point.tail,
+            buffer,
+            _permit: permit,
+            in_flight: Default::default(),
+            reached: Vec::new(),
+        }))
     }
 }

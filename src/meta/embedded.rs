@@ -25,6 +25,7 @@ const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliverie
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases"); // name -> (owner, until)
 const TRUST_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_policies"); // product\0id
 const USED_TOKENS: TableDefinition<&str, i64> = TableDefinition::new("used_tokens"); // used_token_key -> until
+const UPLOAD_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("upload_sessions"); // id
 const QUOTA_RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("quota_reservations"); // product\0id -> reservation
 
 /// Most events one audit page examines before it returns what it found with a cursor to
@@ -77,6 +78,7 @@ impl EmbeddedMetaStore {
         txn.open_table(QUOTA_RESERVATIONS)?;
         txn.open_table(TRUST_POLICIES)?;
         txn.open_table(USED_TOKENS)?;
+        txn.open_table(UPLOAD_SESSIONS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -1217,6 +1219,108 @@ impl MetaStore for EmbeddedMetaStore {
             Ok(true)
         })
         .await
+    }
+
+    async fn insert_upload_session(&self, session: &UploadSession) -> MetaResult<()> {
+        let session = session.clone();
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(UPLOAD_SESSIONS).map_err(unavailable)?;
+            if sessions
+                .get(session.id.as_str())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Err(MetaError::Conflict);
+            }
+            sessions
+                .insert(session.id.as_str(), encode(&session)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_session(&self, id: &str) -> MetaResult<Option<UploadSession>> {
+        self.read_now(|txn| {
+            let sessions = txn.open_table(UPLOAD_SESSIONS).map_err(unavailable)?;
+            sessions
+                .get(id)
+                .map_err(unavailable)?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
+    }
+
+    async fn save_upload_session(
+        &self,
+        session: &UploadSession,
+        from: (u64, bool),
+    ) -> MetaResult<bool> {
+        let session = session.clone();
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(UPLOAD_SESSIONS).map_err(unavailable)?;
+            let stored: Option<UploadSession> = sessions
+                .get(session.id.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            if stored.is_none_or(|s| (s.offset, s.completed) != from) {
+                return Ok(false);
+            }
+            sessions
+                .insert(session.id.as_str(), encode(&session)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_upload_session(&self, id: &str) -> MetaResult<bool> {
+        let id = id.to_string();
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(UPLOAD_SESSIONS).map_err(unavailable)?;
+            Ok(sessions.remove(id.as_str()).map_err(unavailable)?.is_some())
+        })
+        .await
+    }
+
+    async fn upload_sessions(
+        &self,
+        created_by: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>> {
+        let created_by = created_by.map(str::to_string);
+        let mut found: Vec<UploadSession> = self
+            .read(move |txn| {
+                let sessions = txn.open_table(UPLOAD_SESSIONS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for entry in sessions.iter().map_err(unavailable)? {
+                    let (_, v) = entry.map_err(unavailable)?;
+                    let session: UploadSession = decode(v.value())?;
+                    if created_by
+                        .as_ref()
+                        .is_none_or(|by| *by == session.created_by)
+                    {
+                        out.push(session);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>> {
+        let mut expired = self.upload_sessions(None, usize::MAX).await?;
+        expired.retain(|s| s.expires_at < now_ms);
+        expired.truncate(limit);
+        Ok(expired)
     }
 
     async fn use_token_once(&self, issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool> {

@@ -111,6 +111,12 @@ metered_methods! {
     trust_policies_of_issuer(issuer: &str) -> MetaResult<Vec<crate::domain::trust::TrustPolicy>>;
     delete_trust_policy(product: &str, id: &str, events: &[Event]) -> MetaResult<bool>;
     use_token_once(issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool>;
+    insert_upload_session(session: &UploadSession) -> MetaResult<()>;
+    upload_session(id: &str) -> MetaResult<Option<UploadSession>>;
+    save_upload_session(session: &UploadSession, from: (u64, bool)) -> MetaResult<bool>;
+    delete_upload_session(id: &str) -> MetaResult<bool>;
+    upload_sessions(created_by: Option<&str>, limit: usize) -> MetaResult<Vec<UploadSession>>;
+    expired_upload_sessions(now_ms: i64, limit: usize) -> MetaResult<Vec<UploadSession>>;
     prune_used_tokens(now_ms: i64) -> MetaResult<u64>;
     insert_webhook(webhook: &WebhookRecord, events: &[Event]) -> MetaResult<()>;
     list_webhooks() -> MetaResult<Vec<WebhookRecord>>;

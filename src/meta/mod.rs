@@ -220,6 +220,52 @@ pub struct QuotaReservation {
     pub lease_until: i64,
 }
 
+/// How an [`UploadSession`] receives its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadKind {
+    /// tus 1.0: over many `PATCH` requests to Depot.
+    Resumable,
+    /// One `PUT` straight to the bucket (or to Depot's signed URL on the filesystem).
+    Direct,
+}
+
+/// An upload that outlives a request: created with every check done, then fed (tus) or
+/// put (direct), then committed into its version or draft. Removed when it is terminated,
+/// failed verification, or expired; a committed one is kept, `completed`, until it
+/// expires, so a client that missed the last answer can still ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadSession {
+    /// 32 random lowercase hex digits: the only handle on the upload, so unguessable.
+    pub id: String,
+    pub kind: UploadKind,
+    pub product: String,
+    pub version: String,
+    pub file_name: String,
+    /// Into the version's draft (else: publishes the version, reserved as pending).
+    pub draft: bool,
+    /// The file's declared length.
+    pub length: u64,
+    /// The declared SHA-256 (lowercase hex), if any (always, for a direct upload).
+    pub checksum: Option<String>,
+    pub blob_key: String,
+    /// The token that created it: the only one (besides admins) that sees it.
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The quota reservation it holds until it ends, when a quota applies.
+    pub quota_reservation: Option<String>,
+    /// Bytes durably stored (tus).
+    pub offset: u64,
+    /// SHA-256 state over the first `offset` bytes ([`crate::digest::ResumableSha256::save`]).
+    pub hash_state: String,
+    /// Where the blob store's resumable write stands (tus).
+    pub stored: crate::blob::ResumePoint,
+    /// The file is committed.
+    pub completed: bool,
+}
+
 /// What a product holds, counted from its records: every file of its published versions
 /// and drafts, plus the bytes reserved by uploads in flight (`in_flight_bytes`, also in
 /// `bytes`). `versions` counts published versions, drafts, and versions being uploaded.
@@ -729,6 +775,33 @@ pub trait MetaStore: Send + Sync {
         now_ms: i64,
         events: &[Event],
     ) -> MetaResult<bool>;
+
+    // Upload sessions (tus and direct uploads).
+    /// Stores a new session; `Conflict` if its id exists.
+    async fn insert_upload_session(&self, session: &UploadSession) -> MetaResult<()>;
+    async fn upload_session(&self, id: &str) -> MetaResult<Option<UploadSession>>;
+    /// Replaces the session if its stored `offset` and `completed` are still `from`
+    /// (compare and set: a stale writer cannot roll progress back); false otherwise.
+    async fn save_upload_session(
+        &self,
+        session: &UploadSession,
+        from: (u64, bool),
+    ) -> MetaResult<bool>;
+    /// Removes a session; false when it was gone.
+    async fn delete_upload_session(&self, id: &str) -> MetaResult<bool>;
+    /// Sessions created by `created_by` (every session when `None`), oldest first, at
+    /// most `limit`.
+    async fn upload_sessions(
+        &self,
+        created_by: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>>;
+    /// Sessions that expired before `now_ms`, at most `limit`.
+    async fn expired_upload_sessions(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>>;
 
     // Trusted publishing.
     /// Stores a trust policy with its event. `NotFound` when its product does not exist,

@@ -36,6 +36,7 @@ pub struct MongoMetaStore {
     quota_reservations: Collection<QuotaReservation>,
     trust_policies: Collection<crate::domain::trust::TrustPolicy>,
     used_tokens: Collection<Document>,
+    upload_sessions: Collection<UploadSession>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +203,7 @@ impl MongoMetaStore {
             quota_reservations: db.collection("quota_reservations"),
             trust_policies: db.collection("trust_policies"),
             used_tokens: db.collection("used_tokens"),
+            upload_sessions: db.collection("upload_sessions"),
             db,
         };
         store.ensure_indexes().await?;
@@ -262,6 +264,15 @@ impl MongoMetaStore {
             .await?;
         self.used_tokens
             .create_index(index(doc! { "until": 1 }, false))
+            .await?;
+        self.upload_sessions
+            .create_index(index(doc! { "id": 1 }, true))
+            .await?;
+        self.upload_sessions
+            .create_index(index(doc! { "created_by": 1, "created_at": 1 }, false))
+            .await?;
+        self.upload_sessions
+            .create_index(index(doc! { "expires_at": 1 }, false))
             .await?;
         self.quota_reservations
             .create_index(index(doc! { "product": 1 }, false))
@@ -1328,6 +1339,81 @@ impl MetaStore for MongoMetaStore {
             events,
         )
         .await
+    }
+
+    async fn insert_upload_session(&self, session: &UploadSession) -> MetaResult<()> {
+        match self.upload_sessions.insert_one(session).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(MetaError::Conflict),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn upload_session(&self, id: &str) -> MetaResult<Option<UploadSession>> {
+        self.upload_sessions
+            .find_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save_upload_session(
+        &self,
+        session: &UploadSession,
+        (offset, completed): (u64, bool),
+    ) -> MetaResult<bool> {
+        let offset = i64::try_from(offset).map_err(|_| MetaError::Conflict)?;
+        let replaced = self
+            .upload_sessions
+            .replace_one(
+                doc! { "id": &session.id, "offset": offset, "completed": completed },
+                session,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(replaced.matched_count == 1)
+    }
+
+    async fn delete_upload_session(&self, id: &str) -> MetaResult<bool> {
+        let deleted = self
+            .upload_sessions
+            .delete_one(doc! { "id": id })
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted.deleted_count == 1)
+    }
+
+    async fn upload_sessions(
+        &self,
+        created_by: Option<&str>,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>> {
+        let filter = match created_by {
+            Some(by) => doc! { "created_by": by },
+            None => doc! {},
+        };
+        let cursor = self
+            .upload_sessions
+            .find(filter)
+            .sort(doc! { "created_at": 1, "id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn expired_upload_sessions(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> MetaResult<Vec<UploadSession>> {
+        let cursor = self
+            .upload_sessions
+            .find(doc! { "expires_at": { "$lt": now_ms } })
+            .sort(doc! { "expires_at": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
     }
 
     async fn use_token_once(&self, issuer: &str, jti: &str, until_ms: i64) -> MetaResult<bool> {

@@ -28,6 +28,32 @@ pub struct SweepReport {
     pub drafts_expired: usize,
     /// Audit events older than `DEPOT_AUDIT_RETENTION_DAYS`.
     pub events_pruned: u64,
+    /// Upload sessions (tus, direct) past their expiry.
+    pub uploads_expired: usize,
+}
+
+/// Expired upload sessions per sweep (the next sweep takes the rest).
+const EXPIRED_UPLOADS_PER_SWEEP: usize = 1000;
+
+/// Ends upload sessions past their expiry: an unfinished one loses everything it stored
+/// (parts, object, pending version, quota reservation); a completed one only its record.
+pub async fn sweep_upload_sessions(app: &AppState) -> anyhow::Result<usize> {
+    let expired = app
+        .meta
+        .expired_upload_sessions(crate::meta::now_ms(), EXPIRED_UPLOADS_PER_SWEEP)
+        .await?;
+    let mut ended = 0;
+    for session in expired {
+        if session.completed {
+            app.meta.delete_upload_session(&session.id).await?;
+        } else {
+            crate::ops::upload::session::end(app, &session)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        }
+        ended += 1;
+    }
+    Ok(ended)
 }
 
 /// One sweep over everything older than `grace`, and over lapsed leases.
@@ -39,8 +65,21 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
     let janitor = Ctx::system(SystemActor::Janitor);
     let cutoff = SystemTime::now() - grace;
     let cutoff_ms = crate::meta::now_ms() - grace.as_millis() as i64;
+    report.uploads_expired = sweep_upload_sessions(app).await?;
+    // What open uploads (tus, direct) stored is theirs until they end, however old.
+    let open_uploads: std::collections::HashSet<String> = app
+        .meta
+        .upload_sessions(None, usize::MAX)
+        .await?
+        .into_iter()
+        .filter(|s| !s.completed)
+        .map(|s| s.blob_key)
+        .collect();
 
     for record in app.meta.stale_pending_versions(cutoff_ms).await? {
+        if open_uploads.contains(&record.blob_key) {
+            continue;
+        }
         // Blob first, record last: a record without its blob is harmless, the reverse is not.
         app.blobs.discard(&record.blob_key).await?;
         let event = abandoned_event(&janitor, &record, "older_than_grace");
@@ -55,12 +94,18 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<SweepRepor
         report.pending_removed += 1;
     }
     for key in app.blobs.list_keys_before(cutoff).await? {
-        if is_depot_key(&key) && !app.meta.blob_key_in_use(&key).await? {
+        if is_depot_key(&key)
+            && !open_uploads.contains(&key)
+            && !app.meta.blob_key_in_use(&key).await?
+        {
             app.blobs.delete(&key).await?;
             report.orphans_removed += 1;
         }
     }
-    report.partials_removed = app.blobs.remove_partials_before(cutoff).await?;
+    report.partials_removed = app
+        .blobs
+        .remove_partials_before(cutoff, &open_uploads)
+        .await?;
     let idle_before = crate::meta::now_ms() - app.settings.draft_ttl_seconds as i64 * 1000;
     for draft in app.meta.idle_drafts(idle_before).await? {
         let expired = crate::ops::versions::delete(
@@ -133,6 +178,11 @@ pub fn spawn(app: AppState) {
             ticker.tick().await;
             if let Err(err) = sweep_leases(&leases).await {
                 tracing::warn!(error = %err, "janitor lease sweep failed");
+            }
+            match sweep_upload_sessions(&leases).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "janitor ended expired uploads"),
+                Err(err) => tracing::warn!(error = %err, "janitor upload sweep failed"),
             }
         }
     });

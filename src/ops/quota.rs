@@ -316,3 +316,33 @@ async fn release(app: &AppState, id: &str) {
         tracing::warn!(reservation = %id, error = %err, "could not release a quota reservation; it lapses with its lease");
     }
 }
+
+/// Reserves `bytes` (and the version) for an upload that outlives its request (tus, or a
+/// direct upload), until `until` (Unix ms) with no process renewing it: the reservation
+/// id, released when the upload commits or ends; `None` when no quota applies.
+pub async fn hold_until(
+    app: &AppState,
+    (product, version, blob_key): (&str, &str, &str),
+    bytes: u64,
+    until: i64,
+) -> ApiResult<Option<String>> {
+    let quota = quota_of(app, product).await?;
+    if !is_set(&quota) {
+        return Ok(None);
+    }
+    let reservation = QuotaReservation {
+        id: format!("qr_{}", hex::encode(rand::random::<[u8; 16]>())),
+        product: product.to_string(),
+        version: version.to_string(),
+        blob_key: blob_key.to_string(),
+        bytes,
+        lease_until: until,
+    };
+    take(app, &reservation, &quota).await?;
+    Ok(Some(reservation.id))
+}
+
+/// Gives back a reservation taken with [`hold_until`].
+pub async fn release_held(app: &AppState, id: &str) {
+    release(app, id).await
+}

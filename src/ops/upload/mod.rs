@@ -16,8 +16,11 @@
 //! which aborts the blob and removes the pending record; the janitor handles what a
 //! crash leaves.
 
+pub mod direct;
 pub mod lease;
 mod multipart;
+pub mod resumable;
+pub mod session;
 mod staging;
 
 use crate::app::AppState;
@@ -112,6 +115,12 @@ impl Drop for EarlyFileSlot {
 }
 
 pub use crate::dto::UploadResult;
+
+/// Reads and drops what is left of a refused request's body (bounded: see
+/// `multipart::drain`), so the client reads the error response.
+pub(crate) async fn drain_body(body: &mut axum::body::BodyDataStream) {
+    multipart::drain(body).await
+}
 
 /// Parses `hex` or `sha256:hex` into lowercase hex.
 pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {

@@ -26,7 +26,7 @@ impl BackgroundHasher {
         Self { tx, task }
     }
 
-    async fn update(&self, block: Bytes) -> ApiResult<()> {
+    pub async fn update(&self, block: Bytes) -> ApiResult<()> {
         self.tx.send(block).await.map_err(ApiError::internal)
     }
 
