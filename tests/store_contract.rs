@@ -13,7 +13,8 @@ use depot::meta::embedded::EmbeddedMetaStore;
 use depot::meta::mongo::MongoMetaStore;
 use depot::meta::{
     DeliveryRecord, DeliveryState, FileRecord, MetaStore, ProductRecord, ProductUsage,
-    QuotaReservation, TokenRecord, VersionRecord, VersionState, WebhookRecord, now_ms,
+    QuotaReservation, TokenRecord, UploadKind, UploadSession, VersionRecord, VersionState,
+    WebhookRecord, now_ms,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,8 @@ contract!(
     max_versions_counts_a_version_once_whatever_holds_it,
     trust_policies_are_kept_per_product_found_by_issuer_and_go_with_their_product,
     an_oidc_token_id_is_used_once_until_it_is_pruned,
+    an_upload_session_is_stored_once_and_saved_only_from_its_current_offset,
+    upload_sessions_are_listed_per_token_and_found_when_expired,
 );
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -1638,4 +1641,118 @@ async fn an_oidc_token_id_is_used_once_until_it_is_pruned(meta: &dyn MetaStore) 
             .await
             .unwrap()
     );
+}
+
+fn upload_session(id: &str, created_by: &str, created_at: i64, expires_at: i64) -> UploadSession {
+    UploadSession {
+        id: id.to_string(),
+        kind: UploadKind::Resumable,
+        product: "p".into(),
+        version: "v1".into(),
+        file_name: "a.bin".into(),
+        draft: false,
+        length: 20 << 20,
+        checksum: Some("ab".repeat(32)),
+        blob_key: format!("p/v1/{}", "c".repeat(32)),
+        created_by: created_by.into(),
+        created_at,
+        expires_at,
+        quota_reservation: None,
+        offset: 0,
+        hash_state: depot::digest::ResumableSha256::new().save(),
+        stored: Default::default(),
+        completed: false,
+    }
+}
+
+async fn an_upload_session_is_stored_once_and_saved_only_from_its_current_offset(
+    meta: &dyn MetaStore,
+) {
+    let now = now_ms();
+    let id = format!("{:032x}", SEQ.fetch_add(1, Ordering::SeqCst) + now as u64);
+    let session = upload_session(&id, "tok_a", now, now + 60_000);
+    meta.insert_upload_session(&session).await.unwrap();
+    assert!(matches!(
+        meta.insert_upload_session(&session).await,
+        Err(MetaError::Conflict)
+    ));
+    assert_eq!(meta.upload_session(&id).await.unwrap(), Some(session.clone()));
+
+    // Progress with the parts a store reported.
+    let moved = UploadSession {
+        offset: 8 << 20,
+        hash_state: "x".into(),
+        stored: depot::blob::ResumePoint {
+            session: "mpu-1".into(),
+            parts: vec![depot::blob::StoredPart {
+                number: 1,
+                size: 8 << 20,
+                etag: "\"e1\"".into(),
+                crc32c: "AAAAAA==".into(),
+            }],
+            tail: 0,
+        },
+        ..session.clone()
+    };
+    assert!(meta.save_upload_session(&moved, (0, false)).await.unwrap());
+    // A stale writer (still at offset 0) cannot roll it back.
+    assert!(!meta.save_upload_session(&session, (0, false)).await.unwrap());
+    assert_eq!(meta.upload_session(&id).await.unwrap(), Some(moved.clone()));
+    let done = UploadSession {
+        completed: true,
+        ..moved.clone()
+    };
+    assert!(!meta.save_upload_session(&done, (8 << 20, true)).await.unwrap());
+    assert!(meta.save_upload_session(&done, (8 << 20, false)).await.unwrap());
+    assert_eq!(meta.upload_session(&id).await.unwrap(), Some(done));
+
+    assert!(meta.delete_upload_session(&id).await.unwrap());
+    assert!(!meta.delete_upload_session(&id).await.unwrap());
+    assert_eq!(meta.upload_session(&id).await.unwrap(), None);
+    assert!(!meta.save_upload_session(&moved, (0, false)).await.unwrap());
+}
+
+async fn upload_sessions_are_listed_per_token_and_found_when_expired(meta: &dyn MetaStore) {
+    let now = now_ms();
+    let base = SEQ.fetch_add(10, Ordering::SeqCst) + now as u64;
+    let token_a = format!("tok_a{base}");
+    let token_b = format!("tok_b{base}");
+    let sessions = [
+        upload_session(&format!("{:032x}", base), &token_a, now - 3000, now - 1000),
+        upload_session(&format!("{:032x}", base + 1), &token_a, now - 2000, now + 60_000),
+        upload_session(&format!("{:032x}", base + 2), &token_b, now - 1000, now + 60_000),
+    ];
+    for s in &sessions {
+        meta.insert_upload_session(s).await.unwrap();
+    }
+    let of_a = meta.upload_sessions(Some(&token_a), 10).await.unwrap();
+    assert_eq!(of_a, vec![sessions[0].clone(), sessions[1].clone()], "oldest first");
+    assert_eq!(meta.upload_sessions(Some(&token_a), 1).await.unwrap().len(), 1);
+    assert_eq!(
+        meta.upload_sessions(Some(&token_b), 10).await.unwrap(),
+        vec![sessions[2].clone()]
+    );
+    let all: Vec<String> = meta
+        .upload_sessions(None, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    for s in &sessions {
+        assert!(all.contains(&s.id));
+    }
+    let expired: Vec<String> = meta
+        .expired_upload_sessions(now, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(expired.contains(&sessions[0].id));
+    assert!(!expired.contains(&sessions[1].id));
+    assert!(!expired.contains(&sessions[2].id));
+    for s in &sessions {
+        meta.delete_upload_session(&s.id).await.unwrap();
+    }
 }
