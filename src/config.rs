@@ -141,7 +141,7 @@ pub struct RawSettings {
     /// Seconds a direct-to-bucket upload URL (POST /product/upload-url) stays valid; an upload not completed by then is removed by the janitor [default: 3600, range 1-604800]
     #[arg(long, env = "DEPOT_UPLOAD_URL_TTL_SECONDS")]
     pub upload_url_ttl_seconds: Option<u64>,
-    /// Origins (comma-separated, or *) whose browser pages may call the upload routes (/uploads, /product/upload-url) with CORS; the tus headers are exposed to them [default: none, no CORS headers]
+    /// Origins (comma-separated, or *) whose browser pages may call the API with CORS (tus uploads at /uploads, direct uploads, every other route; the token goes in a header, no cookies); the tus headers are allowed and exposed [default: none, no CORS headers]
     #[arg(long, env = "DEPOT_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
     /// Days the audit log keeps an event; older ones are removed by the janitor [default: 365]

@@ -37,6 +37,10 @@ pub fn router(state: AppState) -> Router {
             time_limit,
         ))
         .layer(tower::util::option_layer(cors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.max_upload_bytes,
+            tus_discovery,
+        ))
         .layer(axum::middleware::from_fn(observability::track))
         .layer(
             ServiceBuilder::new()
@@ -45,6 +49,18 @@ pub fn router(state: AppState) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(request_span)),
         )
         .with_state(state)
+}
+
+/// `OPTIONS /uploads` is tus discovery: its headers go on the answer even when the CORS
+/// layer (which answers every `OPTIONS` as a preflight) gave it.
+async fn tus_discovery(State(max_upload_bytes): State<u64>, req: Request, next: Next) -> Response {
+    let discovery = req.method() == http::Method::OPTIONS
+        && matches!(req.uri().path(), "/uploads" | "/api/uploads");
+    let mut response = next.run(req).await;
+    if discovery {
+        api::uploads::discovery_headers(response.headers_mut(), max_upload_bytes);
+    }
+    response
 }
 
 /// CORS for browser clients of the configured origins (`DEPOT_CORS_ORIGINS`): any route
@@ -118,6 +134,7 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 /// speed, so [`time_limit`] does not apply (the upload has its own body idle timeout).
 const TRANSFER_ROUTES: &[&str] = &[
     "/product/upload",
+    "/product/upload/{product}/{version}/{file}",
     "/uploads",
     "/uploads/{id}",
     "/direct/{upload_id}",

@@ -149,15 +149,21 @@ fn number(n: u64) -> HeaderValue {
 /// `OPTIONS /uploads`: what this tus server supports.
 pub async fn options(State(app): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let h = response.headers_mut();
+    discovery_headers(response.headers_mut(), app.settings.max_upload_bytes);
+    response
+}
+
+/// The headers of tus discovery (`OPTIONS /uploads`); also added to a CORS preflight's
+/// answer there, which the CORS layer gives before the route is reached.
+pub fn discovery_headers(h: &mut HeaderMap, max_upload_bytes: u64) {
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
-    h.insert("tus-max-size", number(app.settings.max_upload_bytes));
+    h.insert("tus-max-size", number(max_upload_bytes));
     h.insert(
         "tus-checksum-algorithm",
         HeaderValue::from_static("sha1,sha256"),
     );
-    response
 }
 
 fn is_offset_stream(headers: &HeaderMap) -> bool {
@@ -301,7 +307,12 @@ pub async fn head(
 ) -> Response {
     let found = async {
         require_tus(&headers)?;
-        session::find(&app, &caller, &id).await
+        session::find(&app, &caller, &id)
+            .await
+            .and_then(|s| match s.kind {
+                UploadKind::Resumable => Ok(s),
+                UploadKind::Direct => Err(session::not_found()),
+            })
     };
     match found.await {
         Ok(session) => {

@@ -129,7 +129,8 @@ pub async fn open(
             format!(
                 "this token has {MAX_OPEN_PER_TOKEN} unfinished uploads; finish or terminate some first"
             ),
-        ));
+        )
+        .with_retry_after(crate::error::BUSY_RETRY_AFTER_SECONDS));
     }
     if let Some(existing) = app.meta.version(&new.product, &new.version).await? {
         match existing.state {
