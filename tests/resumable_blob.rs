@@ -28,12 +28,14 @@ async fn s3_store() -> Option<Box<dyn BlobStore>> {
         return None;
     };
     let settings = S3Settings {
-        bucket: format!("resumable-{}", uuid::Uuid::new_v4().simple()),
+        // The suite's one bucket (each new bucket costs SeaweedFS volumes), under a prefix
+        // of this test's own.
+        bucket: "depot-test".into(),
         endpoint: Some(endpoint),
         region: None,
         public_endpoint: None,
         force_path_style: true,
-        prefix: String::new(),
+        prefix: format!("resumable_blob_{}/", uuid::Uuid::new_v4().simple()),
         create_bucket: true,
         part_size: 5 * MIB as u64,
         parts_in_flight: 2,
@@ -87,7 +89,10 @@ async fn a_dropped_write_resumes_from_its_last_durable_step_and_finishes_whole(
 
     // First request: 13 MiB, then the connection "breaks" (the writer is dropped without
     // a checkpoint). Only the durable steps it reported count.
-    let mut writer = store.resume(&key, &ResumePoint::default(), 0).await.unwrap();
+    let mut writer = store
+        .resume(&key, &ResumePoint::default(), 0)
+        .await
+        .unwrap();
     let mut step = write_range(writer.as_mut(), &data, 0, 13 * MIB).await;
     // Steps still in flight when the last write returned: wait for one to land.
     for _ in 0..100 {
@@ -143,7 +148,10 @@ async fn a_small_file_written_over_several_checkpoints_is_one_object(store: &dyn
 async fn a_discarded_write_leaves_nothing(store: &dyn BlobStore) {
     let data = pattern(12 * MIB);
     let key = new_blob_key(Some("p"), Some("v3"));
-    let mut writer = store.resume(&key, &ResumePoint::default(), 0).await.unwrap();
+    let mut writer = store
+        .resume(&key, &ResumePoint::default(), 0)
+        .await
+        .unwrap();
     write_range(writer.as_mut(), &data, 0, data.len()).await;
     let (offset, point) = writer.checkpoint().await.unwrap();
     assert_eq!(offset, data.len() as u64);

@@ -373,15 +373,7 @@ impl BlobWriter for S3Writer {
     async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
         while !chunk.is_empty() {
             if self.buffer_permit.is_none() {
-                // Bounded wait: stalled uploads holding every buffer must not freeze the rest.
-                let permit = tokio::time::timeout(
-                    self.inner.buffer_wait,
-                    self.inner.buffers.clone().acquire_owned(),
-                )
-                .await
-                .map_err(|_| BlobError::Busy)?
-                .map_err(|e| BlobError::Unavailable(e.to_string()))?;
-                self.buffer_permit = Some(permit);
+                self.buffer_permit = Some(take_buffer_permit(&self.inner).await?);
                 self.buffer = self.inner.take_buffer();
             }
             let take = (self.inner.part_size - self.buffer.len()).min(chunk.len());
@@ -702,7 +694,9 @@ struct S3Resumable {
     /// Where the buffer starts in the object.
     buffer_start: u64,
     buffer: BytesMut,
-    _permit: OwnedSemaphorePermit,
+    /// The buffer's share of the process-wide part-buffer budget; a part in flight takes
+    /// it along, and the next buffer waits for one of its own.
+    permit: Option<OwnedSemaphorePermit>,
     in_flight: std::collections::VecDeque<(u64, tokio::task::JoinHandle<BlobResult<StoredPart>>)>,
     reached: Vec<(u64, ResumePoint)>,
 }
@@ -745,6 +739,7 @@ impl S3Resumable {
         .freeze();
         let number = (self.point.parts.len() + self.in_flight.len() + 1) as i32;
         let size = data.len() as u64;
+        let permit = self.permit.take();
         self.buffer_start += size;
         let (inner, key, upload_id) = (
             self.inner.clone(),
@@ -768,6 +763,7 @@ impl S3Resumable {
                 .send()
                 .await
                 .map_err(sdk_err)?;
+            drop(permit);
             Ok(StoredPart {
                 number,
                 size,
@@ -817,6 +813,9 @@ impl ResumableWriter for S3Resumable {
 
     async fn write(&mut self, mut chunk: Bytes) -> BlobResult<()> {
         while !chunk.is_empty() {
+            if self.permit.is_none() {
+                self.permit = Some(take_buffer_permit(&self.inner).await?);
+            }
             let take = (self.inner.part_size - self.buffer.len()).min(chunk.len());
             self.buffer.extend_from_slice(&chunk.split_to(take));
             if self.buffer.len() == self.inner.part_size {
@@ -923,6 +922,15 @@ impl ResumableWriter for S3Resumable {
     }
 }
 
+/// One part buffer's share of the budget, waited for at most `buffer_wait` (stalled
+/// uploads holding every buffer must not freeze the rest).
+async fn take_buffer_permit(inner: &Arc<Inner>) -> BlobResult<OwnedSemaphorePermit> {
+    tokio::time::timeout(inner.buffer_wait, inner.buffers.clone().acquire_owned())
+        .await
+        .map_err(|_| BlobError::Busy)?
+        .map_err(|e| BlobError::Unavailable(e.to_string()))
+}
+
 /// Keeps the digest with the object as a `sha256` tag (best effort: the metadata store
 /// has it either way).
 async fn tag_sha256(inner: &Inner, key: &str, sha256_hex: &str) {
@@ -955,10 +963,7 @@ impl S3BlobStore {
         offset: u64,
     ) -> BlobResult<Box<dyn ResumableWriter>> {
         let inner = &self.inner;
-        let permit = tokio::time::timeout(inner.buffer_wait, inner.buffers.clone().acquire_owned())
-            .await
-            .map_err(|_| BlobError::Busy)?
-            .map_err(|e| BlobError::Unavailable(e.to_string()))?;
+        let permit = take_buffer_permit(inner).await?;
         let key = self.full_key(key);
         let mut buffer = BytesMut::with_capacity(inner.part_size);
         if point.tail > 0 {
@@ -1002,7 +1007,7 @@ impl S3BlobStore {
             point: point.clone(),
             buffer_start: offset - point.tail,
             buffer,
-            _permit: permit,
+            permit: Some(permit),
             in_flight: Default::default(),
             reached: Vec::new(),
         }))
