@@ -497,131 +497,6 @@ fn walk(root: &Path, before: SystemTime, partials: bool) -> BlobResult<Vec<Strin
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Bytes whose value depends on their offset, so a misplaced block shows.
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
-    }
-
-    /// Writes `len` bytes in uneven chunks, finishes, and reads the file back.
-    async fn round_trip(root: &Path, len: usize) -> Vec<u8> {
-        let store = FsBlobStore::open(root).await.unwrap();
-        let data = pattern(len);
-        let mut writer = store.writer("p/v/blob").await.unwrap();
-        for chunk in data.chunks(300_001) {
-            writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-        }
-        writer.finish("unused").await.unwrap();
-        let mut read = store.read("p/v/blob", None).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(chunk) = read.next().await {
-            out.extend_from_slice(&chunk.unwrap());
-        }
-        assert!(!root.join("blobs/p/v/blob.partial").exists());
-        store.delete("p/v/blob").await.unwrap();
-        out
-    }
-
-    #[tokio::test]
-    async fn written_blob_reads_back_exactly_for_aligned_and_unaligned_sizes() {
-        for len in [
-            0,
-            1,
-            4096,
-            WRITE_BLOCK,
-            WRITE_BLOCK + 1,
-            3 * WRITE_BLOCK + 12_345,
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            assert_eq!(round_trip(dir.path(), len).await, pattern(len), "len {len}");
-        }
-    }
-
-    /// An aligned buffer holding `data`, as the upload's staging blocks arrive.
-    fn aligned_chunk(data: &[u8]) -> Bytes {
-        let mut buf = AlignedBuf::new(data.len());
-        buf.push(data);
-        Bytes::from_owner(buf)
-    }
-
-    #[tokio::test]
-    async fn aligned_chunks_written_as_they_are_and_copied_chunks_keep_their_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::open(dir.path()).await.unwrap();
-        let data = pattern(6 * 1024 * 1024 + 5000);
-        let mb = 1024 * 1024;
-        let mut writer = store.writer("p/v/blob").await.unwrap();
-        // aligned, aligned, an odd piece (copied), then aligned chunks that must wait
-        // behind the copied block, and an unaligned tail.
-        let pieces = [
-            0..mb,
-            mb..2 * mb,
-            2 * mb..2 * mb + 100,
-            2 * mb + 100..3 * mb + 100,
-        ];
-        for piece in pieces {
-            let chunk = &data[piece];
-            if is_direct_aligned(chunk) {
-                writer.write(aligned_chunk(chunk)).await.unwrap();
-            } else {
-                writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-            }
-        }
-        writer
-            .write(aligned_chunk(&data[3 * mb + 100..5 * mb + 100]))
-            .await
-            .unwrap();
-        writer
-            .write(Bytes::copy_from_slice(&data[5 * mb + 100..]))
-            .await
-            .unwrap();
-        writer.finish("unused").await.unwrap();
-        let written = std::fs::read(dir.path().join("blobs/p/v/blob")).unwrap();
-        assert_eq!(written.len(), data.len());
-        assert!(
-            written == data,
-            "file content differs from what was written"
-        );
-    }
-
-    /// tmpfs before Linux 6.6 refuses O_DIRECT; the writer must then fall back to ordinary
-    /// writes (on newer kernels this is one more filesystem the direct path must handle).
-    #[tokio::test]
-    async fn written_blob_reads_back_on_a_filesystem_without_direct_io() {
-        let shm = Path::new("/dev/shm");
-        if !shm.is_dir() {
-            return;
-        }
-        let dir = tempfile::tempdir_in(shm).unwrap();
-        let len = 2 * WRITE_BLOCK + 777;
-        assert_eq!(round_trip(dir.path(), len).await, pattern(len));
-    }
-
-    #[tokio::test]
-    async fn dropped_writer_leaves_no_partial_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::open(dir.path()).await.unwrap();
-        let mut writer = store.writer("p/v/blob").await.unwrap();
-        writer
-            .write(Bytes::from(pattern(WRITE_BLOCK + 10)))
-            .await
-            .unwrap();
-        drop(writer);
-        let partial = dir.path().join("blobs/p/v/blob.partial");
-        for _ in 0..100 {
-            if !partial.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(!partial.exists());
-        assert!(!dir.path().join("blobs/p/v/blob").exists());
-    }
-}
-
 /// A resumable write's file: `<key>.resumable`, never touched by the janitor's sweeps of
 /// partial files (an upload may rest for hours between requests).
 const RESUMABLE_SUFFIX: &str = ".resumable";
@@ -754,5 +629,130 @@ impl FsBlobStore {
             buffer: Vec::with_capacity(RESUMABLE_WRITE),
             reached: Vec::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes whose value depends on their offset, so a misplaced block shows.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// Writes `len` bytes in uneven chunks, finishes, and reads the file back.
+    async fn round_trip(root: &Path, len: usize) -> Vec<u8> {
+        let store = FsBlobStore::open(root).await.unwrap();
+        let data = pattern(len);
+        let mut writer = store.writer("p/v/blob").await.unwrap();
+        for chunk in data.chunks(300_001) {
+            writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        writer.finish("unused").await.unwrap();
+        let mut read = store.read("p/v/blob", None).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = read.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(!root.join("blobs/p/v/blob.partial").exists());
+        store.delete("p/v/blob").await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn written_blob_reads_back_exactly_for_aligned_and_unaligned_sizes() {
+        for len in [
+            0,
+            1,
+            4096,
+            WRITE_BLOCK,
+            WRITE_BLOCK + 1,
+            3 * WRITE_BLOCK + 12_345,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            assert_eq!(round_trip(dir.path(), len).await, pattern(len), "len {len}");
+        }
+    }
+
+    /// An aligned buffer holding `data`, as the upload's staging blocks arrive.
+    fn aligned_chunk(data: &[u8]) -> Bytes {
+        let mut buf = AlignedBuf::new(data.len());
+        buf.push(data);
+        Bytes::from_owner(buf)
+    }
+
+    #[tokio::test]
+    async fn aligned_chunks_written_as_they_are_and_copied_chunks_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let data = pattern(6 * 1024 * 1024 + 5000);
+        let mb = 1024 * 1024;
+        let mut writer = store.writer("p/v/blob").await.unwrap();
+        // aligned, aligned, an odd piece (copied), then aligned chunks that must wait
+        // behind the copied block, and an unaligned tail.
+        let pieces = [
+            0..mb,
+            mb..2 * mb,
+            2 * mb..2 * mb + 100,
+            2 * mb + 100..3 * mb + 100,
+        ];
+        for piece in pieces {
+            let chunk = &data[piece];
+            if is_direct_aligned(chunk) {
+                writer.write(aligned_chunk(chunk)).await.unwrap();
+            } else {
+                writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+        }
+        writer
+            .write(aligned_chunk(&data[3 * mb + 100..5 * mb + 100]))
+            .await
+            .unwrap();
+        writer
+            .write(Bytes::copy_from_slice(&data[5 * mb + 100..]))
+            .await
+            .unwrap();
+        writer.finish("unused").await.unwrap();
+        let written = std::fs::read(dir.path().join("blobs/p/v/blob")).unwrap();
+        assert_eq!(written.len(), data.len());
+        assert!(
+            written == data,
+            "file content differs from what was written"
+        );
+    }
+
+    /// tmpfs before Linux 6.6 refuses O_DIRECT; the writer must then fall back to ordinary
+    /// writes (on newer kernels this is one more filesystem the direct path must handle).
+    #[tokio::test]
+    async fn written_blob_reads_back_on_a_filesystem_without_direct_io() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let len = 2 * WRITE_BLOCK + 777;
+        assert_eq!(round_trip(dir.path(), len).await, pattern(len));
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let mut writer = store.writer("p/v/blob").await.unwrap();
+        writer
+            .write(Bytes::from(pattern(WRITE_BLOCK + 10)))
+            .await
+            .unwrap();
+        drop(writer);
+        let partial = dir.path().join("blobs/p/v/blob.partial");
+        for _ in 0..100 {
+            if !partial.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!partial.exists());
+        assert!(!dir.path().join("blobs/p/v/blob").exists());
     }
 }
