@@ -162,8 +162,12 @@ pub async fn patch(
         return Err(offset_mismatch(session.offset));
     }
     let _slot = app.uploads.admit()?;
-    let progress = crate::ops::upload::lease::Progress::default();
-    let _lock = SessionLock::take(app, id, progress.clone()).await?;
+    // The lock is renewed while this request runs, stalled or not (a stall ends at the
+    // idle timeout): only a dead process's lock lapses, so two requests never write the
+    // same upload at once.
+    let alive = crate::ops::upload::lease::Progress::default();
+    alive.done();
+    let _lock = SessionLock::take(app, id, alive).await?;
     // Read again under the lock: another request may have moved it on meanwhile.
     let session = session::find(app, caller, id).await?;
     if session.completed || patch.offset != session.offset {
@@ -191,7 +195,6 @@ pub async fn patch(
         chunk: patch.checksum.clone().map(ChunkHasher::new),
         snapshots: VecDeque::new(),
         written: patch.offset,
-        progress,
     };
     let idle = Duration::from_secs(app.settings.upload_idle_timeout_seconds);
     let received = run.receive(&mut body, idle).await;
@@ -256,7 +259,6 @@ struct Run<'a> {
     /// The hash state at each durable step written but not yet recorded.
     snapshots: VecDeque<(u64, ResumableSha256)>,
     written: u64,
-    progress: crate::ops::upload::lease::Progress,
 }
 
 impl Run<'_> {
@@ -283,10 +285,8 @@ impl Run<'_> {
                     ));
                 }
             };
-            self.progress.bump(chunk.len());
             self.take(chunk).await?;
         }
-        self.progress.done();
         Ok(())
     }
 
