@@ -1676,7 +1676,10 @@ async fn an_upload_session_is_stored_once_and_saved_only_from_its_current_offset
         meta.insert_upload_session(&session).await,
         Err(MetaError::Conflict)
     ));
-    assert_eq!(meta.upload_session(&id).await.unwrap(), Some(session.clone()));
+    assert_eq!(
+        meta.upload_session(&id).await.unwrap(),
+        Some(session.clone())
+    );
 
     // Progress with the parts a store reported.
     let moved = UploadSession {
@@ -1696,14 +1699,28 @@ async fn an_upload_session_is_stored_once_and_saved_only_from_its_current_offset
     };
     assert!(meta.save_upload_session(&moved, (0, false)).await.unwrap());
     // A stale writer (still at offset 0) cannot roll it back.
-    assert!(!meta.save_upload_session(&session, (0, false)).await.unwrap());
+    assert!(
+        !meta
+            .save_upload_session(&session, (0, false))
+            .await
+            .unwrap()
+    );
     assert_eq!(meta.upload_session(&id).await.unwrap(), Some(moved.clone()));
     let done = UploadSession {
         completed: true,
         ..moved.clone()
     };
-    assert!(!meta.save_upload_session(&done, (8 << 20, true)).await.unwrap());
-    assert!(meta.save_upload_session(&done, (8 << 20, false)).await.unwrap());
+    assert!(
+        !meta
+            .save_upload_session(&done, (8 << 20, true))
+            .await
+            .unwrap()
+    );
+    assert!(
+        meta.save_upload_session(&done, (8 << 20, false))
+            .await
+            .unwrap()
+    );
     assert_eq!(meta.upload_session(&id).await.unwrap(), Some(done));
 
     assert!(meta.delete_upload_session(&id).await.unwrap());
@@ -1719,15 +1736,32 @@ async fn upload_sessions_are_listed_per_token_and_found_when_expired(meta: &dyn 
     let token_b = format!("tok_b{base}");
     let sessions = [
         upload_session(&format!("{:032x}", base), &token_a, now - 3000, now - 1000),
-        upload_session(&format!("{:032x}", base + 1), &token_a, now - 2000, now + 60_000),
-        upload_session(&format!("{:032x}", base + 2), &token_b, now - 1000, now + 60_000),
+        upload_session(
+            &format!("{:032x}", base + 1),
+            &token_a,
+            now - 2000,
+            now + 60_000,
+        ),
+        upload_session(
+            &format!("{:032x}", base + 2),
+            &token_b,
+            now - 1000,
+            now + 60_000,
+        ),
     ];
     for s in &sessions {
         meta.insert_upload_session(s).await.unwrap();
     }
     let of_a = meta.upload_sessions(Some(&token_a), 10).await.unwrap();
-    assert_eq!(of_a, vec![sessions[0].clone(), sessions[1].clone()], "oldest first");
-    assert_eq!(meta.upload_sessions(Some(&token_a), 1).await.unwrap().len(), 1);
+    assert_eq!(
+        of_a,
+        vec![sessions[0].clone(), sessions[1].clone()],
+        "oldest first"
+    );
+    assert_eq!(
+        meta.upload_sessions(Some(&token_a), 1).await.unwrap().len(),
+        1
+    );
     assert_eq!(
         meta.upload_sessions(Some(&token_b), 10).await.unwrap(),
         vec![sessions[2].clone()]
