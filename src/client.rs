@@ -12,6 +12,7 @@
 //! plain visible base name, the `.part` file is never opened through a symlink, and no
 //! existing file is replaced without `--force`.
 
+use base64::Engine;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -24,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Exit codes, so scripts can react to the kind of failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,11 +79,15 @@ pub struct Connection {
 pub enum ClientCommand {
     /// Upload files as a new version (streamed; the server verifies every SHA-256)
     ///
-    /// One file makes the version in one request. Several files (or --draft) go into a
-    /// draft, --jobs at a time, each with its SHA-256, and the draft is then published
-    /// with exactly these files, so consumers never see a half-filled version. Run the
-    /// same push again after a failure: files the draft already holds with the same
-    /// SHA-256 are skipped.
+    /// One file makes the version in one request (a large one: see --chunk-size). Several
+    /// files (or --draft) go into a draft, --jobs at a time, each with its SHA-256, and
+    /// the draft is then published with exactly these files, so consumers never see a
+    /// half-filled version. Run the same push again after a failure: files the draft
+    /// already holds with the same SHA-256 are skipped.
+    ///
+    /// A file larger than --chunk-size goes up in resumable pieces (tus 1.0), and the same
+    /// push run again continues an interrupted upload; --direct sends the files straight
+    /// to the storage bucket instead.
     Push {
         #[command(flatten)]
         connection: Connection,
@@ -103,6 +108,34 @@ pub enum ClientCommand {
         /// Files uploaded at once
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
         jobs: u16,
+        /// Files larger than this go up in resumable pieces of this size (tus 1.0)
+        ///
+        /// Each piece is one request, so set it below the body limit of a proxy in front
+        /// of Depot (e.g. 50MB behind a 100 MB cap) or small enough to finish within its
+        /// timeout. A piece cut off is retried from what the server stored (a few times,
+        /// with growing pauses), and the same push run again after a crash or Ctrl-C
+        /// resumes the upload where it stopped (the server keeps an unfinished upload for
+        /// a day by default). Files of at most this size go in one request. At least
+        /// 256KiB: smaller pieces spend more time on round trips than on data.
+        #[arg(
+            long,
+            value_name = "SIZE",
+            default_value = "64MiB",
+            value_parser = parse_chunk_size,
+            conflicts_with = "direct"
+        )]
+        chunk_size: u64,
+        /// Send each file straight to the storage bucket, bypassing the gateway
+        ///
+        /// Depot hands out a signed URL (an S3 presigned PUT, or on the filesystem store
+        /// a URL Depot serves itself), the file goes there in one request, and Depot then
+        /// verifies its size and SHA-256 and commits it. Use it when the bucket is
+        /// reachable from here and the gateway is the bottleneck (CPU, bandwidth). Your
+        /// token goes only to Depot, never with the file. One request per file, up to
+        /// 5 GiB, not resumable (a failed transfer is retried a few times): behind a proxy
+        /// with a body limit, or for larger files, push without --direct.
+        #[arg(long)]
+        direct: bool,
     },
     /// Publish a draft: it becomes an immutable version that consumers see
     Publish {
@@ -800,6 +833,7 @@ impl Client {
         labels: &[(String, String)],
         draft: bool,
         jobs: usize,
+        transfer: Transfer,
     ) -> ClientResult<()> {
         let mut names = std::collections::BTreeSet::new();
         let mut plan = Vec::with_capacity(files.len());
@@ -837,7 +871,16 @@ impl Client {
             &format!("push {product} {version}"),
         );
         let mut uploads = futures::stream::iter(plan.iter().map(|(path, name, len)| {
-            self.push_draft_file(product, version, path, name, *len, expected.clone(), &bar)
+            self.push_draft_file(
+                product,
+                version,
+                path,
+                name,
+                *len,
+                expected.clone(),
+                transfer,
+                &bar,
+            )
         }))
         .buffer_unordered(jobs);
         while let Some(outcome) = uploads.next().await {
@@ -888,6 +931,7 @@ impl Client {
         name: &str,
         len: u64,
         expected: Option<String>,
+        transfer: Transfer,
         bar: &ProgressBar,
     ) -> ClientResult<String> {
         let digest = match expected {
@@ -922,6 +966,29 @@ impl Client {
                 ),
             ));
         }
+        let upload = FileUpload {
+            product,
+            version,
+            name,
+            path,
+            len,
+            digest: &digest,
+            draft: true,
+        };
+        match transfer.mode(len) {
+            Mode::Single => {}
+            Mode::Resumable(chunk) => {
+                self.push_resumable(&upload, chunk, bar).await?;
+                return Ok(format!("uploaded {name}: {len} bytes, sha256:{digest}"));
+            }
+            Mode::Direct => {
+                let out = self.push_direct(&upload, bar).await?;
+                return Ok(format!(
+                    "uploaded {name}: {} bytes, {}",
+                    out.size, out.checksum
+                ));
+            }
+        }
         let handle = tokio::fs::File::open(path).await.map_err(|e| {
             fail(
                 Failure::Other,
@@ -945,6 +1012,573 @@ impl Client {
             "uploaded {name}: {} bytes, {}",
             out.size, out.checksum
         ))
+    }
+
+    /// One file as a new version. At most --chunk-size (and not --direct): one request,
+    /// as `push`. Larger: resumable (tus); with --direct: straight to the bucket. With
+    /// labels, such a file goes into a draft that is then published with them, so the
+    /// version appears with its labels. Returns the size and `sha256:<hex>`.
+    pub async fn push_one(
+        &self,
+        product: &str,
+        version: &str,
+        file: &Path,
+        checksum: Option<&str>,
+        labels: &[(String, String)],
+        transfer: Transfer,
+    ) -> ClientResult<(u64, String)> {
+        let len = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| {
+                fail(
+                    Failure::Other,
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?
+            .len();
+        let mode = transfer.mode(len);
+        if mode == Mode::Single {
+            let out = self.push(product, version, file, checksum, labels).await?;
+            return Ok((out.size, out.checksum));
+        }
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| fail(Failure::Other, "the file name is not valid UTF-8"))?
+            .to_string();
+        let expected = checksum.map(normalize_checksum).transpose()?;
+        let bar = self.progress(len, &format!("push {product} {version}"));
+        if !labels.is_empty() {
+            let uploaded = self
+                .push_draft_file(product, version, file, &name, len, expected, transfer, &bar)
+                .await;
+            bar.finish_and_clear();
+            uploaded.map_err(|mut err| {
+                err.message.push_str(&format!(
+                    "\nnote: the draft {product} {version} keeps what was uploaded; run the same push again to resume"
+                ));
+                err
+            })?;
+            let published = self
+                .publish(product, version, labels, std::slice::from_ref(&name))
+                .await?;
+            return Ok((published.info.size, published.info.checksum));
+        }
+        let digest = match expected {
+            Some(digest) => digest,
+            None => sha256_of(file).await?,
+        };
+        let upload = FileUpload {
+            product,
+            version,
+            name: &name,
+            path: file,
+            len,
+            digest: &digest,
+            draft: false,
+        };
+        let result = match mode {
+            Mode::Direct => self
+                .push_direct(&upload, &bar)
+                .await
+                .map(|out| (out.size, out.checksum)),
+            _ => {
+                let chunk = transfer.chunk_size;
+                self.push_resumable(&upload, chunk, &bar)
+                    .await
+                    .map(|()| (len, format!("sha256:{digest}")))
+            }
+        };
+        bar.finish_and_clear();
+        result
+    }
+
+    /// Sends a file with tus 1.0 in pieces of `chunk` bytes, each streamed from the file
+    /// (never more than a read buffer in memory). An unfinished upload of the same file
+    /// (name, length, SHA-256, draft or not) that the server still holds is continued;
+    /// else one is created. Every piece continues from the offset the server reports
+    /// (which counts only what it stored durably); a piece that fails in transit, or that
+    /// the server refuses for the moment (locked, offset moved, 5xx), is retried from the
+    /// server's offset after a pause, up to `RETRIES` times in a row.
+    async fn push_resumable(
+        &self,
+        up: &FileUpload<'_>,
+        chunk: u64,
+        bar: &ProgressBar,
+    ) -> ClientResult<()> {
+        let checksum = format!("sha256:{}", up.digest);
+        let (id, mut offset) = match self.find_upload(up, &checksum).await? {
+            (Some(found), _) => {
+                if found.1 > 0 {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "depot: resuming the upload of {}: {} of {} bytes are on the server",
+                            up.name, found.1, up.len
+                        )
+                    });
+                }
+                found
+            }
+            (None, others) => self.create_upload(up, &checksum, &others).await?,
+        };
+        bar.inc(offset);
+        let mut failures = 0u32;
+        let mut resync = false;
+        loop {
+            let attempt = if resync {
+                self.upload_offset(&id, up).await
+            } else if offset >= up.len {
+                break;
+            } else {
+                let size = chunk.min(up.len - offset);
+                match self.patch_chunk(&id, up, offset, size, bar).await {
+                    Ok(next) if next > offset && next <= offset + size => Ok(next),
+                    Ok(next) if next == offset => Err(Attempt::Retry(format!(
+                        "the server stored none of the {size} bytes sent at offset {offset}"
+                    ))),
+                    Ok(next) => Err(Attempt::Fatal(fail(
+                        Failure::Server,
+                        format!(
+                            "the server reported offset {next} after {size} bytes sent at offset {offset}"
+                        ),
+                    ))),
+                    Err(e) => Err(e),
+                }
+            };
+            match attempt {
+                Ok(next) => {
+                    if next >= offset {
+                        bar.inc(next - offset);
+                    } else {
+                        bar.dec(offset - next);
+                    }
+                    if !resync {
+                        failures = 0;
+                    }
+                    offset = next;
+                    resync = false;
+                }
+                Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Retry(reason)) => {
+                    failures += 1;
+                    if failures > RETRIES {
+                        return Err(fail(
+                            Failure::Network,
+                            format!(
+                                "{}: giving up after {RETRIES} retries: {reason}\nnote: the server keeps the unfinished upload ({offset} of {} bytes); run the same push again to resume it",
+                                up.name, up.len
+                            ),
+                        ));
+                    }
+                    let pause = retry_pause(failures);
+                    bar.suspend(|| {
+                        eprintln!(
+                            "depot: {}: {reason}; retrying in {} s ({failures}/{RETRIES})",
+                            up.name,
+                            pause.as_secs()
+                        )
+                    });
+                    tokio::time::sleep(pause).await;
+                    resync = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /uploads` for the version: the caller's unfinished upload of this very file
+    /// (the one furthest along, checked with HEAD) if there is one, and the other
+    /// unfinished uploads of the version (to explain a refusal).
+    async fn find_upload(
+        &self,
+        up: &FileUpload<'_>,
+        checksum: &str,
+    ) -> ClientResult<(Option<(String, u64)>, Vec<ListedUpload>)> {
+        let path = format!(
+            "/uploads?product={}&version={}",
+            segment(up.product),
+            segment(up.version)
+        );
+        let listed: UploadList = self
+            .typed(
+                self.request(Method::GET, &path)?
+                    .header("Tus-Resumable", TUS_VERSION),
+            )
+            .await?;
+        let (mut same, others): (Vec<ListedUpload>, Vec<ListedUpload>) = listed
+            .uploads
+            .into_iter()
+            .filter(|u| u.product == up.product && u.version == up.version)
+            .partition(|u| {
+                u.filename == up.name
+                    && u.length == up.len
+                    && u.draft == up.draft
+                    && u.checksum
+                        .as_deref()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(checksum))
+                    && is_upload_id(&u.id)
+            });
+        same.sort_by_key(|u| std::cmp::Reverse(u.offset));
+        for candidate in same {
+            match self.upload_offset(&candidate.id, up).await {
+                Ok(offset) => return Ok((Some((candidate.id, offset)), others)),
+                // Gone or expired since the listing: look further, else start afresh.
+                Err(Attempt::Fatal(err)) if err.kind == Failure::NotFound => continue,
+                Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Retry(reason)) => {
+                    return Err(fail(
+                        Failure::Network,
+                        format!(
+                            "cannot check the unfinished upload of {}: {reason}",
+                            up.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok((None, others))
+    }
+
+    /// `POST /uploads`: a new tus upload of the file (every check happens here, before
+    /// any byte). Returns its id and the offset the server reports (0).
+    async fn create_upload(
+        &self,
+        up: &FileUpload<'_>,
+        checksum: &str,
+        others: &[ListedUpload],
+    ) -> ClientResult<(String, u64)> {
+        let draft = if up.draft { "true" } else { "false" };
+        let metadata = [
+            ("product", up.product),
+            ("version", up.version),
+            ("filename", up.name),
+            ("checksum", checksum),
+            ("draft", draft),
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key} {}", BASE64.encode(value)))
+        .collect::<Vec<_>>()
+        .join(",");
+        let req = self
+            .request(Method::POST, "/uploads")?
+            .header("Tus-Resumable", TUS_VERSION)
+            .header("Upload-Length", up.len)
+            .header("Upload-Metadata", metadata)
+            .body(Vec::new());
+        let resp = req.send().await.map_err(network)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let mut err = error_from(status, &body);
+            if body["code"] == "version_pending" && !others.is_empty() {
+                let safe = crate::domain::names::terminal_safe;
+                for u in others {
+                    err.message.push_str(&format!(
+                        "\nnote: an unfinished upload holds {} {}: {}, {} of {} bytes, {}, expires {} (id {}); it is not this file (another name, length or checksum)",
+                        up.product,
+                        up.version,
+                        safe(&u.filename),
+                        u.offset,
+                        u.length,
+                        u.checksum.as_deref().map(safe).unwrap_or_else(|| "no checksum".into()),
+                        safe(u.expires_at.as_deref().unwrap_or("?")),
+                        safe(&u.id),
+                    ));
+                }
+                err.message.push_str(
+                    "\nhint: push that file again to finish it, wait until it expires, or remove it with DELETE /uploads/<id>",
+                );
+            }
+            return Err(err);
+        }
+        let id = header(&resp, "location")
+            .as_deref()
+            .and_then(upload_id_from_location)
+            .ok_or_else(|| {
+                fail(
+                    Failure::Server,
+                    "the server created an upload but sent no usable Location",
+                )
+            })?;
+        let offset = header(&resp, "upload-offset")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok((id, offset))
+    }
+
+    /// `HEAD /uploads/{id}`: the bytes the server holds durably. A network failure or a
+    /// 5xx can be retried; a missing or expired upload, or one of another length, cannot.
+    async fn upload_offset(&self, id: &str, up: &FileUpload<'_>) -> Result<u64, Attempt> {
+        let req = self
+            .request(Method::HEAD, &format!("/uploads/{id}"))
+            .map_err(Attempt::Fatal)?
+            .header("Tus-Resumable", TUS_VERSION);
+        let resp = req.send().await.map_err(transit_failure)?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(Attempt::Retry(format!(
+                "HEAD of the upload answered {status}"
+            )));
+        }
+        match status {
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return Err(Attempt::Fatal(fail(
+                    Failure::NotFound,
+                    format!(
+                        "the upload of {} is no longer on the server ({status}: it expired, was removed, or was refused when it was complete)\nhint: run the same push again to start over",
+                        up.name
+                    ),
+                )));
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                // HEAD answers have no body: ask again with GET for the message.
+                let listed = self
+                    .request(Method::GET, "/uploads")
+                    .map_err(Attempt::Fatal)?;
+                return Err(Attempt::Fatal(match self.send(listed).await {
+                    Err(e) => e,
+                    Ok(_) => fail(
+                        Failure::Auth,
+                        format!("the server refused to show the upload ({status})"),
+                    ),
+                }));
+            }
+            s if !s.is_success() => {
+                return Err(Attempt::Fatal(fail(
+                    Failure::Other,
+                    format!("HEAD of the upload of {} answered {status}", up.name),
+                )));
+            }
+            _ => {}
+        }
+        let number = |name: &str| header(&resp, name).and_then(|v| v.trim().parse::<u64>().ok());
+        if number("upload-length").is_some_and(|length| length != up.len) {
+            return Err(Attempt::Fatal(fail(
+                Failure::Server,
+                format!(
+                    "the server's upload of {} has another length than the file",
+                    up.name
+                ),
+            )));
+        }
+        match number("upload-offset") {
+            Some(offset) if offset <= up.len => Ok(offset),
+            _ => Err(Attempt::Fatal(fail(
+                Failure::Server,
+                "the server sent no valid Upload-Offset",
+            ))),
+        }
+    }
+
+    /// `PATCH /uploads/{id}`: `size` bytes of the file from `offset`, streamed. Returns the
+    /// server's new offset. The bar moves with the bytes sent and is moved back once the
+    /// answer is in (the caller advances it by what the server stored).
+    async fn patch_chunk(
+        &self,
+        id: &str,
+        up: &FileUpload<'_>,
+        offset: u64,
+        size: u64,
+        bar: &ProgressBar,
+    ) -> Result<u64, Attempt> {
+        let mut file = tokio::fs::File::open(up.path).await.map_err(|e| {
+            Attempt::Fatal(fail(
+                Failure::Other,
+                format!("cannot open {}: {e}", up.path.display()),
+            ))
+        })?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Attempt::Fatal(io_fail(e)))?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (counter, progress) = (sent.clone(), bar.clone());
+        let body = tokio_util::io::ReaderStream::with_capacity(file.take(size), 256 * 1024)
+            .inspect(move |piece| {
+                if let Ok(piece) = piece {
+                    let n = piece.len() as u64;
+                    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    progress.inc(n);
+                }
+            });
+        let req = self
+            .request(Method::PATCH, &format!("/uploads/{id}"))
+            .map_err(Attempt::Fatal)?
+            .header("Tus-Resumable", TUS_VERSION)
+            .header("content-type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset)
+            .header("content-length", size)
+            .body(reqwest::Body::wrap_stream(body));
+        let sent_back = |bar: &ProgressBar| {
+            bar.dec(sent.load(std::sync::atomic::Ordering::Relaxed));
+        };
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                sent_back(bar);
+                return Err(transit_failure(e));
+            }
+        };
+        sent_back(bar);
+        let status = resp.status();
+        if status.is_success() {
+            return header(&resp, "upload-offset")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Attempt::Fatal(fail(
+                        Failure::Server,
+                        "the server answered a PATCH without Upload-Offset",
+                    ))
+                });
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = body["code"].as_str().unwrap_or_default();
+        let passing = matches!(
+            code,
+            "offset_mismatch" | "upload_locked" | "chunk_checksum_mismatch"
+        ) || status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS;
+        if passing {
+            let message = body["error"].as_str().unwrap_or_default();
+            return Err(Attempt::Retry(crate::domain::names::terminal_safe(
+                &format!("{status}: {message} [{code}]"),
+            )));
+        }
+        Err(Attempt::Fatal(error_from(status, &body)))
+    }
+
+    /// Direct to the bucket: `POST /product/upload-url`, the file streamed in one PUT to
+    /// the URL it returns with exactly its headers (and no token: it may be another
+    /// origin), then `POST /product/upload-url/{id}/complete`, which verifies and commits.
+    async fn push_direct(
+        &self,
+        up: &FileUpload<'_>,
+        bar: &ProgressBar,
+    ) -> ClientResult<crate::dto::UploadResult> {
+        let request = json!({
+            "product": up.product,
+            "version": up.version,
+            "file": up.name,
+            "size": up.len,
+            "checksum": format!("sha256:{}", up.digest),
+            "draft": up.draft,
+        });
+        let grant: DirectGrant = self
+            .typed(
+                self.request(Method::POST, "/product/upload-url")?
+                    .json(&request),
+            )
+            .await?;
+        if !is_upload_id(&grant.upload_id) {
+            return Err(fail(
+                Failure::Server,
+                "the server sent an invalid upload_id",
+            ));
+        }
+        if !grant.method.eq_ignore_ascii_case("PUT") {
+            return Err(fail(
+                Failure::Server,
+                format!(
+                    "the server asked for an upload with {}; this client sends PUT",
+                    crate::domain::names::terminal_safe(&grant.method)
+                ),
+            ));
+        }
+        let target = url::Url::parse(&self.base)
+            .and_then(|base| base.join(&grant.url))
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| fail(Failure::Server, "the server sent an invalid upload URL"))?;
+        let origin = target.origin().ascii_serialization();
+        let mut failures = 0u32;
+        loop {
+            match self.put_direct(&target, &grant, up, bar).await {
+                Ok(()) => break,
+                Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Retry(reason)) => {
+                    failures += 1;
+                    if failures > DIRECT_RETRIES {
+                        return Err(fail(
+                            Failure::Network,
+                            format!(
+                                "the upload of {} to {origin} failed {} times, last: {reason}\nnote: the upload URL stays valid until {}; until then the upload holds the version (a draft file: the name)",
+                                up.name,
+                                failures,
+                                crate::domain::names::terminal_safe(&grant.expires_at)
+                            ),
+                        ));
+                    }
+                    let pause = retry_pause(failures);
+                    bar.suspend(|| {
+                        eprintln!(
+                            "depot: {}: {reason}; retrying in {} s ({failures}/{DIRECT_RETRIES})",
+                            up.name,
+                            pause.as_secs()
+                        )
+                    });
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        let path = format!("/product/upload-url/{}/complete", grant.upload_id);
+        self.typed(self.request(Method::POST, &path)?.body(Vec::new()))
+            .await
+    }
+
+    /// One PUT of the whole file to the direct-upload URL.
+    async fn put_direct(
+        &self,
+        target: &url::Url,
+        grant: &DirectGrant,
+        up: &FileUpload<'_>,
+        bar: &ProgressBar,
+    ) -> Result<(), Attempt> {
+        let handle = tokio::fs::File::open(up.path).await.map_err(|e| {
+            Attempt::Fatal(fail(
+                Failure::Other,
+                format!("cannot open {}: {e}", up.path.display()),
+            ))
+        })?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (counter, progress) = (sent.clone(), bar.clone());
+        let body = tokio_util::io::ReaderStream::with_capacity(handle.take(up.len), 256 * 1024)
+            .inspect(move |piece| {
+                if let Ok(piece) = piece {
+                    let n = piece.len() as u64;
+                    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    progress.inc(n);
+                }
+            });
+        // No token here: the URL is signed, and may point at the bucket.
+        let mut req = self.http.request(Method::PUT, target.clone());
+        let mut has_length = false;
+        for (name, value) in &grant.headers {
+            has_length |= name.eq_ignore_ascii_case("content-length");
+            req = req.header(name.as_str(), value.as_str());
+        }
+        if !has_length {
+            req = req.header("content-length", up.len);
+        }
+        let outcome = req.body(reqwest::Body::wrap_stream(body)).send().await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let resp = match outcome {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => resp,
+            Err(e) => {
+                bar.dec(sent);
+                return Err(transit_failure(e));
+            }
+        };
+        bar.dec(sent);
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            return Err(Attempt::Retry(format!("the upload URL answered {status}")));
+        }
+        Err(Attempt::Fatal(storage_error(status, &text)))
     }
 
     /// `POST /product/publish/...`: `files` empty means whatever the draft holds.
@@ -974,8 +1608,11 @@ impl Client {
                 labels,
                 draft,
                 jobs,
+                chunk_size,
+                direct,
                 ..
             } => {
+                let transfer = Transfer { chunk_size, direct };
                 if checksum.is_some() && files.len() > 1 {
                     return Err(fail(
                         Failure::Other,
@@ -990,13 +1627,17 @@ impl Client {
                 }
                 match files.as_slice() {
                     [file] if !draft => {
-                        let out = self
-                            .push(&product, &version, file, checksum.as_deref(), &labels)
+                        let (size, digest) = self
+                            .push_one(
+                                &product,
+                                &version,
+                                file,
+                                checksum.as_deref(),
+                                &labels,
+                                transfer,
+                            )
                             .await?;
-                        println!(
-                            "pushed {product} {version}: {} bytes, {}",
-                            out.size, out.checksum
-                        );
+                        println!("pushed {product} {version}: {size} bytes, {digest}");
                     }
                     _ => {
                         self.push_files(
@@ -1007,6 +1648,7 @@ impl Client {
                             &labels,
                             draft,
                             usize::from(jobs),
+                            transfer,
                         )
                         .await?
                     }
@@ -1632,6 +2274,165 @@ fn push_body(
     })
 }
 
+/// How `push` sends files: resumable above `chunk_size`, or direct to the bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    pub chunk_size: u64,
+    pub direct: bool,
+}
+
+impl Transfer {
+    fn mode(self, len: u64) -> Mode {
+        if self.direct {
+            Mode::Direct
+        } else if len > self.chunk_size {
+            Mode::Resumable(self.chunk_size)
+        } else {
+            Mode::Single
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One request through Depot (`POST /product/upload` or the draft's `PUT`).
+    Single,
+    /// tus 1.0 in pieces of this many bytes.
+    Resumable(u64),
+    /// A signed URL, one PUT, then complete.
+    Direct,
+}
+
+/// A file going up as a tus or direct upload, with its SHA-256 (hex).
+struct FileUpload<'a> {
+    product: &'a str,
+    version: &'a str,
+    name: &'a str,
+    path: &'a Path,
+    len: u64,
+    digest: &'a str,
+    draft: bool,
+}
+
+/// How one request of a resumable or direct upload ended, when not well.
+enum Attempt {
+    /// Worth another try after a pause (network, lock, 5xx): why.
+    Retry(String),
+    Fatal(ClientError),
+}
+
+/// `GET /uploads`'s body.
+#[derive(serde::Deserialize)]
+struct UploadList {
+    uploads: Vec<ListedUpload>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedUpload {
+    id: String,
+    product: String,
+    version: String,
+    filename: String,
+    length: u64,
+    offset: u64,
+    #[serde(default)]
+    draft: bool,
+    checksum: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `POST /product/upload-url`'s answer.
+#[derive(serde::Deserialize)]
+struct DirectGrant {
+    upload_id: String,
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    expires_at: String,
+}
+
+const TUS_VERSION: &str = "1.0.0";
+
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The smallest --chunk-size: below it, round trips cost more than the data.
+const MIN_CHUNK_SIZE: u64 = 256 * 1024;
+
+/// Failed requests in a row before a resumable push gives up (the pauses add up to
+/// about 90 s: longer than the server's default lease on an upload a dead push held).
+const RETRIES: u32 = 7;
+
+/// Failed PUTs of a direct upload before the push gives up.
+const DIRECT_RETRIES: u32 = 3;
+
+/// The pause before retry `n` (1-based): 1, 2, 4, 8, 16, then 30 s.
+fn retry_pause(n: u32) -> Duration {
+    Duration::from_secs((1u64 << n.saturating_sub(1).min(5)).min(30))
+}
+
+/// `--chunk-size`: a size (see `parse_size`) of at least `MIN_CHUNK_SIZE`.
+fn parse_chunk_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size < MIN_CHUNK_SIZE {
+        return Err(format!("'{text}' is too small: a chunk is at least 256KiB"));
+    }
+    Ok(size)
+}
+
+/// An upload id the server handed out, safe to put in a path.
+fn is_upload_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The id from a `Location: /uploads/{id}` (relative or absolute).
+fn upload_id_from_location(location: &str) -> Option<String> {
+    let path = location.split(['?', '#']).next()?;
+    let id = path.rsplit('/').next()?;
+    is_upload_id(id).then(|| id.to_string())
+}
+
+/// A refusal from the direct-upload URL: Depot's JSON error, or a bucket's XML one
+/// (`<Code>`, `<Message>`).
+fn storage_error(status: StatusCode, text: &str) -> ClientError {
+    if let Ok(body) = serde_json::from_str::<Value>(text)
+        && body["code"].is_string()
+    {
+        return error_from(status, &body);
+    }
+    let element = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_string())
+    };
+    let code = element("Code").unwrap_or_default();
+    let message = element("Message").unwrap_or_default();
+    let kind = if code.contains("Digest") || code.contains("Checksum") {
+        Failure::Checksum
+    } else if status == StatusCode::FORBIDDEN {
+        Failure::Auth
+    } else {
+        Failure::Other
+    };
+    let shown: String =
+        crate::domain::names::terminal_safe(&format!("{status}: {message} [{code}]"))
+            .chars()
+            .take(400)
+            .collect();
+    fail(
+        kind,
+        format!(
+            "the storage refused the upload: {shown}\nhint: an expired URL or changed bytes are refused; run the same push again"
+        ),
+    )
+}
+
 /// What `pull` fetches: a version (or `latest`, narrowed by pre-release and label) and
 /// one of its files (`None`: the primary file).
 #[derive(Debug, Clone, Copy)]
@@ -2131,18 +2932,35 @@ fn network(err: reqwest::Error) -> ClientError {
             ),
         );
     }
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        detail.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
+    let detail = error_chain(&err);
     fail(
         Failure::Network,
         format!(
             "cannot reach the Depot server ({detail}); check --url / DEPOT_URL and your network"
         ),
     )
+}
+
+/// An error and its causes, `: `-separated (never the URL).
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        detail.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    detail
+}
+
+/// Why a request of a resumable or direct upload failed in transit, to retry it.
+fn transit_failure(err: reqwest::Error) -> Attempt {
+    if err.is_redirect() {
+        return Attempt::Fatal(network(err));
+    }
+    Attempt::Retry(format!(
+        "the request failed in transit ({})",
+        error_chain(&err.without_url())
+    ))
 }
 
 fn io_fail(err: std::io::Error) -> ClientError {
@@ -2152,9 +2970,35 @@ fn io_fail(err: std::io::Error) -> ClientError {
 async fn server_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
+    error_from(status, &body)
+}
+
+/// The server's JSON error (`{"error": message, "code": code}`) as a client error with
+/// an exit code and a hint.
+fn error_from(status: StatusCode, body: &Value) -> ClientError {
     let message = body["error"].as_str().unwrap_or("").to_string();
     let code = body["code"].as_str().unwrap_or("").to_string();
     let (kind, hint) = match status {
+        _ if code == "version_pending" => (
+            Failure::Conflict,
+            "another upload of this version is under way (or an unfinished resumable one holds it): run the same push again to resume your own, or wait until it finishes or expires",
+        ),
+        _ if code == "upload_locked" => (
+            Failure::Conflict,
+            "another request is writing this upload; one cut off holds it until the server's upload lease lapses (about a minute): run the same push again then",
+        ),
+        _ if code == "use_resumable_upload" => (
+            Failure::Other,
+            "push it without --direct: files larger than --chunk-size go up in resumable pieces",
+        ),
+        _ if code == "upload_not_received" => (
+            Failure::Conflict,
+            "the storage has no object for this upload yet: run the same push again",
+        ),
+        _ if code == "upload_expired" || code == "upload_not_found" => (
+            Failure::NotFound,
+            "the upload is gone (expired or removed): run the same push again to start over",
+        ),
         StatusCode::UNAUTHORIZED => (
             Failure::Auth,
             "check DEPOT_TOKEN: it is missing, unknown, revoked or expired",
@@ -2229,6 +3073,60 @@ mod tests {
         }
         assert!(matches!(parse_size_limit("off"), Ok(Limit(None))));
         assert!(matches!(parse_size_limit("1KiB"), Ok(Limit(Some(1024)))));
+    }
+
+    #[test]
+    fn chunk_sizes_have_a_floor_and_uploads_pick_their_transfer() {
+        assert_eq!(parse_chunk_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_chunk_size("256KiB"), Ok(256 << 10));
+        assert!(parse_chunk_size("100KiB").unwrap_err().contains("256KiB"));
+        assert!(parse_chunk_size("lots").is_err());
+        let chunked = Transfer {
+            chunk_size: 1 << 20,
+            direct: false,
+        };
+        assert_eq!(chunked.mode(1 << 20), Mode::Single);
+        assert_eq!(chunked.mode((1 << 20) + 1), Mode::Resumable(1 << 20));
+        let direct = Transfer {
+            direct: true,
+            ..chunked
+        };
+        assert_eq!(direct.mode(1), Mode::Direct);
+        let pauses: Vec<u64> = (1..=RETRIES).map(|n| retry_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+    }
+
+    #[test]
+    fn upload_ids_come_from_a_location_only_when_safe_in_a_path() {
+        let id = "0123456789abcdef0123456789abcdef";
+        for location in [
+            format!("/uploads/{id}"),
+            format!("/api/uploads/{id}"),
+            format!("https://depot.example/uploads/{id}?x=1"),
+        ] {
+            assert_eq!(upload_id_from_location(&location).as_deref(), Some(id));
+        }
+        for bad in ["/uploads/", "/uploads/..", "/uploads/a%2Fb", "/uploads/a b"] {
+            assert_eq!(upload_id_from_location(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_buckets_xml_refusal_and_depots_json_one_become_client_errors() {
+        let xml = "<?xml version=\"1.0\"?><Error><Code>BadDigest</Code><Message>The sha256 you specified did not match</Message></Error>";
+        let err = storage_error(StatusCode::BAD_REQUEST, xml);
+        assert_eq!(err.kind, Failure::Checksum);
+        assert!(err.message.contains("BadDigest"), "{}", err.message);
+        let err = storage_error(
+            StatusCode::FORBIDDEN,
+            "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        );
+        assert_eq!(err.kind, Failure::Auth);
+        let json = r#"{"error":"the size differs","code":"size_mismatch"}"#;
+        let err = storage_error(StatusCode::BAD_REQUEST, json);
+        assert!(err.message.contains("[size_mismatch]"), "{}", err.message);
+        let shown = storage_error(StatusCode::BAD_REQUEST, "<Code>x\u{1b}[2J</Code>").message;
+        assert!(!shown.contains('\u{1b}'), "{shown:?}");
     }
 
     #[test]

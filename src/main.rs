@@ -79,7 +79,7 @@ fn parse_cli() -> Cli {
         "Routes (each also under /api; see openapi/openapi.yaml or GET /openapi.json):\n",
     );
     for (method, path) in depot::api::ROUTES {
-        routes.push_str(&format!("  {method:<7}{path}\n"));
+        routes.push_str(&format!("  {method:<8}{path}\n"));
     }
     let command = Cli::command().mut_subcommand("serve", |serve| serve.after_long_help(routes));
     let matches = command.get_matches();

@@ -1706,3 +1706,499 @@ fn serve_help_lists_every_route_the_server_answers() {
         );
     }
 }
+
+// ---- resumable (tus) and direct pushes (issue 14) ----------------------------------------
+
+const MIB: usize = 1024 * 1024;
+
+/// PATCHes of tus uploads the server answered with 204 (from /metrics).
+async fn tus_patches(app: &TestApp) -> u64 {
+    let r = app.get("/metrics", None).await;
+    r.assert_status(200);
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with("depot_http_requests_total{"))
+        .filter(|l| {
+            l.contains("method=\"PATCH\"")
+                && l.contains("status=\"204\"")
+                && l.contains("route=\"/uploads/")
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("bad metrics line: {l}")) as u64
+        })
+        .sum()
+}
+
+/// A token that may upload and download `product` (not an admin: it sees only its own uploads).
+async fn uploader(app: &TestApp, product: &str) -> String {
+    app.token_with(
+        product,
+        Perms {
+            download: true,
+            ..Perms::UPLOAD
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn push_above_the_chunk_size_goes_up_resumable_in_pieces_and_downloads_intact() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = uploader(&app, &product).await;
+    let cli = Cli::new(&app, Some(&token));
+    let bytes = payload(41, 5 * MIB + 4321);
+    let file = cli.file("big.bin", &bytes);
+    let digest = sha256_hex(&bytes);
+
+    let before = tus_patches(&app).await;
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--chunk-size", "1MiB"])
+        .await;
+    run.assert_ok();
+    assert_no_progress_bar(&run);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.0.0: {} bytes, sha256:{digest}\n",
+            bytes.len()
+        )
+    );
+    // Six pieces: five of 1 MiB and the rest.
+    assert_eq!(tus_patches(&app).await - before, 6);
+    assert!(
+        app.tus_list(&token, &format!("?product={product}"))
+            .await
+            .is_empty(),
+        "an unfinished upload remains"
+    );
+    let stored = &app.fetch_product(&product).await["versions"]["1.0.0"];
+    assert_eq!(stored["file_name"], "big.bin");
+    assert_eq!(stored["checksum"], format!("sha256:{digest}"));
+    let r = app.download(&token, &product, "1.0.0").await;
+    r.assert_status(200);
+    assert_eq!(
+        r.header("x-checksum-sha256").as_deref(),
+        Some(digest.as_str())
+    );
+    assert!(
+        r.body == bytes,
+        "downloaded bytes differ from the pushed file"
+    );
+
+    // With a label: the version appears with it.
+    let run = cli
+        .run(&[
+            "push",
+            &product,
+            "1.1.0",
+            &file,
+            "--chunk-size",
+            "1MiB",
+            "--label",
+            "channel=beta",
+        ])
+        .await;
+    run.assert_ok();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.1.0: {} bytes, sha256:{digest}\n",
+            bytes.len()
+        )
+    );
+    let listed = listed_version(&app, &product, "1.1.0").await;
+    assert_eq!(listed["labels"], json!({"channel": "beta"}));
+    assert_eq!(listed["state"], "published");
+
+    // At or below the chunk size: one request, as before (no PATCH).
+    let before = tus_patches(&app).await;
+    cli.run(&["push", &product, "1.2.0", &file, "--chunk-size", "6MiB"])
+        .await
+        .assert_ok();
+    assert_eq!(tus_patches(&app).await, before);
+
+    // An existing version is refused before any byte (exit 5); a tiny chunk is a usage error.
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--chunk-size", "1MiB"])
+        .await;
+    run.assert_code(5);
+    assert_eq!(tus_patches(&app).await, before);
+    let run = cli
+        .run(&["push", &product, "2.0.0", &file, "--chunk-size", "100KiB"])
+        .await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("256KiB"), "{}", run.stderr);
+    assert!(
+        app.tus_list(&token, &format!("?product={product}"))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn push_run_again_resumes_the_unfinished_upload_it_finds_on_the_server() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = uploader(&app, &product).await;
+    let cli = Cli::new(&app, Some(&token));
+    let bytes = payload(42, 3 * MIB + 777);
+    let file = cli.file("tool.tgz", &bytes);
+    let digest = sha256_hex(&bytes);
+    let checksum = format!("sha256:{digest}");
+
+    // What a push that died after its first piece leaves behind.
+    let location = app
+        .tus_create_ok(
+            &token,
+            bytes.len() as u64,
+            &[
+                ("product", &product),
+                ("version", "1.0.0"),
+                ("filename", "tool.tgz"),
+                ("checksum", &checksum),
+            ],
+        )
+        .await;
+    app.tus_patch(&token, &location, 0, &bytes[..MIB], None)
+        .await
+        .assert_status(204);
+
+    let before = tus_patches(&app).await;
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--chunk-size", "1MiB"])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "resuming the upload of tool.tgz: {MIB} of {} bytes",
+            bytes.len()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.0.0: {} bytes, {checksum}\n",
+            bytes.len()
+        )
+    );
+    // The rest only (1 MiB, 1 MiB, 777 bytes), into the same upload, which is now complete.
+    assert_eq!(tus_patches(&app).await - before, 3);
+    assert_eq!(app.tus_offset(&token, &location).await, bytes.len() as u64);
+    assert!(
+        app.tus_list(&token, &format!("?product={product}"))
+            .await
+            .is_empty()
+    );
+    let r = app.download(&token, &product, "1.0.0").await;
+    r.assert_status(200);
+    assert!(
+        r.body == bytes,
+        "downloaded bytes differ from the pushed file"
+    );
+
+    // An unfinished upload of another file holds a version: the push says which.
+    let other = app
+        .tus_create_ok(
+            &token,
+            5000,
+            &[
+                ("product", &product),
+                ("version", "2.0.0"),
+                ("filename", "other.bin"),
+            ],
+        )
+        .await;
+    let run = cli
+        .run(&["push", &product, "2.0.0", &file, "--chunk-size", "1MiB"])
+        .await;
+    run.assert_code(5);
+    assert!(run.stderr.contains("version_pending"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("other.bin") && run.stderr.contains(&tus_id(&other)),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn push_of_several_files_sends_the_large_ones_resumable_into_the_draft() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = uploader(&app, &product).await;
+    let cli = Cli::new(&app, Some(&token));
+    let big = payload(43, 2 * MIB + 99);
+    let small = payload(44, 1000);
+    let big_file = cli.file("big.bin", &big);
+    let small_file = cli.file("notes.txt", &small);
+
+    let before = tus_patches(&app).await;
+    let run = cli
+        .run(&[
+            "push",
+            &product,
+            "1.0.0",
+            &big_file,
+            &small_file,
+            "--chunk-size",
+            "1MiB",
+        ])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout
+            .contains(&format!("published {product} 1.0.0: 2 files")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(tus_patches(&app).await - before, 3);
+    let listed = listed_version(&app, &product, "1.0.0").await;
+    assert_eq!(file_names(&listed), ["big.bin", "notes.txt"]);
+    let r = app
+        .get(
+            &format!("/product/download/{product}/1.0.0/big.bin"),
+            Some(&token),
+        )
+        .await;
+    r.assert_status(200);
+    assert!(
+        r.body == big,
+        "downloaded bytes differ from the pushed file"
+    );
+    assert!(
+        app.tus_list(&token, &format!("?product={product}"))
+            .await
+            .is_empty()
+    );
+
+    // --draft: the large file resumable into a draft that stays one.
+    let run = cli
+        .run(&[
+            "push",
+            &product,
+            "2.0.0",
+            &big_file,
+            "--draft",
+            "--chunk-size",
+            "1MiB",
+        ])
+        .await;
+    run.assert_ok();
+    assert_eq!(
+        listed_version(&app, &product, "2.0.0").await["state"],
+        "draft"
+    );
+}
+
+#[tokio::test]
+async fn push_direct_sends_the_file_to_the_signed_url_and_commits_it() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = uploader(&app, &product).await;
+    let cli = Cli::new(&app, Some(&token));
+    let bytes = payload(45, 2 * MIB + 5);
+    let file = cli.file("direct.bin", &bytes);
+    let digest = sha256_hex(&bytes);
+
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--direct"])
+        .await;
+    run.assert_ok();
+    assert_no_progress_bar(&run);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.0.0: {} bytes, sha256:{digest}\n",
+            bytes.len()
+        )
+    );
+    let r = app.download(&token, &product, "1.0.0").await;
+    r.assert_status(200);
+    assert_eq!(
+        r.header("x-checksum-sha256").as_deref(),
+        Some(digest.as_str())
+    );
+    assert!(
+        r.body == bytes,
+        "downloaded bytes differ from the pushed file"
+    );
+
+    // Several files, each direct into the draft, published together; and with a label.
+    let small = cli.file("notes.txt", &payload(46, 300));
+    let run = cli
+        .run(&["push", &product, "2.0.0", &file, &small, "--direct"])
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout
+            .contains(&format!("published {product} 2.0.0: 2 files")),
+        "{}",
+        run.stdout
+    );
+    let listed = listed_version(&app, &product, "2.0.0").await;
+    assert_eq!(file_names(&listed), ["direct.bin", "notes.txt"]);
+    cli.run(&[
+        "push",
+        &product,
+        "3.0.0",
+        &file,
+        "--direct",
+        "--label",
+        "channel=stable",
+    ])
+    .await
+    .assert_ok();
+    assert_eq!(
+        listed_version(&app, &product, "3.0.0").await["labels"],
+        json!({"channel": "stable"})
+    );
+
+    // An existing version is refused (exit 5); --direct and --chunk-size exclude each other.
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--direct"])
+        .await;
+    run.assert_code(5);
+    assert!(run.stderr.contains("version_exists"), "{}", run.stderr);
+    cli.run(&[
+        "push",
+        &product,
+        "4.0.0",
+        &file,
+        "--direct",
+        "--chunk-size",
+        "1MiB",
+    ])
+    .await
+    .assert_code(2);
+    // A wrong --checksum: the server refuses at completion, nothing is published.
+    let run = cli
+        .run(&[
+            "push",
+            &product,
+            "5.0.0",
+            &file,
+            "--direct",
+            "--checksum",
+            &"ab".repeat(32),
+        ])
+        .await;
+    run.assert_code(6);
+    assert!(!app.versions(&product).await.contains(&"5.0.0".to_string()));
+}
+
+#[tokio::test]
+async fn a_resumable_push_past_the_quota_is_refused_before_any_byte_with_the_hint() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let cli = Cli::new(&app, Some(app.admin()));
+    cli.run(&["product", "settings", &product, "--max-bytes", "1MiB"])
+        .await
+        .assert_ok();
+    let file = cli.file("big.bin", &payload(47, 2 * MIB));
+    let before = tus_patches(&app).await;
+    for extra in [&["--chunk-size", "1MiB"][..], &["--direct"][..]] {
+        let mut args = vec!["push", product.as_str(), "1.0.0", file.as_str()];
+        args.extend_from_slice(extra);
+        let run = cli.run(&args).await;
+        run.assert_code(1);
+        assert!(run.stderr.contains("quota_exceeded"), "{}", run.stderr);
+        assert!(run.stderr.contains("depot usage"), "{}", run.stderr);
+    }
+    assert_eq!(tus_patches(&app).await, before);
+    assert!(app.versions(&product).await.is_empty());
+}
+
+/// A TCP proxy to 127.0.0.1:`target` that cuts off the connection once, when the bytes
+/// clients sent through it pass `cut_after`: a flaky proxy in the middle of a body.
+async fn flaky_proxy(target: u16, cut_after: u64) -> u16 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (sent, cut) = (sent.clone(), cut.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                        if before + n as u64 > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                            let keep = (cut_after.saturating_sub(before) as usize).min(n);
+                            let _ = server_write.write_all(&buf[..keep]).await;
+                            let _ = server_write.flush().await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            return;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_resumable_push_survives_a_proxy_that_cuts_a_piece_off_midway() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = uploader(&app, &product).await;
+    let proxy = flaky_proxy(app.port(), 3 * MIB as u64 / 2).await;
+    let cli = Cli::with_url(format!("http://127.0.0.1:{proxy}"), Some(&token));
+    let bytes = payload(48, 4 * MIB + 10);
+    let file = cli.file("flaky.bin", &bytes);
+    let digest = sha256_hex(&bytes);
+
+    let run = cli
+        .run(&["push", &product, "1.0.0", &file, "--chunk-size", "1MiB"])
+        .await;
+    run.assert_ok();
+    assert!(run.stderr.contains("retrying in"), "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "pushed {product} 1.0.0: {} bytes, sha256:{digest}\n",
+            bytes.len()
+        )
+    );
+    let r = app.download(&token, &product, "1.0.0").await;
+    r.assert_status(200);
+    assert!(
+        r.body == bytes,
+        "downloaded bytes differ from the pushed file"
+    );
+    assert!(
+        app.tus_list(&token, &format!("?product={product}"))
+            .await
+            .is_empty()
+    );
+}
