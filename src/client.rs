@@ -1491,20 +1491,18 @@ impl Client {
             .ok_or_else(|| fail(Failure::Server, "the server sent an invalid upload URL"))?;
         let origin = target.origin().ascii_serialization();
         let mut failures = 0u32;
-        loop {
+        let sent = loop {
             match self.put_direct(&target, &grant, up, bar).await {
-                Ok(()) => break,
-                Err(Attempt::Fatal(err)) => return Err(err),
+                Ok(()) => break Ok(()),
+                Err(Attempt::Fatal(err)) => break Err(err),
                 Err(Attempt::Retry(reason)) => {
                     failures += 1;
                     if failures > DIRECT_RETRIES {
-                        return Err(fail(
+                        break Err(fail(
                             Failure::Network,
                             format!(
-                                "the upload of {} to {origin} failed {} times, last: {reason}\nnote: the upload URL stays valid until {}; until then the upload holds the version (a draft file: the name)",
-                                up.name,
-                                failures,
-                                crate::domain::names::terminal_safe(&grant.expires_at)
+                                "the upload of {} to {origin} failed {} times, last: {reason}",
+                                up.name, failures,
                             ),
                         ));
                     }
@@ -1519,6 +1517,14 @@ impl Client {
                     tokio::time::sleep(pause).await;
                 }
             }
+        };
+        if let Err(err) = sent {
+            // Given up: the version (or the draft's file name) is free again at once.
+            let cancel = format!("/product/upload-url/{}", grant.upload_id);
+            if let Ok(req) = self.request(Method::DELETE, &cancel) {
+                let _ = req.send().await;
+            }
+            return Err(err);
         }
         let path = format!("/product/upload-url/{}/complete", grant.upload_id);
         self.typed(self.request(Method::POST, &path)?.body(Vec::new()))
@@ -2350,8 +2356,6 @@ struct DirectGrant {
     url: String,
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    expires_at: String,
 }
 
 const TUS_VERSION: &str = "1.0.0";

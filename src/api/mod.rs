@@ -78,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/uploads/{id}"),
     ("POST", "/product/upload-url"),
     ("POST", "/product/upload-url/{upload_id}/complete"),
+    ("DELETE", "/product/upload-url/{upload_id}"),
     ("PUT", "/direct/{upload_id}"),
     ("GET", "/audit"),
     ("POST", "/ui/login"),
@@ -189,6 +190,7 @@ fn route_handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("DELETE", "/uploads/{id}") => delete(uploads::terminate),
         ("POST", "/product/upload-url") => post(uploads::upload_url),
         ("POST", "/product/upload-url/{upload_id}/complete") => post(uploads::complete),
+        ("DELETE", "/product/upload-url/{upload_id}") => delete(uploads::cancel_direct),
         ("PUT", "/direct/{upload_id}") => {
             put(uploads::direct_put).layer(DefaultBodyLimit::disable())
         }

@@ -576,6 +576,17 @@ pub async fn complete(
     }
 }
 
+/// `DELETE /product/upload-url/{upload_id}`: gives up a direct upload not completed yet:
+/// its object (if it was put), pending version and quota reservation go at once.
+pub async fn cancel_direct(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    direct::cancel(&app, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SignedPutQuery {
     expires: i64,

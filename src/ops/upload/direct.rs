@@ -233,6 +233,31 @@ pub async fn complete(app: &AppState, caller: &Caller, id: &str) -> ApiResult<Up
     session::commit(app, caller, &session, info.size, &digest).await
 }
 
+/// `DELETE /product/upload-url/{id}`: ends a direct upload that is not completed.
+pub async fn cancel(app: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
+    let session = session::find(app, caller, id).await?;
+    if session.kind != UploadKind::Direct {
+        return Err(session::not_found());
+    }
+    if session.completed {
+        return Err(ApiError::conflict(
+            "upload_completed",
+            "this upload is already completed; delete the version or file instead",
+        ));
+    }
+    let progress = crate::ops::upload::lease::Progress::default();
+    progress.done();
+    let _lock = SessionLock::take(app, id, progress).await?;
+    let session = session::find(app, caller, id).await?;
+    if session.completed {
+        return Err(ApiError::conflict(
+            "upload_completed",
+            "this upload is already completed; delete the version or file instead",
+        ));
+    }
+    session::end(app, &session).await
+}
+
 async fn hash_object(app: &AppState, key: &str) -> ApiResult<String> {
     let mut stream = app.blobs.read(key, None).await?;
     let hasher = BackgroundHasher::new();
