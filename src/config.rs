@@ -670,7 +670,8 @@ fn parse_cors_origins(raw: Option<&str>) -> anyhow::Result<Vec<String>> {
                 && url.username().is_empty(),
             "DEPOT_CORS_ORIGINS: {origin:?} is not an origin (scheme://host[:port], nothing after it)"
         );
-        origins.push(origin.to_string());
+        // As a browser sends it: lowercase host, no default port.
+        origins.push(url.origin().ascii_serialization());
     }
     Ok(origins)
 }
@@ -735,6 +736,33 @@ fn check_redis_url(url: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_kept_as_browsers_send_them_and_anything_else_is_refused() {
+        assert_eq!(
+            parse_cors_origins(Some(
+                " https://CI.example.com, http://host:80,*,http://[::1]:8080 "
+            ))
+            .unwrap(),
+            vec![
+                "https://ci.example.com",
+                "http://host",
+                "*",
+                "http://[::1]:8080"
+            ]
+        );
+        assert!(parse_cors_origins(None).unwrap().is_empty());
+        for bad in [
+            "https://ci.example.com/",
+            "https://ci.example.com/app",
+            "https://ci.example.com?x=1",
+            "ftp://ci.example.com",
+            "https://user@ci.example.com",
+            "ci.example.com",
+        ] {
+            assert!(parse_cors_origins(Some(bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {

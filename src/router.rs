@@ -125,6 +125,9 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 "tus-checksum-algorithm",
                 "x-request-id",
                 "retry-after",
+                "x-checksum-sha256",
+                "content-disposition",
+                "etag",
             ]))
             .max_age(Duration::from_secs(3600)),
     )
