@@ -1068,3 +1068,519 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }
+
+// ---- resumable (tus 1.0) and direct-to-bucket uploads (issue 14) -----------------------
+
+/// The python of the venv with the real tus client (`tuspy`) that `scripts/tus-venv.sh`
+/// makes, once per test binary. Panics when the venv cannot be made: the tests that need
+/// it fail, they never skip.
+pub fn tus_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tus-venv.sh");
+            let out = std::process::Command::new(&script)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+            assert!(
+                out.status.success(),
+                "{} failed ({}): the tuspy venv is needed by these tests\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            assert!(
+                python.is_file(),
+                "scripts/tus-venv.sh printed {python:?}, which is not a file"
+            );
+            python
+        })
+        .clone()
+}
+
+/// `Upload-Metadata` in tus format: `key base64(value)` pairs, comma-separated.
+pub fn tus_metadata(pairs: &[(&str, &str)]) -> String {
+    use base64::Engine;
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!(
+                    "{k} {}",
+                    base64::engine::general_purpose::STANDARD.encode(v.as_bytes())
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The id in a tus `Location` (`/uploads/{id}`).
+pub fn tus_id(location: &str) -> String {
+    location
+        .rsplit('/')
+        .next()
+        .expect("an id after the last '/'")
+        .to_string()
+}
+
+/// `base64` of `bytes` (standard alphabet, padded): `Upload-Checksum` values.
+pub fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// SHA-256 of a file by the real `sha256sum` binary (the reference for a download).
+pub fn sha256sum_file(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest from sha256sum")
+        .to_string()
+}
+
+/// What `tests/tus/upload.py` (tuspy) reported.
+#[derive(Debug)]
+pub struct TusRun {
+    /// The upload went as far as asked.
+    pub ok: bool,
+    /// The script's JSON report (see tests/tus/upload.py).
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl TusRun {
+    /// The absolute URL of the upload.
+    pub fn url(&self) -> String {
+        self.report["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no upload URL in {}", self.report))
+            .to_string()
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.report["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no offset in {}", self.report))
+    }
+
+    /// Status of the refused request (tuspy failed).
+    pub fn status(&self) -> Option<u16> {
+        self.report["status"].as_u64().map(|s| s as u16)
+    }
+
+    /// The JSON error code of the refusal's body.
+    pub fn code(&self) -> Option<String> {
+        let body: Value = serde_json::from_str(self.report["body"].as_str()?).ok()?;
+        body["code"].as_str().map(str::to_string)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        assert!(
+            self.ok,
+            "tuspy failed: {}\n--- stderr ---\n{}",
+            self.report, self.stderr
+        );
+    }
+
+    /// Asserts tuspy stopped on a refusal with this status and JSON error code.
+    #[track_caller]
+    pub fn assert_refused(&self, status: u16, code: &str) {
+        assert!(
+            !self.ok,
+            "tuspy succeeded, expected {status} {code}: {}",
+            self.report
+        );
+        assert_eq!(
+            self.status(),
+            Some(status),
+            "tuspy's refusal: {}\n{}",
+            self.report,
+            self.stderr
+        );
+        assert_eq!(
+            self.code().as_deref(),
+            Some(code),
+            "tuspy's refusal: {}",
+            self.report
+        );
+    }
+}
+
+/// One run of the real tus client (tuspy, through `tests/tus/upload.py`) against a server.
+pub struct TusUpload {
+    endpoint: String,
+    token: String,
+    file: PathBuf,
+    chunk_size: u64,
+    meta: Vec<(String, String)>,
+    url: Option<String>,
+    stop_at: Option<u64>,
+    checksum: Option<String>,
+    bearer: bool,
+}
+
+impl TusUpload {
+    /// Uploads `file` to `app`'s `/uploads` as `token`, `chunk_size` bytes per PATCH.
+    pub fn new(app: &TestApp, token: &str, file: &Path, chunk_size: u64) -> TusUpload {
+        TusUpload {
+            endpoint: app.url("/uploads"),
+            token: token.to_string(),
+            file: file.to_path_buf(),
+            chunk_size,
+            meta: Vec::new(),
+            url: None,
+            stop_at: None,
+            checksum: None,
+            bearer: false,
+        }
+    }
+
+    /// An `Upload-Metadata` entry.
+    pub fn meta(mut self, key: &str, value: &str) -> Self {
+        self.meta.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The usual `product`, `version` and `filename`.
+    pub fn target(self, product: &str, version: &str, filename: &str) -> Self {
+        self.meta("product", product)
+            .meta("version", version)
+            .meta("filename", filename)
+    }
+
+    /// Resumes the upload at `url` (absolute): tuspy asks its offset with HEAD first.
+    pub fn resume(mut self, url: &str) -> Self {
+        self.url = Some(url.to_string());
+        self
+    }
+
+    /// Stops once the offset reaches `offset`.
+    pub fn stop_at(mut self, offset: u64) -> Self {
+        self.stop_at = Some(offset);
+        self
+    }
+
+    /// Sends `Upload-Checksum` with every chunk: `sha1`, `sha256` or `sha256-wrong`.
+    pub fn checksum(mut self, algorithm: &str) -> Self {
+        self.checksum = Some(algorithm.to_string());
+        self
+    }
+
+    /// Authenticates with `Authorization: Bearer` instead of `X-Api-Token`.
+    pub fn bearer(mut self) -> Self {
+        self.bearer = true;
+        self
+    }
+
+    pub async fn run(self) -> TusRun {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tus/upload.py");
+        let python = tokio::task::spawn_blocking(tus_python)
+            .await
+            .expect("tus venv thread");
+        let mut cmd = Command::new(python);
+        cmd.arg(&script)
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .arg("--token")
+            .arg(&self.token)
+            .arg("--file")
+            .arg(&self.file)
+            .arg("--chunk-size")
+            .arg(self.chunk_size.to_string());
+        for (k, v) in &self.meta {
+            cmd.arg("--meta").arg(format!("{k}={v}"));
+        }
+        if let Some(url) = &self.url {
+            cmd.arg("--url").arg(url);
+        }
+        if let Some(n) = self.stop_at {
+            cmd.arg("--stop-at").arg(n.to_string());
+        }
+        if let Some(c) = &self.checksum {
+            cmd.arg("--checksum").arg(c);
+        }
+        if self.bearer {
+            cmd.arg("--auth").arg("bearer");
+        }
+        // Loopback only, whatever proxy the caller's shell names.
+        cmd.env("NO_PROXY", "*")
+            .env("no_proxy", "*")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+            .await
+            .expect("tuspy finishes within 10 min")
+            .expect("run tests/tus/upload.py");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let code = out.status.code();
+        assert!(
+            code == Some(0) || code == Some(2),
+            "tests/tus/upload.py crashed ({}):\n{stdout}\n--- stderr ---\n{stderr}",
+            out.status
+        );
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("tests/tus/upload.py printed no JSON ({e}): {stdout}\n{stderr}")
+        });
+        TusRun {
+            ok: code == Some(0) && report["ok"] == true,
+            report,
+            stderr,
+        }
+    }
+}
+
+/// A file of `len` deterministic bytes (`payload(seed, len)`) in `dir`; returns its path
+/// and the SHA-256 the real `sha256sum` gives.
+pub fn payload_file(dir: &Path, name: &str, seed: u64, len: usize) -> (PathBuf, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, payload(seed, len)).expect("write the payload file");
+    let digest = sha256sum_file(&path);
+    (path, digest)
+}
+
+impl TestApp {
+    /// `POST /uploads` (tus creation) of `length` bytes with `meta` as `Upload-Metadata`.
+    pub async fn tus_create(&self, token: &str, length: u64, meta: &[(&str, &str)]) -> Reply {
+        let req = self
+            .request(Method::POST, "/uploads", Some(token))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length.to_string())
+            .header("Upload-Metadata", tus_metadata(meta));
+        self.send(req).await
+    }
+
+    /// `tus_create`, asserting 201 and the tus headers; returns the `Location`.
+    pub async fn tus_create_ok(&self, token: &str, length: u64, meta: &[(&str, &str)]) -> String {
+        let r = self.tus_create(token, length, meta).await;
+        r.assert_status(201);
+        assert_eq!(r.header("tus-resumable").as_deref(), Some("1.0.0"));
+        assert_eq!(
+            r.header("upload-offset").as_deref(),
+            Some("0"),
+            "{:?}",
+            r.headers
+        );
+        assert!(r.header("upload-expires").is_some(), "{:?}", r.headers);
+        let location = r.header("location").expect("Location");
+        assert!(
+            location.starts_with("/uploads/"),
+            "a relative /uploads/{{id}} Location: {location}"
+        );
+        let id = tus_id(&location);
+        assert!(
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "upload id is 32 lowercase hex digits: {id}"
+        );
+        location
+    }
+
+    /// `HEAD` of a tus upload (`location` as in `Location`).
+    pub async fn tus_head(&self, token: &str, location: &str) -> Reply {
+        let req = self
+            .request(Method::HEAD, location, Some(token))
+            .header("Tus-Resumable", "1.0.0");
+        self.send(req).await
+    }
+
+    /// The `Upload-Offset` of a tus upload (asserts 200).
+    pub async fn tus_offset(&self, token: &str, location: &str) -> u64 {
+        let r = self.tus_head(token, location).await;
+        r.assert_status(200);
+        r.header("upload-offset")
+            .expect("Upload-Offset")
+            .parse()
+            .expect("numeric Upload-Offset")
+    }
+
+    /// `PATCH` of `body` at `offset`, with an optional `Upload-Checksum`.
+    pub async fn tus_patch(
+        &self,
+        token: &str,
+        location: &str,
+        offset: u64,
+        body: &[u8],
+        checksum: Option<&str>,
+    ) -> Reply {
+        let mut req = self
+            .request(Method::PATCH, location, Some(token))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string())
+            .body(body.to_vec());
+        if let Some(c) = checksum {
+            req = req.header("Upload-Checksum", c);
+        }
+        self.send(req).await
+    }
+
+    pub async fn tus_delete(&self, token: &str, location: &str) -> Reply {
+        let req = self
+            .request(Method::DELETE, location, Some(token))
+            .header("Tus-Resumable", "1.0.0");
+        self.send(req).await
+    }
+
+    /// `GET /uploads{query}` (asserts 200): the listed uploads.
+    pub async fn tus_list(&self, token: &str, query: &str) -> Vec<Value> {
+        let r = self.get(&format!("/uploads{query}"), Some(token)).await;
+        r.assert_status(200);
+        r.json()["uploads"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no uploads array: {}", r.text()))
+            .clone()
+    }
+
+    /// A PATCH cut off midway: declares `declared` body bytes at `offset`, sends `sent`,
+    /// then closes the connection without reading an answer.
+    pub async fn tus_cut_patch(
+        &self,
+        token: &str,
+        location: &str,
+        offset: u64,
+        declared: u64,
+        sent: &[u8],
+    ) {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to depot");
+        let head = format!(
+            "PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Api-Token: {token}\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {declared}\r\n\r\n",
+            self.port
+        );
+        stream.write_all(head.as_bytes()).await.expect("send head");
+        stream.write_all(sent).await.expect("send part of the body");
+        stream.flush().await.expect("flush");
+        // Give the server the bytes before the connection goes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(stream);
+    }
+
+    /// `POST /product/upload-url` with `body`.
+    pub async fn upload_url(&self, token: &str, body: &Value) -> Reply {
+        self.send(
+            self.request(Method::POST, "/product/upload-url", Some(token))
+                .json(body),
+        )
+        .await
+    }
+
+    /// `POST /product/upload-url/{id}/complete`.
+    pub async fn complete_direct(&self, token: &str, upload_id: &str) -> Reply {
+        self.send(self.request(
+            Method::POST,
+            &format!("/product/upload-url/{upload_id}/complete"),
+            Some(token),
+        ))
+        .await
+    }
+
+    /// PUTs `bytes` to a direct-upload grant's URL with exactly its method and headers;
+    /// `Content-Length` is always the body's own (a granted one is the declared size: an
+    /// honest client sending other bytes says how many).
+    ///
+    /// Over a raw socket, the answer read while the body is still being written: a store
+    /// that refuses a request from its headers (a signature that does not match) answers
+    /// without reading the body, and a client that only reads once it has written it all
+    /// would wait forever.
+    pub async fn put_direct(&self, grant: &Value, bytes: &[u8]) -> Reply {
+        let method = grant["method"].as_str().expect("method");
+        let url = url::Url::parse(grant["url"].as_str().expect("url")).expect("a URL");
+        assert_eq!(url.scheme(), "http", "test stores are plain HTTP: {url}");
+        let host = url.host_str().expect("a host").to_string();
+        let port = url.port_or_known_default().expect("a port");
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+        for (k, v) in grant["headers"].as_object().expect("headers object") {
+            if k.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            let v = v.as_str().expect("header values are strings");
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        ));
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {host}:{port}: {e}"));
+        let (mut read, mut write) = stream.into_split();
+        let mut request = head.into_bytes();
+        request.extend_from_slice(bytes);
+        let writer = tokio::spawn(async move {
+            // The server may answer and close before it has it all.
+            let _ = write.write_all(&request).await;
+            write
+        });
+        let mut response = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let read_all = async {
+            loop {
+                if raw_response_complete(&response) {
+                    break;
+                }
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read_all)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to the direct PUT within 60 s ({url})"));
+        writer.abort();
+        assert!(!response.is_empty(), "the direct PUT got no answer ({url})");
+        let raw = parse_raw_response(&response);
+        let mut headers = reqwest::header::HeaderMap::new();
+        for line in raw.head.lines().skip(1) {
+            if let Some((k, v)) = line.split_once(':')
+                && let (Ok(k), Ok(v)) = (
+                    reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                    reqwest::header::HeaderValue::from_str(v.trim()),
+                )
+            {
+                headers.append(k, v);
+            }
+        }
+        Reply {
+            status: StatusCode::from_u16(raw.status).expect("a status"),
+            headers,
+            body: raw.body,
+        }
+    }
+}
+
+/// Whether `bytes` hold a whole HTTP/1.1 response: its head, and its body by
+/// `Content-Length` or to the last chunk (otherwise it ends when the connection closes).
+fn raw_response_complete(bytes: &[u8]) -> bool {
+    let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase();
+    let body = &bytes[split + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
+}
