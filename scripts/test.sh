@@ -26,6 +26,12 @@ else
 fi
 eval "$(scripts/services.sh env)"
 
+step "protocol clients the tests drive (tuspy from PyPI; chromium and tus-js-client from npm)"
+# The tests call these too (each serialized by its own lock); doing it once up front keeps
+# the install out of the tests' time and fails early on a machine that cannot install.
+scripts/tus-venv.sh >/dev/null
+scripts/browser-deps.sh >/dev/null
+
 HTTP_SUITES=()
 for f in tests/*.rs; do
   name=$(basename "$f" .rs)

@@ -65,6 +65,12 @@ fn header_u64(headers: &HeaderMap, name: &str, code: &'static str) -> ApiResult<
     let Some(raw) = headers.get(name) else {
         return Ok(None);
     };
+    if headers.get_all(name).iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{name} must be sent once"),
+        ));
+    }
     raw.to_str()
         .ok()
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -485,7 +491,8 @@ pub struct UploadUrlRequest {
     version: String,
     file: String,
     size: u64,
-    checksum: String,
+    /// Required; optional here so that its absence is `invalid_checksum`.
+    checksum: Option<String>,
     #[serde(default)]
     draft: bool,
 }
@@ -506,7 +513,13 @@ pub async fn upload_url(
     headers: HeaderMap,
     ApiJson(request): ApiJson<UploadUrlRequest>,
 ) -> ApiResult<(StatusCode, Json<UploadUrlResponse>)> {
-    let checksum = parse_expected_digest(&request.checksum)?;
+    let checksum = request.checksum.as_deref().ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_checksum",
+            "a direct upload needs the file's checksum (sha256:<hex>)",
+        )
+    })?;
+    let checksum = parse_expected_digest(checksum)?;
     let new = NewUpload {
         kind: UploadKind::Direct,
         product: request.product,

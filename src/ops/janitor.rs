@@ -47,6 +47,18 @@ pub async fn sweep_upload_sessions(app: &AppState) -> anyhow::Result<usize> {
         if session.completed {
             app.meta.delete_upload_session(&session.id).await?;
         } else {
+            // A request still writing to it fails at its next step (the upload expired)
+            // and gives the lock back; the next sweep ends it then.
+            let progress = crate::ops::upload::lease::Progress::default();
+            progress.done();
+            let _lock =
+                match crate::ops::upload::session::SessionLock::take(app, &session.id, progress)
+                    .await
+                {
+                    Ok(lock) => lock,
+                    Err(err) if err.code == "upload_locked" => continue,
+                    Err(err) => anyhow::bail!("{}", err.message),
+                };
             crate::ops::upload::session::end(app, &session)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -142,7 +154,24 @@ pub async fn sweep_leases(app: &AppState) -> anyhow::Result<usize> {
     let now = crate::meta::now_ms();
     let janitor = Ctx::system(SystemActor::Janitor);
     let mut removed = 0;
-    for record in app.meta.lapsed_pending_versions(now).await? {
+    let lapsed = app.meta.lapsed_pending_versions(now).await?;
+    // An open upload session's pending version is ended with its session (under its
+    // lock, see `sweep_upload_sessions`), never here.
+    let open_uploads: std::collections::HashSet<String> = if lapsed.is_empty() {
+        Default::default()
+    } else {
+        app.meta
+            .upload_sessions(None, usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|s| !s.completed)
+            .map(|s| s.blob_key)
+            .collect()
+    };
+    for record in lapsed {
+        if open_uploads.contains(&record.blob_key) {
+            continue;
+        }
         let (product, version, key) = (&record.product, &record.version, &record.blob_key);
         let event = abandoned_event(&janitor, &record, "lease_lapsed");
         if !app

@@ -28,6 +28,10 @@ pub struct DirectUpload {
 
 /// `POST /product/upload-url`.
 pub async fn create(app: &AppState, caller: &Caller, new: NewUpload) -> ApiResult<DirectUpload> {
+    let limit = app.settings.max_upload_bytes;
+    if new.length > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
     if new.length > MAX_SINGLE_PUT {
         return Err(ApiError::bad_request(
             "use_resumable_upload",

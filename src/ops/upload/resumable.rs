@@ -344,6 +344,10 @@ impl Run<'_> {
         if offset == self.session.offset && point == self.session.stored {
             return Ok(());
         }
+        // An upload ends at its expiry, whatever request is running then.
+        if crate::meta::now_ms() > self.session.expires_at {
+            return Err(session::expired());
+        }
         let next = UploadSession {
             offset,
             hash_state: state.save(),
@@ -356,10 +360,15 @@ impl Run<'_> {
             .save_upload_session(&next, (self.session.offset, false))
             .await?
         {
-            return Err(ApiError::conflict(
-                "offset_mismatch",
-                "the upload was changed by another request meanwhile",
-            ));
+            let now = self.app.meta.upload_session(&self.session.id).await?;
+            return Err(match now {
+                None => session::expired(),
+                Some(s) if s.expires_at < crate::meta::now_ms() => session::expired(),
+                Some(_) => ApiError::conflict(
+                    "offset_mismatch",
+                    "the upload was changed by another request meanwhile",
+                ),
+            });
         }
         self.session = next;
         Ok(())
