@@ -159,16 +159,17 @@ def curl(args: list[str], out: str = "/dev/null", expect=(200,)) -> dict:
 
 @dataclass
 class Sizes:
-    big: int  # scenarios 1-3
+    big: int  # scenarios 1-3, 9, 10
     mem_single: int  # scenario 4, one upload
     mem_conc: int  # scenario 4, each of 16 concurrent uploads
     scale: list  # scenario 6
     wrk_seconds: int
     redirect_samples: int
+    tus_chunk: int  # scenario 9
 
 
-FULL = Sizes(GiB, 2 * GiB, 256 * MiB, [MiB, 64 * MiB, GiB], 10, 20)
-QUICK = Sizes(128 * MiB, 256 * MiB, 32 * MiB, [MiB, 16 * MiB, 128 * MiB], 3, 10)
+FULL = Sizes(GiB, 2 * GiB, 256 * MiB, [MiB, 64 * MiB, GiB], 10, 20, 64 * MiB)
+QUICK = Sizes(128 * MiB, 256 * MiB, 32 * MiB, [MiB, 16 * MiB, 128 * MiB], 3, 10, 16 * MiB)
 CONCURRENT_UPLOADS = 16
 WRK_CONNECTIONS = 64
 SLOW_CONNECTIONS = 1000
@@ -1073,8 +1074,314 @@ def scenario_8(ctx: Ctx) -> None:
                             (f"7 auth {q}: Redis up / down", 1 / ratio, 0.5)))
 
 
+# --------------------------------------------------------------------------- issue 14
+
+
+def curl_transfers(transfers: list[tuple[list[str], str]], work: Path, tolerate=()) -> list[tuple[dict, dict]]:
+    """Runs several transfers in ONE curl process (`--next`), so they share a keep-alive
+    connection as a real client's requests do. `transfers`: (args, expected status as str
+    digits e.g. "204"). Returns per transfer curl's `%{json}` variables and the response
+    headers (lower-case names, last response block). With `tolerate` (statuses such as
+    "423"), curl stops at the first error status (`--fail --fail-early`); an error in
+    `tolerate` ends the list returned instead of raising."""
+    cmd = ["curl", "--fail-early"] if tolerate else ["curl"]
+    outs = []
+    for i, (args, _) in enumerate(transfers):
+        body, hdr = work / f"t{i}.body", work / f"t{i}.hdr"
+        body.unlink(missing_ok=True)
+        hdr.unlink(missing_ok=True)
+        outs.append((body, hdr))
+        if i:
+            cmd.append("--next")
+        cmd += ["-sS", "-o", str(body), "-D", str(hdr), "-w", "%{json}\n", *(["--fail"] if tolerate else []), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    infos, dec, pos, text = [], json.JSONDecoder(), 0, p.stdout
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            break
+        obj, pos = dec.raw_decode(text, pos)
+        infos.append(obj)
+    res = []
+    for i, (args, expect) in enumerate(transfers):
+        info = infos[i] if i < len(infos) else {}
+        body, hdr = outs[i]
+        if str(info.get("http_code")) in tolerate:
+            res.append((info, {}))
+            return res
+        if str(info.get("http_code")) != expect:
+            detail = body.read_text(errors="replace")[:500] if body.exists() else ""
+            raise BenchError(f"curl transfer {i} {args[-1]}: exit {p.returncode}, HTTP {info.get('http_code')} "
+                             f"(expected {expect}) {p.stderr.strip()} {detail}")
+        headers = {}
+        if hdr.exists():
+            block = hdr.read_text(errors="replace").replace("\r\n", "\n").strip().split("\n\n")[-1]
+            for line in block.splitlines()[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+        res.append((info, headers))
+    if p.returncode != 0:
+        raise BenchError(f"curl exit {p.returncode}: {p.stderr.strip()}")
+    return res
+
+
+def chunk_files(ctx: Ctx, size: int, chunk: int) -> list[Path]:
+    """The test file of `size` bytes cut into files of `chunk` bytes (made once per run), so
+    each PATCH streams its slice from a file (curl -T) like the single upload does."""
+    src, paths = ctx.file(size), []
+    with open(src, "rb") as f:
+        for i in range(0, (size + chunk - 1) // chunk):
+            p = ctx.files_dir / f"f{size}.chunk{chunk}.{i}"
+            want = min(chunk, size - i * chunk)
+            if not (p.exists() and p.stat().st_size == want):
+                with open(p, "wb") as out:
+                    left = want
+                    f.seek(i * chunk)
+                    while left:
+                        buf = f.read(min(left, 8 * MiB))
+                        out.write(buf)
+                        left -= len(buf)
+            paths.append(p)
+    return paths
+
+
+def b64(s: str) -> str:
+    import base64
+    return base64.b64encode(s.encode()).decode()
+
+
+def backend_calls(d: Depot) -> dict:
+    """Depot's own count and total seconds of each backend call (`depot_backend_call_seconds`
+    from /metrics): {(backend, op): [count, seconds]}."""
+    out = {}
+    req = urllib.request.Request(d.url + "/metrics", headers={"X-Api-Token": d.admin})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        m = re.match(r'depot_backend_call_seconds_(sum|count)\{(.*)\} (\S+)', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            v = out.setdefault((labels.get("backend", "?"), labels.get("op", "?")), [0.0, 0.0])
+            v[0 if m.group(1) == "count" else 1] += float(m.group(3))
+    return out
+
+
+class CallCounter:
+    """Backend calls made during the measured uploads of one side, per upload."""
+
+    def __init__(self):
+        self.total: dict = {}
+        self.uploads = 0
+
+    def around(self, d: Depot, fn):
+        before = backend_calls(d)
+        fn()
+        after = backend_calls(d)
+        self.uploads += 1
+        for k, (c, sec) in after.items():
+            c0, s0 = before.get(k, (0.0, 0.0))
+            if c > c0:
+                t = self.total.setdefault(k, [0.0, 0.0])
+                t[0] += c - c0
+                t[1] += sec - s0
+
+    def describe(self) -> str:
+        n = max(1, self.uploads)
+        items = sorted(self.total.items(), key=lambda kv: -kv[1][1])
+        return ", ".join(f"{op} {c / n:.3g} x {1000 * sec / c:.1f} ms" for (_, op), (c, sec) in items) or "none"
+
+
+# Both sides of scenario 9 send `Expect:` (none): curl would otherwise send
+# `Expect: 100-continue` with every upload body and wait for the 100 before sending it.
+# Scenario 10 keeps curl's default on both sides, as scenario 1 does: curl's SigV4 signs
+# an emptied `Expect` header that it then leaves out, which S3 refuses.
+NO_EXPECT = ["-H", "Expect:"]
+
+
+def scenario_9(ctx: Ctx) -> None:
+    """tus 1.0 upload in chunks (POST /uploads + PATCHes) vs one single-request upload (Mongo + Redis + S3)."""
+    size, chunk = ctx.sizes.big, ctx.sizes.tus_chunk
+    f = ctx.file(size)
+    chunks = chunk_files(ctx, size, chunk)
+    d = Depot(ctx, "s9-tus-s3", "s3").start()
+    work = d.dir / "tus"
+    work.mkdir(parents=True, exist_ok=True)
+    tus = ["-H", "Tus-Resumable: 1.0.0", *NO_EXPECT]
+    locked: list = []  # PATCH numbers answered 423 upload_locked (then sent again)
+
+    def tus_upload(version: str, record: bool = True) -> float:
+        meta = f"product {b64('bench')},version {b64(version)},filename {b64(f.name)}"
+        (info, h), = curl_transfers([([*d.h(), *tus, "-X", "POST", "-H", f"Upload-Length: {size}",
+                                       "-H", f"Upload-Metadata: {meta}", d.url + "/uploads"], "201")], work)
+        loc = h.get("location", "")
+        if not loc.startswith("/uploads/"):
+            raise BenchError(f"POST /uploads: Location {loc!r}")
+        url = d.url + loc
+        patches = [([*d.h(), *tus, "-X", "PATCH", "-H", f"Upload-Offset: {i * chunk}",
+                     "-H", "Content-Type: application/offset+octet-stream", "-T", str(p), url], "204")
+                   for i, p in enumerate(chunks)]
+        times, lost, i = [], 0.0, 0
+        while i < len(patches):
+            for pi, ph in curl_transfers(patches[i:], work, tolerate=("423",)):
+                if str(pi.get("http_code")) == "423":
+                    # 423 upload_locked: the previous PATCH's lock is still held. Sent
+                    # again as a tus client would (tus-js-client retries 423); the failed
+                    # request and the pause count in the time.
+                    locked.append(i)
+                    if len(locked) > 50:
+                        raise BenchError("PATCH: 423 upload_locked more than 50 times")
+                    lost += pi.get("time_total", 0.0) + 0.02
+                    time.sleep(0.02)
+                    break
+                want = min(size, (i + 1) * chunk)
+                if ph.get("upload-offset") != str(want):
+                    raise BenchError(f"PATCH {i}: Upload-Offset {ph.get('upload-offset')!r}, expected {want}")
+                times.append(pi["time_total"])
+                i += 1
+        total = info["time_total"] + sum(times) + lost
+        if not record:
+            return total
+        ctx.samples.setdefault(f"9.A tus PATCH {fmt_size(chunk)} (all)", []).extend(times)
+        ctx.samples.setdefault("9.A tus POST /uploads", []).append(info["time_total"])
+        ctx.samples.setdefault("9.A tus last PATCH (commits)", []).append(times[-1])
+        return total
+
+    def single(version: str) -> float:
+        return curl([*d.h(), *NO_EXPECT, "-F", "product=bench", "-F", f"version={version}",
+                     "-F", f"file=@{f}", d.url + "/product/upload"],
+                    out=str(work / "single.json"), expect=(201,))["time_total"]
+
+    try:
+        d.create_product("bench")
+        single("warmup-a")  # warm connections, both paths
+        d.delete_version("bench", "warmup-a")
+        tus_upload("warmup-b", record=False)
+        d.delete_version("bench", "warmup-b")
+        watch = ctx.s3_watch(d)
+        calls = {"tus": CallCounter(), "single": CallCounter()}
+
+        def a(r):
+            calls["tus"].around(d, lambda: measure(ctx, "9.A tus upload", lambda: tus_upload(f"v9.1.{r}"), watch))
+            d.delete_version("bench", f"v9.1.{r}")
+
+        def b(r):
+            calls["single"].around(d, lambda: measure(ctx, "9.B single-request upload",
+                                                      lambda: single(f"v9.2.{r}"), watch))
+            d.delete_version("bench", f"v9.2.{r}")
+
+        interleave(ctx.args.rounds, a, b)
+        if locked:
+            ctx.notes.append(f"scenario 9: {len(locked)} PATCH requests (numbers {', '.join(map(str, locked))}) "
+                             "were answered 423 upload_locked right after the previous PATCH's 204 on the same "
+                             "connection (warm-up included), and sent again after 20 ms (included in the time)")
+        ctx.notes.append("scenario 9, Depot's metadata calls per upload (calls x mean time, from /metrics): "
+                         f"tus: {calls['tus'].describe()}; single request: {calls['single'].describe()}")
+    finally:
+        d.stop()
+    ta, tb = median(ctx.samples["9.A tus upload"]), median(ctx.samples["9.B single-request upload"])
+    ratio = tb / ta
+    n = len(chunks)
+    ctx.rows.append(Row("9", f"tus upload {fmt_size(size)} in {fmt_size(chunk)} chunks (POST /uploads + {n} PATCH) "
+                             f"vs single-request upload (POST /product/upload), Mongo+Redis+S3",
+                        f"{fmt_thr(size / ta)} ({fmt_s(ta)})", f"{fmt_thr(size / tb)} ({fmt_s(tb)})",
+                        f"{ratio:.2f}x", ">= 0.90x", pass_fail(ratio >= 0.90),
+                        ("9 tus chunked / single upload", ratio, 0.90)))
+    per = ctx.samples[f"9.A tus PATCH {fmt_size(chunk)} (all)"]
+    ctx.rows.append(Row("9", f"tus: one {fmt_size(chunk)} PATCH (median of {len(per)}); the last one "
+                             f"(completes the multipart upload and commits); POST /uploads",
+                        f"{fmt_s(median(per))} ({fmt_thr(chunk / median(per))}); last "
+                        f"{fmt_s(median(ctx.samples['9.A tus last PATCH (commits)']))}; POST "
+                        f"{fmt_ms(median(ctx.samples['9.A tus POST /uploads']))}",
+                        f"single upload at the same rate: {fmt_s(tb * chunk / size)} per {fmt_size(chunk)}",
+                        "", "(compare)", "info"))
+
+
+def scenario_10(ctx: Ctx) -> None:
+    """Direct-to-bucket upload (POST /product/upload-url + PUT + complete) vs a direct PUT to the same S3 server."""
+    import base64
+    import hashlib
+    size = ctx.sizes.big
+    f = ctx.file(size)
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while buf := fh.read(8 * MiB):
+            h.update(buf)
+    sha_hex, sha_b64 = h.hexdigest(), base64.b64encode(h.digest()).decode()
+    d = Depot(ctx, "s10-direct-s3", "s3").start()
+    work = d.dir / "direct"
+    work.mkdir(parents=True, exist_ok=True)
+    s3 = ctx.services["DEPOT_TEST_S3_ENDPOINT"]
+
+    def depot_direct(version: str, record: bool = True) -> float:
+        made = curl([*d.h(), "-X", "POST", "-H", "Content-Type: application/json", "-d",
+                     json.dumps({"product": "bench", "version": version, "file": f.name, "size": size,
+                                 "checksum": f"sha256:{sha_hex}", "draft": False}),
+                     d.url + "/product/upload-url"], out=str(work / "url.json"), expect=(201,))
+        grant = json.loads((work / "url.json").read_text())
+        if grant.get("method") != "PUT":
+            raise BenchError(f"upload-url answered method {grant.get('method')!r}")
+        hdrs = []
+        for k, v in (grant.get("headers") or {}).items():
+            if k.lower() not in ("host", "content-length"):  # curl sends both itself (same values)
+                hdrs += ["-H", f"{k}: {v}"]
+        put = curl([*hdrs, "-T", str(f), grant["url"]], out=str(work / "put.out"))
+        done = curl([*d.h(), "-X", "POST", f"{d.url}/product/upload-url/{grant['upload_id']}/complete"],
+                    out=str(work / "complete.json"), expect=(201,))
+        got = json.loads((work / "complete.json").read_text())
+        if got.get("checksum") != f"sha256:{sha_hex}" or got.get("size") != size:
+            raise BenchError(f"complete answered {got}")
+        if not record:
+            return 0.0
+        ctx.samples.setdefault("10.A POST /product/upload-url", []).append(made["time_total"])
+        ctx.samples.setdefault("10.A PUT to the presigned URL", []).append(put["time_total"])
+        ctx.samples.setdefault("10.A POST .../complete", []).append(done["time_total"])
+        return made["time_total"] + put["time_total"] + done["time_total"]
+
+    try:
+        d.create_product("bench")
+        depot_direct("warmup", record=False)  # warm connections
+        d.delete_version("bench", "warmup")
+        watch = ctx.s3_watch(d)
+
+        calls = CallCounter()
+
+        def a(r):
+            calls.around(d, lambda: measure(ctx, "10.A direct-to-bucket upload",
+                                            lambda: depot_direct(f"v10.0.{r}"), watch))
+            d.delete_version("bench", f"v10.0.{r}")
+
+        def b(r):
+            key = f"{s3}/{d.bucket}/direct/r{r}"
+            measure(ctx, "10.B direct S3 PUT (same checksum header)", lambda: curl(
+                [*ctx.s3_curl(), "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                 "-H", f"x-amz-checksum-sha256: {sha_b64}", "-T", str(f), key]
+            )["time_total"], watch)
+            curl([*ctx.s3_curl(), "-X", "DELETE", key], expect=(204,))
+
+        interleave(ctx.args.rounds, a, b)
+        ctx.notes.append("scenario 10, Depot's metadata calls per direct upload (calls x mean time, from /metrics): "
+                         + calls.describe())
+    finally:
+        d.stop()
+    ta = median(ctx.samples["10.A direct-to-bucket upload"])
+    tb = median(ctx.samples["10.B direct S3 PUT (same checksum header)"])
+    ratio = tb / ta
+    ctx.rows.append(Row("10", f"Direct-to-bucket upload {fmt_size(size)} (POST /product/upload-url + PUT to the "
+                              f"presigned URL + POST .../complete) vs direct S3 PUT (SigV4, same x-amz-checksum-sha256)",
+                        f"{fmt_thr(size / ta)} ({fmt_s(ta)})", f"{fmt_thr(size / tb)} ({fmt_s(tb)})",
+                        f"{ratio:.2f}x", ">= 0.95x", pass_fail(ratio >= 0.95),
+                        ("10 direct-to-bucket / direct PUT", ratio, 0.95)))
+    tm, tp, tc = (median(ctx.samples[k]) for k in ("10.A POST /product/upload-url", "10.A PUT to the presigned URL",
+                                                    "10.A POST .../complete"))
+    ctx.rows.append(Row("10", "Direct-to-bucket: Depot's two calls vs the PUT to the URL Depot returned",
+                        f"upload-url {fmt_ms(tm)} + complete {fmt_ms(tc)}",
+                        f"PUT {fmt_s(tp)} ({fmt_thr(size / tp)})", f"{tp / ta:.2f}x", "(compare)", "info"))
+
+
 SCENARIOS = {"1": scenario_1, "2": scenario_2, "3": scenario_3, "4": scenario_4, "5": scenario_5, "6": scenario_6,
-             "7": scenario_7, "8": scenario_8}
+             "7": scenario_7, "8": scenario_8, "9": scenario_9, "10": scenario_10}
 
 # --------------------------------------------------------------------------- setup
 
@@ -1372,6 +1679,18 @@ $ free -h
    after stopping that Redis (tokens then come from MongoDB: the circuit breaker keeps
    requests from waiting on Redis); up and down alternate per round. PASS when p50 and p99
    with Redis stopped are each within 2x of Redis up.
+9. tus 1.0.0 on Mongo + Redis + S3: `POST /uploads` (`Tus-Resumable: 1.0.0`, `Upload-Length`,
+   `Upload-Metadata` product/version/filename), then one `curl` process sending the
+   {fmt_size(s.big)} file as {s.big // s.tus_chunk} `PATCH` requests of {fmt_size(s.tus_chunk)} over one keep-alive
+   connection (`Upload-Offset`, `Content-Type: application/offset+octet-stream`, `-T` of a
+   {fmt_size(s.tus_chunk)} slice file: streamed, never held in memory), vs
+   `curl -F ... -F file=@FILE /product/upload` of the same bytes; both publish a version
+   and send no `Expect: 100-continue`; time = the sum of curl's `time_total` of the requests.
+10. Direct-to-bucket on Mongo + Redis + S3: `POST /product/upload-url` (size and SHA-256,
+   computed once before the rounds), `curl -T FILE` to the presigned URL with the returned
+   headers, `POST /product/upload-url/{{id}}/complete`; vs `curl --aws-sigv4 -T FILE` of the same
+   {fmt_size(s.big)} to the same SeaweedFS with the same `x-amz-checksum-sha256` header (so the
+   server verifies the same checksum on both sides); time = sum of curl's `time_total`.
 
 The client (curl, wrk), Depot and the S3 server share the same {machine['nproc']} cores, so the
 baselines get the client's share of the CPU too; the CPU table below shows who used it.
@@ -1411,7 +1730,7 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 5, or 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="small files, 3 rounds: a fast smoke run")
     p.add_argument("--with-4g", action="store_true", help="add the 4 GiB point to the scaling scenario")
-    p.add_argument("--only", help="comma-separated scenarios to run (1-8); docs are not rewritten")
+    p.add_argument("--only", help="comma-separated scenarios to run (1-10); docs are not rewritten")
     p.add_argument("--no-build", action="store_true", help="use the existing release binary")
     p.add_argument("--binary", help="use this depot binary (e.g. a debug build for a smoke run); implies --no-build")
     p.add_argument("--own-services", action="store_true",
@@ -1428,7 +1747,7 @@ def parse_args(argv):
     a.only = [s.strip() for s in a.only.split(",")] if a.only else list(SCENARIOS)
     for s in a.only:
         if s not in SCENARIOS:
-            p.error(f"unknown scenario {s!r} (1-8)")
+            p.error(f"unknown scenario {s!r} (1-10)")
     return a
 
 
@@ -1511,6 +1830,12 @@ def main(argv) -> int:
         table = print_table(ctx)
         print("CPU time per measurement (median; % of the median wall time; 100% = one core):")
         print(cpu_md(ctx))
+        print()
+        print("Notes:")
+        print("\n".join(f"- {n}" for n in ctx.notes))
+        print()
+        print("Raw samples (in round order):")
+        print(samples_md(ctx))
         print()
         print(f"wall time: {wall / 60:.1f} min ({args.command})")
         if rc == 0 and not args.no_docs and set(args.only) == set(SCENARIOS):
