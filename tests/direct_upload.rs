@@ -663,3 +663,55 @@ async fn every_check_refuses_before_a_url_is_handed_out() {
     // None of it reserved anything: 2.0.0 is free.
     app.upload_ok(&token, &product, "2.0.0", &bytes).await;
 }
+
+#[tokio::test]
+async fn a_cancelled_direct_upload_frees_its_version_and_quota_at_once() {
+    let app = TestApp::start().await;
+    let product = app.product().await;
+    let token = app.token_with(&product, Perms::ALL).await;
+    let other = app.token_with(&product, Perms::ALL).await;
+    let bytes = payload(11, MIB);
+    set_quota(&app, &product, json!({"max_bytes": 3 * MIB / 2})).await;
+    let put = grant(
+        &app,
+        &token,
+        &request_for(&product, "1.0.0", "c.bin", &bytes, false),
+    )
+    .await;
+    assert_put_ok(&app.put_direct(&put, &bytes).await);
+    let path = format!("/product/upload-url/{}", id_of(&put));
+    // Only its token (or an admin) may cancel it; others see no such upload.
+    app.delete(&path, Some(&other))
+        .await
+        .assert_error(404, "upload_not_found");
+    app.delete(&path, Some(&token)).await.assert_status(204);
+    // Gone at once, with what it stored: no waiting for the URL to expire.
+    assert!(stored(&app).await.is_empty(), "{:?}", stored(&app).await);
+    app.complete_direct(&token, &id_of(&put))
+        .await
+        .assert_error(404, "upload_not_found");
+    app.delete(&path, Some(&token))
+        .await
+        .assert_error(404, "upload_not_found");
+    let u = usage(&app, &product).await;
+    assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
+    app.upload_ok(&token, &product, "1.0.0", &bytes).await;
+
+    // A completed one is not cancelled: its file is the version's now.
+    let done = grant(
+        &app,
+        &token,
+        &request_for(&product, "2.0.0", "d.bin", b"small", false),
+    )
+    .await;
+    assert_put_ok(&app.put_direct(&done, b"small").await);
+    app.complete_direct(&token, &id_of(&done))
+        .await
+        .assert_status(201);
+    app.delete(
+        &format!("/product/upload-url/{}", id_of(&done)),
+        Some(&token),
+    )
+    .await
+    .assert_error(409, "upload_completed");
+}

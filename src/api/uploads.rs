@@ -409,11 +409,11 @@ pub async fn terminate(
             app.meta.delete_upload_session(&id).await?;
             return Ok(());
         }
-        let progress = crate::ops::upload::lease::Progress::default();
-        progress.done();
-        let _lock = session::SessionLock::take(&app, &id, progress).await?;
-        let found = session::find(&app, &caller, &id).await?;
-        session::end(&app, &found).await
+        session::SessionLock::holding(&app, &id, async {
+            let found = session::find(&app, &caller, &id).await?;
+            session::end(&app, &found).await
+        })
+        .await
     };
     match done.await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

@@ -732,11 +732,7 @@ impl S3Resumable {
         while self.in_flight.len() >= self.inner.parts_in_flight {
             self.settle_front().await?;
         }
-        let data = std::mem::replace(
-            &mut self.buffer,
-            BytesMut::with_capacity(self.inner.part_size),
-        )
-        .freeze();
+        let data = std::mem::replace(&mut self.buffer, self.inner.take_buffer()).freeze();
         let number = (self.point.parts.len() + self.in_flight.len() + 1) as i32;
         let size = data.len() as u64;
         let permit = self.permit.take();
@@ -757,12 +753,13 @@ impl S3Resumable {
                 .part_number(number)
                 .content_length(size as i64)
                 .checksum_crc32_c(&checksum)
-                .body(SdkStream::from(data))
+                .body(SdkStream::from(data.clone()))
                 .customize()
                 .disable_payload_signing()
                 .send()
                 .await
                 .map_err(sdk_err)?;
+            inner.return_buffer(data);
             drop(permit);
             Ok(StoredPart {
                 number,
@@ -965,7 +962,7 @@ impl S3BlobStore {
         let inner = &self.inner;
         let permit = take_buffer_permit(inner).await?;
         let key = self.full_key(key);
-        let mut buffer = BytesMut::with_capacity(inner.part_size);
+        let mut buffer = inner.take_buffer();
         if point.tail > 0 {
             let object = inner
                 .client

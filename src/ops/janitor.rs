@@ -49,19 +49,17 @@ pub async fn sweep_upload_sessions(app: &AppState) -> anyhow::Result<usize> {
         } else {
             // A request still writing to it fails at its next step (the upload expired)
             // and gives the lock back; the next sweep ends it then.
-            let progress = crate::ops::upload::lease::Progress::default();
-            progress.done();
-            let _lock =
-                match crate::ops::upload::session::SessionLock::take(app, &session.id, progress)
-                    .await
-                {
-                    Ok(lock) => lock,
-                    Err(err) if err.code == "upload_locked" => continue,
-                    Err(err) => anyhow::bail!("{}", err.message),
-                };
-            crate::ops::upload::session::end(app, &session)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let ended_now = crate::ops::upload::session::SessionLock::holding(
+                app,
+                &session.id,
+                crate::ops::upload::session::end(app, &session),
+            )
+            .await;
+            match ended_now {
+                Ok(()) => {}
+                Err(err) if err.code == "upload_locked" => continue,
+                Err(err) => anyhow::bail!("{}", err.message),
+            }
         }
         ended += 1;
     }

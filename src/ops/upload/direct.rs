@@ -200,9 +200,10 @@ pub async fn complete(app: &AppState, caller: &Caller, id: &str) -> ApiResult<Up
             "this upload is already completed",
         ));
     }
-    let progress = crate::ops::upload::lease::Progress::default();
-    progress.done();
-    let _lock = SessionLock::take(app, id, progress).await?;
+    SessionLock::holding(app, id, complete_locked(app, caller, id)).await
+}
+
+async fn complete_locked(app: &AppState, caller: &Caller, id: &str) -> ApiResult<UploadResult> {
     let session = session::find(app, caller, id).await?;
     if session.completed {
         return Err(ApiError::conflict(
@@ -249,17 +250,17 @@ pub async fn cancel(app: &AppState, caller: &Caller, id: &str) -> ApiResult<()> 
             "this upload is already completed; delete the version or file instead",
         ));
     }
-    let progress = crate::ops::upload::lease::Progress::default();
-    progress.done();
-    let _lock = SessionLock::take(app, id, progress).await?;
-    let session = session::find(app, caller, id).await?;
-    if session.completed {
-        return Err(ApiError::conflict(
-            "upload_completed",
-            "this upload is already completed; delete the version or file instead",
-        ));
-    }
-    session::end(app, &session).await
+    SessionLock::holding(app, id, async {
+        let session = session::find(app, caller, id).await?;
+        if session.completed {
+            return Err(ApiError::conflict(
+                "upload_completed",
+                "this upload is already completed; delete the version or file instead",
+            ));
+        }
+        session::end(app, &session).await
+    })
+    .await
 }
 
 async fn hash_object(app: &AppState, key: &str) -> ApiResult<String> {

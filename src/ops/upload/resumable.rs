@@ -162,12 +162,17 @@ pub async fn patch(
         return Err(offset_mismatch(session.offset));
     }
     let _slot = app.uploads.admit()?;
-    // The lock is renewed while this request runs, stalled or not (a stall ends at the
-    // idle timeout): only a dead process's lock lapses, so two requests never write the
-    // same upload at once.
-    let alive = crate::ops::upload::lease::Progress::default();
-    alive.done();
-    let _lock = SessionLock::take(app, id, alive).await?;
+    SessionLock::holding(app, id, patch_locked(app, caller, id, patch, body)).await
+}
+
+/// [`patch`] under the upload's lock.
+async fn patch_locked(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    patch: Patch,
+    mut body: axum::body::BodyDataStream,
+) -> ApiResult<Patched> {
     // Read again under the lock: another request may have moved it on meanwhile.
     let session = session::find(app, caller, id).await?;
     if session.completed || patch.offset != session.offset {
@@ -195,6 +200,7 @@ pub async fn patch(
         chunk: patch.checksum.clone().map(ChunkHasher::new),
         snapshots: VecDeque::new(),
         written: patch.offset,
+        recorded_at: std::time::Instant::now(),
     };
     let idle = Duration::from_secs(app.settings.upload_idle_timeout_seconds);
     let received = run.receive(&mut body, idle).await;
@@ -259,7 +265,13 @@ struct Run<'a> {
     /// The hash state at each durable step written but not yet recorded.
     snapshots: VecDeque<(u64, ResumableSha256)>,
     written: u64,
+    recorded_at: std::time::Instant,
 }
+
+/// A durable step is recorded once this many bytes or this much time passed since the
+/// last record.
+const RECORD_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+const RECORD_EVERY: Duration = Duration::from_secs(10);
 
 impl Run<'_> {
     async fn receive(
@@ -315,7 +327,16 @@ impl Run<'_> {
                 while self.snapshots.front().is_some_and(|(o, _)| *o < offset) {
                     self.snapshots.pop_front();
                 }
-                if let Some((_, state)) = self.snapshots.pop_front().filter(|(o, _)| *o == offset) {
+                let Some((_, state)) = self.snapshots.pop_front().filter(|(o, _)| *o == offset)
+                else {
+                    continue;
+                };
+                // Each record is a store write: not for every step, but often enough
+                // that a request cut off loses little (the end of a request records
+                // anyway).
+                let due = offset - self.session.offset >= RECORD_EVERY_BYTES
+                    || self.recorded_at.elapsed() >= RECORD_EVERY;
+                if due {
                     self.record(offset, &state, point).await?;
                 }
             }
@@ -371,6 +392,7 @@ impl Run<'_> {
             });
         }
         self.session = next;
+        self.recorded_at = std::time::Instant::now();
         Ok(())
     }
 }

@@ -395,9 +395,41 @@ pub struct SessionLock {
     name: String,
     owner: String,
     _keeper: crate::ops::upload::lease::LeaseKeeper,
+    released: bool,
 }
 
 impl SessionLock {
+    /// Runs `work` holding upload `id`'s lock, and gives the lock back before returning,
+    /// so the client's next request (sent as soon as it reads this answer) finds it free.
+    pub async fn holding<T>(
+        app: &AppState,
+        id: &str,
+        work: impl Future<Output = ApiResult<T>>,
+    ) -> ApiResult<T> {
+        // Renewed while the request runs, stalled or not (a stall ends at the idle
+        // timeout): only a dead process's lock lapses, so two requests never write the
+        // same upload at once.
+        let alive = crate::ops::upload::lease::Progress::default();
+        alive.done();
+        let lock = SessionLock::take(app, id, alive).await?;
+        let outcome = work.await;
+        lock.release().await;
+        outcome
+    }
+
+    async fn release(mut self) {
+        self.released = true;
+        // Lapsed at once: the next request need not wait for the lease.
+        if let Err(err) = self
+            .app
+            .meta
+            .take_lease(&self.name, &self.owner, now_ms(), 0)
+            .await
+        {
+            tracing::debug!(error = %err, "could not give back an upload lock; it lapses with its lease");
+        }
+    }
+
     /// 423 `upload_locked` while another request holds it.
     pub async fn take(
         app: &AppState,
@@ -434,12 +466,17 @@ impl SessionLock {
             name,
             owner,
             _keeper: keeper,
+            released: false,
         })
     }
 }
 
 impl Drop for SessionLock {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Dropped mid-request (the client went away): given back in the background.
         let (app, name, owner) = (self.app.clone(), self.name.clone(), self.owner.clone());
         crate::cleanup::spawn(async move {
             // Lapsed at once: the next request need not wait for the lease.
