@@ -879,9 +879,8 @@ impl ResumableWriter for S3Resumable {
                 .send()
                 .await
                 .map_err(sdk_err)?;
-            if !self.point.session.is_empty() {
-                abort_upload(&self.inner, &self.key, &self.point.session).await;
-            }
+            // The object is one PUT: no multipart upload of the key is needed any more.
+            abort_others(&self.inner, &self.key, "").await;
             return Ok(());
         }
         if !self.buffer.is_empty() {
@@ -915,7 +914,31 @@ impl ResumableWriter for S3Resumable {
             .await
             .map_err(sdk_err)?;
         tag_sha256(&self.inner, &self.key, sha256_hex).await;
+        abort_others(&self.inner, &self.key, &self.point.session).await;
         Ok(())
+    }
+}
+
+/// Aborts the multipart uploads of `key` other than `keep`: ones a request that died
+/// before recording its upload id started (the key is unique to one upload).
+async fn abort_others(inner: &Inner, key: &str, keep: &str) {
+    let Ok(page) = inner
+        .client
+        .list_multipart_uploads()
+        .bucket(&inner.bucket)
+        .prefix(key)
+        .send()
+        .await
+    else {
+        return;
+    };
+    for upload in page.uploads() {
+        if let (Some(k), Some(id)) = (upload.key(), upload.upload_id())
+            && k == key
+            && id != keep
+        {
+            abort_upload(inner, k, id).await;
+        }
     }
 }
 

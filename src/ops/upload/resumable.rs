@@ -334,8 +334,11 @@ impl Run<'_> {
                 // Each record is a store write: not for every step, but often enough
                 // that a request cut off loses little (the end of a request records
                 // anyway).
+                // A store session not recorded yet (S3: a new multipart upload) is
+                // recorded at once, so a resume continues it instead of starting another.
                 let due = offset - self.session.offset >= RECORD_EVERY_BYTES
-                    || self.recorded_at.elapsed() >= RECORD_EVERY;
+                    || self.recorded_at.elapsed() >= RECORD_EVERY
+                    || point.session != self.session.stored.session;
                 if due {
                     self.record(offset, &state, point).await?;
                 }
