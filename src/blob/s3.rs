@@ -196,6 +196,20 @@ impl S3BlobStore {
     }
 }
 
+/// A GetObject failure: `NotFound` for a missing key.
+fn get_object_err(
+    err: aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::get_object::GetObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> BlobError {
+    if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+        BlobError::NotFound
+    } else {
+        BlobError::Unavailable(describe_sdk_error(&err))
+    }
+}
+
 fn describe_sdk_error<E: std::fmt::Debug, R: std::fmt::Debug>(
     err: &aws_sdk_s3::error::SdkError<E, R>,
 ) -> String {
@@ -457,13 +471,7 @@ impl BlobStore for S3BlobStore {
         if let Some(r) = range {
             request = request.range(format!("bytes={}-{}", r.start, r.end));
         }
-        let output = request.send().await.map_err(|err| {
-            if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
-                BlobError::NotFound
-            } else {
-                BlobError::Unavailable(describe_sdk_error(&err))
-            }
-        })?;
+        let output = request.send().await.map_err(get_object_err)?;
         let body = output.body;
         let stream = futures::stream::unfold(body, |mut body| async move {
             body.next()
@@ -994,13 +1002,7 @@ impl S3BlobStore {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|err| {
-                    if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
-                        BlobError::NotFound
-                    } else {
-                        BlobError::Unavailable(describe_sdk_error(&err))
-                    }
-                })?;
+                .map_err(get_object_err)?;
             let mut body = object.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(sdk_err)?;

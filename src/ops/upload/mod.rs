@@ -984,14 +984,14 @@ pub async fn receive_draft_file(
     result
 }
 
-fn version_exists(product: &str, version: &str) -> ApiError {
+pub(super) fn version_exists(product: &str, version: &str) -> ApiError {
     ApiError::conflict(
         "version_exists",
         format!("product '{product}' already has a version '{version}'; versions are immutable"),
     )
 }
 
-fn version_pending() -> ApiError {
+pub(super) fn version_pending() -> ApiError {
     ApiError::conflict(
         "version_pending",
         "another upload of this version is in progress; retry when it has finished",

@@ -24,6 +24,7 @@ use crate::meta::{
     FileRecord, UploadKind, UploadSession, VersionRecord, VersionState, check_can_add, now_ms,
 };
 use crate::ops::Ctx;
+use crate::ops::upload::{version_exists, version_pending};
 use axum::http::StatusCode;
 
 /// Unfinished sessions one token may hold at once.
@@ -81,20 +82,6 @@ pub async fn find(app: &AppState, caller: &Caller, id: &str) -> ApiResult<Upload
 /// 32 lowercase hex digits, the shape `open` makes.
 pub fn is_session_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn version_exists(product: &str, version: &str) -> ApiError {
-    ApiError::conflict(
-        "version_exists",
-        format!("product '{product}' already has a version '{version}'; versions are immutable"),
-    )
-}
-
-fn version_pending() -> ApiError {
-    ApiError::conflict(
-        "version_pending",
-        "another upload of this version is in progress; retry when it has finished",
-    )
 }
 
 /// Checks `new` and stores its session, valid for `ttl_seconds`.
