@@ -95,13 +95,6 @@ fn with(mut claims: Value, changes: Value) -> Value {
     claims
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -201,24 +194,6 @@ async fn failing_issuer() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<
 }
 
 // ---- quota helpers ----------------------------------------------------------------------
-
-async fn set_quota(app: &TestApp, product: &str, quota: Value) {
-    app.put_json(
-        &format!("/product/settings/{product}"),
-        Some(app.admin()),
-        &json!({ "quota": quota }),
-    )
-    .await
-    .assert_status(200);
-}
-
-async fn usage(app: &TestApp, product: &str) -> Value {
-    let r = app
-        .get(&format!("/product/usage/{product}"), Some(app.admin()))
-        .await;
-    r.assert_status(200);
-    r.json()
-}
 
 /// `PUT /product/upload/{p}/{v}/{file}` with a `Content-Length`.
 async fn put_file(app: &TestApp, product: &str, version: &str, file: &str, bytes: &[u8]) -> Reply {
@@ -1413,7 +1388,8 @@ async fn form_bodies_with_repeated_fields_or_odd_content_types_are_refused_clean
 async fn several_files_of_one_form_cannot_together_pass_max_bytes() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     app.upload_ok(app.admin(), &product, "0.1.0", &payload(1, 100_000))
         .await;
     let blobs = app.blob_count();
@@ -1453,7 +1429,7 @@ async fn several_files_of_one_form_cannot_together_pass_max_bytes() {
         .assert_error(413, "quota_exceeded");
 
     app.wait_blob_count(blobs.unwrap_or(0)).await;
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(u["bytes"], 100_000, "{u}");
     assert_eq!(u["versions"], 1, "{u}");
     assert_eq!(u["in_flight_bytes"], 0, "{u}");
@@ -1464,14 +1440,15 @@ async fn several_files_of_one_form_cannot_together_pass_max_bytes() {
         .file("file", Some("a.bin"), &payload(9, 450_000))
         .file("file", Some("b.bin"), &payload(10, 450_000));
     upload_form_chunked(&app, fits).await.assert_status(201);
-    assert_eq!(usage(&app, &product).await["bytes"], 1_000_000);
+    assert_eq!(app.usage(&product).await["bytes"], 1_000_000);
 }
 
 #[tokio::test]
 async fn a_draft_put_with_a_lying_or_overridden_length_stores_no_more_than_the_quota() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     let token = app.admin().to_string();
 
     // Content-Length and Transfer-Encoding together: the chunked body counts, whatever
@@ -1493,7 +1470,7 @@ async fn a_draft_put_with_a_lying_or_overridden_length_stores_no_more_than_the_q
     raw_send(&app, &head, &body)
         .await
         .assert_error(413, "quota_exceeded");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (u["bytes"].as_u64(), u["versions"].as_u64()),
         (Some(0), Some(0)),
@@ -1507,7 +1484,7 @@ async fn a_draft_put_with_a_lying_or_overridden_length_stores_no_more_than_the_q
     );
     let reply = raw_send(&app, &head, &payload(1, 2_000_000)).await;
     assert_eq!(reply.status, 201, "{}", reply.head);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(u["bytes"], 10, "{u}");
     assert_eq!(u["in_flight_bytes"], 0, "{u}");
 
@@ -1517,7 +1494,7 @@ async fn a_draft_put_with_a_lying_or_overridden_length_stores_no_more_than_the_q
     );
     let reply = raw_send(&app, &head, &payload(2, 10)).await;
     assert_eq!(reply.status, 400, "{}", reply.head);
-    assert_eq!(usage(&app, &product).await["bytes"], 10);
+    assert_eq!(app.usage(&product).await["bytes"], 10);
 }
 
 #[tokio::test]
@@ -1526,7 +1503,7 @@ async fn concurrent_draft_puts_into_one_draft_never_pass_max_bytes() {
     let product = app.product().await;
     const SIZE: usize = 200_000;
     const LIMIT: u64 = 5 * SIZE as u64;
-    set_quota(&app, &product, json!({"max_bytes": LIMIT})).await;
+    app.set_quota(&product, json!({"max_bytes": LIMIT})).await;
     let puts = (0..12).map(|i| {
         let (app, product) = (&app, product.clone());
         async move {
@@ -1550,7 +1527,7 @@ async fn concurrent_draft_puts_into_one_draft_never_pass_max_bytes() {
         }
     }
     assert!((1..=5).contains(&stored), "{stored} files stored");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_within(&u, LIMIT, 1);
     assert_eq!(u["bytes"], stored * SIZE as u64, "{u}");
     assert_eq!(u["files"], stored, "{u}");
@@ -1562,7 +1539,7 @@ async fn concurrent_draft_puts_into_one_draft_never_pass_max_bytes() {
 async fn concurrent_new_versions_never_pass_max_versions() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_versions": 3})).await;
+    app.set_quota(&product, json!({"max_versions": 3})).await;
     let uploads = (0..12).map(|i| {
         let (app, product) = (&app, product.clone());
         async move {
@@ -1591,7 +1568,7 @@ async fn concurrent_new_versions_never_pass_max_versions() {
         }
     }
     assert!((1..=3).contains(&stored), "{stored} versions made");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_within(&u, u64::MAX, 3);
     assert_eq!(u["versions"], stored, "{u}");
     let listed = app
@@ -1609,7 +1586,8 @@ async fn concurrent_new_versions_never_pass_max_versions() {
 async fn an_endless_body_into_a_tiny_quota_is_refused_early_in_bounded_memory() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     // Warm the upload path, so the idle peak includes it.
     app.upload_ok(app.admin(), &product, "0.0.1", &payload(1, 500_000))
         .await;
@@ -1664,7 +1642,7 @@ async fn an_endless_body_into_a_tiny_quota_is_refused_early_in_bounded_memory() 
         peak <= idle + 64 * 1024,
         "peak RSS {peak} KiB, {idle} KiB before the endless bodies"
     );
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(u["bytes"], 500_000, "{u}");
     assert_eq!(u["in_flight_bytes"], 0, "{u}");
     app.wait_blob_count(1).await;
@@ -1747,12 +1725,8 @@ async fn an_exchanged_tokens_uploads_are_held_to_its_products_quota() {
     let app = app_trusting(issuer.url()).await;
     let product = app.product().await;
     add_policy(&app, &product, &release_policy(&issuer)).await;
-    set_quota(
-        &app,
-        &product,
-        json!({"max_bytes": 300_000, "max_versions": 2}),
-    )
-    .await;
+    app.set_quota(&product, json!({"max_bytes": 300_000, "max_versions": 2}))
+        .await;
     let (ci, _) = exchanged(&app, &issuer, &issuer.claims()).await;
     app.upload_ok(&ci, &product, "1.0.0", &payload(1, 200_000))
         .await;

@@ -10,47 +10,13 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// How long a direct-upload URL lives in the expiry tests: long enough for the steps
 /// before it runs out on a busy machine.
 const SHORT_URL_TTL_SECONDS: u64 = 8;
-
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn rfc3339_secs(v: &Value) -> i64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
-    chrono::DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
-        .timestamp()
-}
-
-async fn set_quota(app: &TestApp, product: &str, quota: Value) {
-    app.put_json(
-        &format!("/product/settings/{product}"),
-        Some(app.admin()),
-        &json!({ "quota": quota }),
-    )
-    .await
-    .assert_status(200);
-}
-
-async fn usage(app: &TestApp, product: &str) -> Value {
-    let r = app
-        .get(&format!("/product/usage/{product}"), Some(app.admin()))
-        .await;
-    r.assert_status(200);
-    r.json()
-}
 
 /// The `POST /product/upload-url` body for `bytes`.
 fn request_for(product: &str, version: &str, file: &str, bytes: &[u8], draft: bool) -> Value {
@@ -226,7 +192,7 @@ async fn a_direct_upload_is_put_with_the_returned_headers_and_completed() {
     let d = app.download(&token, &product, "1.0.0").await;
     d.assert_status(200);
     assert!(d.body == bytes, "the download is the PUT's bytes");
-    assert_eq!(usage(&app, &product).await["bytes"], bytes.len());
+    assert_eq!(app.usage(&product).await["bytes"], bytes.len());
     app.wait_blob_count(1).await;
 
     // An admin completes anyone's; draft=true puts files into the draft.
@@ -411,7 +377,7 @@ async fn an_object_that_differs_at_completion_is_deleted_with_its_upload() {
             .await
             .assert_error(404, "version_not_found");
     }
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     // The versions are free again.
     app.upload_ok(&token, &product, "1.0.0", b"free").await;
@@ -441,7 +407,8 @@ async fn never_completed_uploads_expire_their_urls_refused_and_the_janitor_remov
     let token = app.token_with(&product, Perms::ALL).await;
     let bytes = payload(8, MIB);
     // Room for two of them.
-    set_quota(&app, &product, json!({"max_bytes": 5 * MIB / 2})).await;
+    app.set_quota(&product, json!({"max_bytes": 5 * MIB / 2}))
+        .await;
     let put = grant(
         &app,
         &token,
@@ -503,7 +470,7 @@ async fn never_completed_uploads_expire_their_urls_refused_and_the_janitor_remov
     app.complete_direct(&token, &id_of(&put))
         .await
         .assert_error(404, "upload_not_found");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     // Versions and quota free again: two more fit.
     app.upload_ok(&token, &product, "1.0.0", &bytes).await;
@@ -543,7 +510,8 @@ async fn every_check_refuses_before_a_url_is_handed_out() {
     let stranger = app.register(false).await;
     app.upload_ok(&token, &product, "1.0.0", &payload(9, 600_000))
         .await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     let bytes = payload(10, 600_000);
     let ok = request_for(&product, "2.0.0", "f.bin", &bytes, false);
     let with = |patch: Value| {
@@ -562,7 +530,7 @@ async fn every_check_refuses_before_a_url_is_handed_out() {
         "{body}"
     );
     assert!(body.get("url").is_none() && body.get("upload_id").is_none());
-    set_quota(&app, &product, json!({"max_bytes": null})).await;
+    app.set_quota(&product, json!({"max_bytes": null})).await;
 
     let cases: Vec<(&str, String, Value, u16, &str)> = vec![
         (
@@ -671,7 +639,8 @@ async fn a_cancelled_direct_upload_frees_its_version_and_quota_at_once() {
     let token = app.token_with(&product, Perms::ALL).await;
     let other = app.token_with(&product, Perms::ALL).await;
     let bytes = payload(11, MIB);
-    set_quota(&app, &product, json!({"max_bytes": 3 * MIB / 2})).await;
+    app.set_quota(&product, json!({"max_bytes": 3 * MIB / 2}))
+        .await;
     let put = grant(
         &app,
         &token,
@@ -693,7 +662,7 @@ async fn a_cancelled_direct_upload_frees_its_version_and_quota_at_once() {
     app.delete(&path, Some(&token))
         .await
         .assert_error(404, "upload_not_found");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     app.upload_ok(&token, &product, "1.0.0", &bytes).await;
 

@@ -66,13 +66,6 @@ fn with(mut claims: Value, changes: Value) -> Value {
     claims
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 #[tokio::test]
 async fn a_matching_token_is_exchanged_for_a_short_lived_token_with_the_policys_rights_only() {
     let issuer = TestIssuer::start().await;

@@ -10,24 +10,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-async fn set_quota(app: &TestApp, product: &str, quota: Value) {
-    app.put_json(
-        &format!("/product/settings/{product}"),
-        Some(app.admin()),
-        &json!({ "quota": quota }),
-    )
-    .await
-    .assert_status(200);
-}
-
-async fn usage(app: &TestApp, product: &str) -> Value {
-    let r = app
-        .get(&format!("/product/usage/{product}"), Some(app.admin()))
-        .await;
-    r.assert_status(200);
-    r.json()
-}
-
 /// `PUT /product/upload/{p}/{v}/{file}` with a length (`Content-Length`).
 async fn put_file(
     app: &TestApp,
@@ -71,23 +53,12 @@ async fn put_file_streamed(
     .await
 }
 
-fn assert_quota_refusal(r: &Reply, quota: &str, usage: u64, limit: u64) {
-    r.assert_error(413, "quota_exceeded");
-    let body = r.json();
-    assert_eq!(body["quota"], quota, "{body}");
-    assert_eq!(body["usage"], usage, "{body}");
-    assert_eq!(body["limit"], limit, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains(quota),
-        "the message names the quota: {body}"
-    );
-}
-
 #[tokio::test]
 async fn an_upload_whose_declared_length_passes_max_bytes_is_refused_before_a_byte_is_stored() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     app.upload_ok(app.admin(), &product, "1.0.0", &payload(1, 600_000))
         .await;
     let blobs = app.blob_count();
@@ -134,7 +105,7 @@ async fn an_upload_whose_declared_length_passes_max_bytes_is_refused_before_a_by
 
     // Nothing was stored, no version appeared, and the usage is the first upload's.
     assert_eq!(app.blob_count(), blobs);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(u["bytes"], 600_000, "{u}");
     assert_eq!(u["versions"], 1, "{u}");
     assert_eq!(u["in_flight_bytes"], 0, "{u}");
@@ -150,14 +121,15 @@ async fn an_upload_whose_declared_length_passes_max_bytes_is_refused_before_a_by
     )
     .await
     .assert_status(201);
-    assert_eq!(usage(&app, &product).await["bytes"], 1_000_000);
+    assert_eq!(app.usage(&product).await["bytes"], 1_000_000);
 }
 
 #[tokio::test]
 async fn a_body_without_a_length_is_counted_while_it_streams_and_aborted_as_it_passes() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 3_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 3_000_000}))
+        .await;
     app.upload_ok(app.admin(), &product, "1.0.0", &payload(1, 1_000_000))
         .await;
     let blobs = app.blob_count();
@@ -187,7 +159,7 @@ async fn a_body_without_a_length_is_counted_while_it_streams_and_aborted_as_it_p
 
     // Nothing half-written survives: no blob, no version, no reservation left counting.
     app.wait_blob_count(blobs.unwrap_or(0)).await;
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (u["bytes"].as_u64(), u["versions"].as_u64()),
         (Some(1_000_000), Some(1)),
@@ -199,14 +171,14 @@ async fn a_body_without_a_length_is_counted_while_it_streams_and_aborted_as_it_p
     put_file_streamed(&app, &product, "2.0.0", 20, 100_000)
         .await
         .assert_status(201);
-    assert_eq!(usage(&app, &product).await["bytes"], 3_000_000);
+    assert_eq!(app.usage(&product).await["bytes"], 3_000_000);
 }
 
 #[tokio::test]
 async fn max_versions_counts_drafts_and_refuses_only_new_versions() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_versions": 2})).await;
+    app.set_quota(&product, json!({"max_versions": 2})).await;
     app.upload_ok(app.admin(), &product, "1.0.0", b"one").await;
     put_file(&app, app.admin(), &product, "2.0.0", "a.bin", b"draft")
         .await
@@ -220,7 +192,7 @@ async fn max_versions_counts_drafts_and_refuses_only_new_versions() {
     put_file(&app, app.admin(), &product, "2.0.0", "b.bin", b"more")
         .await
         .assert_status(201);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (
             u["versions"].as_u64(),
@@ -240,9 +212,9 @@ async fn max_versions_counts_drafts_and_refuses_only_new_versions() {
     .assert_status(204);
     app.upload_ok(app.admin(), &product, "3.0.0", b"three")
         .await;
-    set_quota(&app, &product, json!({"max_versions": 3})).await;
+    app.set_quota(&product, json!({"max_versions": 3})).await;
     app.upload_ok(app.admin(), &product, "4.0.0", b"four").await;
-    assert_eq!(usage(&app, &product).await["versions"], 3);
+    assert_eq!(app.usage(&product).await["versions"], 3);
 }
 
 #[tokio::test]
@@ -251,7 +223,7 @@ async fn sixteen_uploads_racing_a_quota_never_take_the_product_past_it() {
     let product = app.product().await;
     const SIZE: usize = 200_000;
     const LIMIT: u64 = 5 * SIZE as u64;
-    set_quota(&app, &product, json!({"max_bytes": LIMIT})).await;
+    app.set_quota(&product, json!({"max_bytes": LIMIT})).await;
 
     // Half declare their length (raw PUTs into drafts), half stream a form chunked.
     let uploads = (0..16).map(|i| {
@@ -282,7 +254,7 @@ async fn sixteen_uploads_racing_a_quota_never_take_the_product_past_it() {
     let sampler = async {
         let mut samples = 0;
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            let u = usage(&app, &product).await;
+            let u = app.usage(&product).await;
             assert!(
                 u["bytes"].as_u64().unwrap() <= LIMIT,
                 "usage passed the quota: {u}"
@@ -309,7 +281,7 @@ async fn sixteen_uploads_racing_a_quota_never_take_the_product_past_it() {
         }
     }
     assert!((1..=5).contains(&stored), "{stored} uploads went through");
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(u["bytes"], stored * SIZE as u64, "{u}");
     assert_eq!(u["versions"], stored, "{u}");
     assert_eq!(u["in_flight_bytes"], 0, "{u}");
@@ -320,7 +292,7 @@ async fn sixteen_uploads_racing_a_quota_never_take_the_product_past_it() {
 async fn usage_is_exact_after_uploads_deletes_and_retention() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    let empty = usage(&app, &product).await;
+    let empty = app.usage(&product).await;
     assert_eq!(
         empty,
         json!({"product": product, "bytes": 0, "versions": 0, "files": 0, "drafts": 0,
@@ -358,7 +330,7 @@ async fn usage_is_exact_after_uploads_deletes_and_retention() {
     )
     .await
     .assert_status(201);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (&u["bytes"], &u["versions"], &u["files"], &u["drafts"]),
         (&json!(31000), &json!(3), &json!(5), &json!(1)),
@@ -379,7 +351,7 @@ async fn usage_is_exact_after_uploads_deletes_and_retention() {
     ))
     .await
     .assert_status(200);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (&u["bytes"], &u["versions"], &u["files"], &u["drafts"]),
         (&json!(23000), &json!(3), &json!(4), &json!(0)),
@@ -393,7 +365,7 @@ async fn usage_is_exact_after_uploads_deletes_and_retention() {
     )
     .await
     .assert_status(204);
-    assert_eq!(usage(&app, &product).await["bytes"], 19000);
+    assert_eq!(app.usage(&product).await["bytes"], 19000);
 
     // Retention keeps the newest (2.0.0-rc.1 sorts after 1.0.0) and what latest resolves to.
     app.upload_ok(app.admin(), &product, "1.2.0", &payload(6, 500))
@@ -421,7 +393,7 @@ async fn usage_is_exact_after_uploads_deletes_and_retention() {
         .map(|d| d["version"].as_str().unwrap())
         .collect();
     assert_eq!(deleted, vec!["1.0.0"]);
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!(
         (&u["bytes"], &u["versions"], &u["files"], &u["drafts"]),
         (&json!(16500), &json!(2), &json!(2), &json!(0)),
@@ -523,15 +495,15 @@ async fn products_without_settings_follow_the_config_files_quota_table_and_refus
         .upload(app.admin(), &product, "2", &payload(2, 6000))
         .await;
     r.assert_error(413, "quota_exceeded");
-    assert_eq!(usage(&app, &product).await["quota"]["max_bytes"], 10000);
+    assert_eq!(app.usage(&product).await["quota"]["max_bytes"], 10000);
 
     // The product's own settings replace the default.
-    set_quota(&app, &product, json!({"max_bytes": null})).await;
+    app.set_quota(&product, json!({"max_bytes": null})).await;
     app.upload_ok(app.admin(), &product, "2", &payload(2, 6000))
         .await;
 
     // The gauge follows each computation of a product's usage (and a periodic refresh).
-    usage(&app, &product).await;
+    app.usage(&product).await;
     let metrics = app.get("/metrics", None).await.text();
     assert!(
         metrics.contains("depot_quota_refusals_total{quota=\"max_bytes\"}"),

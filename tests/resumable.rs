@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 const MIB: usize = 1 << 20;
 /// The upload lease the restart tests run with (its minimum): a PATCH lock left by a
@@ -23,13 +23,6 @@ const LEASE_SECONDS: u64 = 5;
 /// A resumable upload's lifetime in the expiry tests: long enough for its first PATCH of
 /// 9 MiB on a busy machine (S3 takes up to 2.5 s alone).
 const SHORT_TTL_SECONDS: u64 = 8;
-
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// `Upload-Expires` (an HTTP date) as unix seconds.
 fn expires_of(r: &Reply) -> i64 {
@@ -41,15 +34,6 @@ fn expires_of(r: &Reply) -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn rfc3339_secs(v: &Value) -> i64 {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
-    chrono::DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
-        .timestamp()
 }
 
 fn header_set(r: &Reply, name: &str) -> BTreeSet<String> {
@@ -85,32 +69,6 @@ fn ids(list: &[Value]) -> BTreeSet<String> {
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-async fn set_quota(app: &TestApp, product: &str, quota: Value) {
-    app.put_json(
-        &format!("/product/settings/{product}"),
-        Some(app.admin()),
-        &json!({ "quota": quota }),
-    )
-    .await
-    .assert_status(200);
-}
-
-async fn usage(app: &TestApp, product: &str) -> Value {
-    let r = app
-        .get(&format!("/product/usage/{product}"), Some(app.admin()))
-        .await;
-    r.assert_status(200);
-    r.json()
-}
-
-fn assert_quota_refusal(r: &Reply, quota: &str, usage: u64, limit: u64) {
-    r.assert_error(413, "quota_exceeded");
-    let body = r.json();
-    assert_eq!(body["quota"], quota, "{body}");
-    assert_eq!(body["usage"], usage, "{body}");
-    assert_eq!(body["limit"], limit, "{body}");
 }
 
 /// `PUT /product/upload/{product}/{version}/{name}`: a file into the version's draft.
@@ -453,7 +411,7 @@ async fn tuspy_uploads_in_chunks_and_the_download_matches_sha256sum() {
         // Not unfinished any more.
         assert!(app.tus_list(&token, "").await.is_empty());
     }
-    assert_eq!(usage(&app, &product).await["bytes"], total);
+    assert_eq!(app.usage(&product).await["bytes"], total);
     // One blob per version, nothing left of the uploads' parts.
     app.wait_blob_count(2).await;
 }
@@ -799,7 +757,7 @@ async fn a_whole_file_checksum_mismatch_keeps_nothing() {
         .await
         .assert_error(404, "version_not_found");
     assert!(app.versions(&product).await.is_empty());
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     assert!(app.tus_list(&token, "").await.is_empty());
     app.wait_blob_count(blobs).await;
@@ -822,7 +780,8 @@ async fn quotas_refuse_at_creation_and_an_open_upload_holds_its_reservation() {
         .await;
     let product = app.product().await;
     let token = app.token_with(&product, Perms::ALL).await;
-    set_quota(&app, &product, json!({"max_bytes": 1_000_000})).await;
+    app.set_quota(&product, json!({"max_bytes": 1_000_000}))
+        .await;
     app.upload_ok(app.admin(), &product, "1.0.0", &payload(1, 600_000))
         .await;
     let blobs = app.blob_count().unwrap();
@@ -870,11 +829,11 @@ async fn quotas_refuse_at_creation_and_an_open_upload_holds_its_reservation() {
     app.tus_delete(&token, &open).await.assert_status(204);
     let r = create(200_000, "3.0.0").await;
     r.assert_status(201);
-    assert_eq!(usage(&app, &product).await["bytes"], 800_000);
+    assert_eq!(app.usage(&product).await["bytes"], 800_000);
 
     // max_versions counts the version an upload would add.
     let other = app.product().await;
-    set_quota(&app, &other, json!({"max_versions": 1})).await;
+    app.set_quota(&other, json!({"max_versions": 1})).await;
     app.upload_ok(app.admin(), &other, "1.0.0", b"one").await;
     let r = app
         .tus_create(
@@ -1005,7 +964,8 @@ async fn permissions_are_checked_at_creation_and_an_upload_is_its_creators_alone
 async fn a_terminated_upload_leaves_nothing_and_frees_its_version() {
     let app = TestApp::start().await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 100 * MIB})).await;
+    app.set_quota(&product, json!({"max_bytes": 100 * MIB}))
+        .await;
     let token = app.token_with(&product, Perms::ALL).await;
     let blobs = app.blob_count().unwrap();
     let len = 12 * MIB;
@@ -1045,7 +1005,7 @@ async fn a_terminated_upload_leaves_nothing_and_frees_its_version() {
         let (keys, multipart) = app.s3_listing().await;
         assert!(keys.is_empty() && multipart == 0, "{keys:?}, {multipart}");
     }
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     // The version is free again.
     TusUpload::new(&app, &token, &file, 4 * MIB as u64)
@@ -1065,7 +1025,8 @@ async fn an_expired_upload_is_refused_and_the_janitor_removes_what_it_stored() {
         .start()
         .await;
     let product = idle.product().await;
-    set_quota(&idle, &product, json!({"max_bytes": 100 * MIB})).await;
+    idle.set_quota(&product, json!({"max_bytes": 100 * MIB}))
+        .await;
     let r = idle
         .tus_create(
             idle.admin(),
@@ -1097,7 +1058,7 @@ async fn an_expired_upload_is_refused_and_the_janitor_removes_what_it_stored() {
         .assert_error(410, "upload_expired");
     assert!(idle.tus_list(idle.admin(), "").await.is_empty());
     // Expired, it holds neither its quota nor its version, swept or not.
-    assert_eq!(usage(&idle, &product).await["bytes"], 0);
+    assert_eq!(idle.usage(&product).await["bytes"], 0);
     idle.upload_ok(idle.admin(), &product, "1.0.0", b"the version is free")
         .await;
 
@@ -1109,7 +1070,8 @@ async fn an_expired_upload_is_refused_and_the_janitor_removes_what_it_stored() {
         .start()
         .await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 100 * MIB})).await;
+    app.set_quota(&product, json!({"max_bytes": 100 * MIB}))
+        .await;
     let blobs = app.blob_count().unwrap();
     let body = payload(13, 9 * MIB);
     let r = app
@@ -1152,7 +1114,7 @@ async fn an_expired_upload_is_refused_and_the_janitor_removes_what_it_stored() {
         _ => r.assert_error(404, "upload_not_found"),
     }
     assert!(app.tus_list(app.admin(), "").await.is_empty());
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     app.upload_ok(app.admin(), &product, "1.0.0", b"the version is free")
         .await;
@@ -1525,7 +1487,8 @@ async fn a_patch_running_when_its_upload_expires_is_answered_410_and_leaves_noth
         .start()
         .await;
     let product = app.product().await;
-    set_quota(&app, &product, json!({"max_bytes": 100 * MIB})).await;
+    app.set_quota(&product, json!({"max_bytes": 100 * MIB}))
+        .await;
     let blobs = app.blob_count().unwrap();
     let len = 20 * MIB;
     let bytes = payload(16, len);
@@ -1577,7 +1540,7 @@ async fn a_patch_running_when_its_upload_expires_is_answered_410_and_leaves_noth
         let (keys, multipart) = app.s3_listing().await;
         assert!(keys.is_empty() && multipart == 0, "{keys:?}, {multipart}");
     }
-    let u = usage(&app, &product).await;
+    let u = app.usage(&product).await;
     assert_eq!((&u["bytes"], &u["versions"]), (&json!(0), &json!(0)), "{u}");
     app.upload_ok(app.admin(), &product, "1.0.0", b"the version is free")
         .await;

@@ -1584,3 +1584,56 @@ fn raw_response_complete(bytes: &[u8]) -> bool {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .is_some_and(|len| body.len() >= len)
 }
+
+/// Now, in unix seconds.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs() as i64
+}
+
+/// An RFC 3339 time from a JSON body, in unix seconds.
+pub fn rfc3339_secs(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
+        .timestamp()
+}
+
+/// A 413 `quota_exceeded` naming `quota`, with the usage the upload would reach and the limit.
+pub fn assert_quota_refusal(r: &Reply, quota: &str, usage: u64, limit: u64) {
+    r.assert_error(413, "quota_exceeded");
+    let body = r.json();
+    assert_eq!(body["quota"], quota, "{body}");
+    assert_eq!(body["usage"], usage, "{body}");
+    assert_eq!(body["limit"], limit, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains(quota),
+        "the message names the quota: {body}"
+    );
+}
+
+impl TestApp {
+    /// Sets a product's quota (`PUT /product/settings/{product}` as the admin).
+    pub async fn set_quota(&self, product: &str, quota: Value) {
+        self.put_json(
+            &format!("/product/settings/{product}"),
+            Some(self.admin()),
+            &json!({ "quota": quota }),
+        )
+        .await
+        .assert_status(200);
+    }
+
+    /// `GET /product/usage/{product}` as the admin.
+    pub async fn usage(&self, product: &str) -> Value {
+        let r = self
+            .get(&format!("/product/usage/{product}"), Some(self.admin()))
+            .await;
+        r.assert_status(200);
+        r.json()
+    }
+}
