@@ -32,20 +32,9 @@ step "protocol clients the tests drive (tuspy from PyPI; chromium and tus-js-cli
 scripts/tus-venv.sh >/dev/null
 scripts/browser-deps.sh >/dev/null
 
-HTTP_SUITES=()
-for f in tests/*.rs; do
-  name=$(basename "$f" .rs)
-  [ "$name" = backends ] || HTTP_SUITES+=(--test "$name")
-done
-
-step "unit tests and the HTTP suite on the embedded default"
-DEPOT_TEST_BACKEND=embedded cargo test --locked -- --test-threads=4
-
-step "the HTTP suite on MongoDB + Redis + S3"
-DEPOT_TEST_BACKEND=production cargo test --locked "${HTTP_SUITES[@]}" -- --test-threads=4
-
-step "backend-specific tests (outages, two replicas, multipart, janitor)"
-DEPOT_TEST_BACKEND=production cargo test --locked --test backends -- --ignored --test-threads=2
+step "unit tests; the HTTP suite on the embedded default and on MongoDB + Redis + S3; backend-specific tests (outages, two replicas, multipart, janitor)"
+# scripts/run-tests.sh runs the test binaries side by side (most of their time is waiting).
+scripts/run-tests.sh
 
 step "Schemathesis against the OpenAPI spec (live embedded server, positive and negative input)"
 scripts/schemathesis.sh
