@@ -47,6 +47,23 @@ struct Inner {
 }
 
 impl Inner {
+    /// Starts a multipart upload of `key` (parts carry CRC32C checksums): its upload id.
+    async fn create_multipart(&self, key: &str) -> BlobResult<String> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        created
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| BlobError::Unavailable("store returned no upload id".into()))
+    }
+
     /// An empty buffer with room for one part: a spare one when there is one.
     fn take_buffer(&self) -> BytesMut {
         let spare = self
@@ -248,20 +265,7 @@ impl S3Writer {
 
     async fn send_part(&mut self) -> BlobResult<()> {
         if self.upload_id.is_none() {
-            let created = self
-                .inner
-                .client
-                .create_multipart_upload()
-                .bucket(&self.inner.bucket)
-                .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                .send()
-                .await
-                .map_err(sdk_err)?;
-            let id = created
-                .upload_id()
-                .ok_or_else(|| BlobError::Unavailable("store returned no upload id".into()))?;
-            self.upload_id = Some(id.to_string());
+            self.upload_id = Some(self.inner.create_multipart(&self.key).await?);
         }
         while self.in_flight.len() >= self.inner.parts_in_flight {
             self.collect_one().await?;
@@ -716,20 +720,7 @@ impl S3Resumable {
 
     async fn ensure_session(&mut self) -> BlobResult<()> {
         if self.point.session.is_empty() {
-            let created = self
-                .inner
-                .client
-                .create_multipart_upload()
-                .bucket(&self.inner.bucket)
-                .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-                .send()
-                .await
-                .map_err(sdk_err)?;
-            self.point.session = created
-                .upload_id()
-                .ok_or_else(|| BlobError::Unavailable("store returned no upload id".into()))?
-                .to_string();
+            self.point.session = self.inner.create_multipart(&self.key).await?;
         }
         Ok(())
     }

@@ -126,24 +126,9 @@ pub async fn receive(
     let hasher = BackgroundHasher::new();
     let mut size = 0u64;
     let streamed = async {
-        loop {
-            let chunk = match tokio::time::timeout(idle, body.next()).await {
-                Err(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "upload_timeout",
-                        "no data arrived for too long; nothing was stored",
-                    ));
-                }
-                Ok(None) => break,
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(Some(Err(e))) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        format!("reading the request body failed: {e}"),
-                    ));
-                }
-            };
+        while let Some(chunk) =
+            super::next_body_chunk(&mut body, idle, "nothing was stored").await?
+        {
             size += chunk.len() as u64;
             if size > session.length {
                 return Err(size_mismatch(session.length, size));

@@ -122,6 +122,51 @@ pub(crate) async fn drain_body(body: &mut axum::body::BodyDataStream) {
     multipart::drain(body).await
 }
 
+/// The body's next chunk, waiting at most `idle` for it; a 408 says what became of what
+/// arrived before (`kept`).
+pub(super) async fn next_body_chunk(
+    body: &mut axum::body::BodyDataStream,
+    idle: Duration,
+    kept: &str,
+) -> ApiResult<Option<Bytes>> {
+    match tokio::time::timeout(idle, body.next()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_timeout",
+            format!("no data arrived for too long (DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS); {kept}"),
+        )),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("reading the request body failed: {e}"),
+        )),
+    }
+}
+
+/// An empty draft of `product`/`version`, made by `by` at `now` (the first file of a draft
+/// creates it).
+pub(super) fn new_draft(product: &str, version: &str, by: &str, now: i64) -> VersionRecord {
+    VersionRecord {
+        product: product.to_string(),
+        version: version.to_string(),
+        file_name: String::new(),
+        size: 0,
+        checksum: String::new(),
+        blob_key: String::new(),
+        state: VersionState::Draft,
+        uploaded_at: now,
+        uploaded_by: by.to_string(),
+        sort_key: sort_key(version, now),
+        kind: kind_of(version),
+        lease_until: None,
+        last_download_at: None,
+        files: Vec::new(),
+        labels: Vec::new(),
+        updated_at: now,
+    }
+}
+
 /// Parses `hex` or `sha256:hex` into lowercase hex.
 pub fn parse_expected_digest(raw: &str) -> ApiResult<String> {
     let hex_part = raw.trim();
@@ -459,20 +504,11 @@ where
 struct RawBody<'a> {
     body: &'a mut axum::body::BodyDataStream,
     idle: Duration,
-    limit: u64,
 }
 
 impl ChunkSource for RawBody<'_> {
     async fn next_chunk(&mut self) -> ApiResult<Option<Bytes>> {
-        match tokio::time::timeout(self.idle, self.body.next()).await {
-            Err(_) => Err(form_error(FormError::Idle, self.limit)),
-            Ok(None) => Ok(None),
-            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-            Ok(Some(Err(e))) => Err(ApiError::bad_request(
-                "invalid_body",
-                format!("reading the request body failed: {e}"),
-            )),
-        }
+        next_body_chunk(self.body, self.idle, "nothing was stored").await
     }
 }
 
@@ -888,7 +924,6 @@ pub async fn receive_draft_file(
         let mut source = RawBody {
             body: &mut body,
             idle,
-            limit,
         };
         let (size, digest) = guard.stream(blob, &mut source, limit).await?;
         if let Some(bad) = expected.as_deref().filter(|e| *e != digest) {
@@ -903,24 +938,7 @@ pub async fn receive_draft_file(
             uploaded_at: now,
             uploaded_by: caller.token.id.clone(),
         };
-        let draft = VersionRecord {
-            product: product.to_string(),
-            version: version.to_string(),
-            file_name: String::new(),
-            size: 0,
-            checksum: String::new(),
-            blob_key: String::new(),
-            state: VersionState::Draft,
-            uploaded_at: now,
-            uploaded_by: caller.token.id.clone(),
-            sort_key: sort_key(version, now),
-            kind: kind_of(version),
-            lease_until: None,
-            last_download_at: None,
-            files: Vec::new(),
-            labels: Vec::new(),
-            updated_at: now,
-        };
+        let draft = new_draft(product, version, &caller.token.id, now);
         let ctx = crate::ops::Ctx::of(caller);
         let (created, uploaded) =
             crate::ops::versions::draft_file_events(&ctx, product, version, &file);

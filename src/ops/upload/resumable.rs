@@ -279,24 +279,9 @@ impl Run<'_> {
         body: &mut axum::body::BodyDataStream,
         idle: Duration,
     ) -> ApiResult<()> {
-        loop {
-            let chunk = match tokio::time::timeout(idle, body.next()).await {
-                Err(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "upload_timeout",
-                        "no data arrived for too long (DEPOT_UPLOAD_IDLE_TIMEOUT_SECONDS); what arrived before is kept",
-                    ));
-                }
-                Ok(None) => break,
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(Some(Err(e))) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        format!("reading the request body failed: {e}"),
-                    ));
-                }
-            };
+        while let Some(chunk) =
+            super::next_body_chunk(body, idle, "what arrived before is kept").await?
+        {
             self.take(chunk).await?;
         }
         Ok(())

@@ -24,7 +24,7 @@ use crate::meta::{
     FileRecord, UploadKind, UploadSession, VersionRecord, VersionState, check_can_add, now_ms,
 };
 use crate::ops::Ctx;
-use crate::ops::upload::{version_exists, version_pending};
+use crate::ops::upload::{new_draft, version_exists, version_pending};
 use axum::http::StatusCode;
 
 /// Unfinished sessions one token may hold at once.
@@ -267,24 +267,7 @@ pub async fn commit(
     let ctx = Ctx::of(caller);
     let (product, version) = (session.product.as_str(), session.version.as_str());
     let committed = if session.draft {
-        let draft = VersionRecord {
-            product: product.to_string(),
-            version: version.to_string(),
-            file_name: String::new(),
-            size: 0,
-            checksum: String::new(),
-            blob_key: String::new(),
-            state: VersionState::Draft,
-            uploaded_at: now,
-            uploaded_by: session.created_by.clone(),
-            sort_key: sort_key(version, now),
-            kind: kind_of(version),
-            lease_until: None,
-            last_download_at: None,
-            files: Vec::new(),
-            labels: Vec::new(),
-            updated_at: now,
-        };
+        let draft = new_draft(product, version, &session.created_by, now);
         let (created, uploaded) =
             crate::ops::versions::draft_file_events(&ctx, product, version, &file);
         let _turn = crate::ops::versions::draft_write_lock(product, version).await;
