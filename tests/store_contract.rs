@@ -102,7 +102,7 @@ contract!(
     retention_expires_only_the_judged_upload_with_its_event,
     settings_changes_return_and_record_the_old_settings,
     a_download_is_noted_only_when_the_last_note_is_stale,
-    a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released,
+    a_named_lease_is_held_by_one_owner_until_it_lapses_or_its_owner_releases_it,
     usage_counts_files_of_published_versions_and_drafts_and_live_uploads,
     a_reservation_past_a_quota_is_refused_and_writes_nothing,
     a_reservation_grows_by_its_id_and_stops_counting_once_committed_or_lapsed,
@@ -1198,7 +1198,9 @@ async fn a_download_is_noted_only_when_the_last_note_is_stale(meta: &dyn MetaSto
     assert!(all_events(meta).await.is_empty());
 }
 
-async fn a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released(meta: &dyn MetaStore) {
+async fn a_named_lease_is_held_by_one_owner_until_it_lapses_or_its_owner_releases_it(
+    meta: &dyn MetaStore,
+) {
     let now = now_ms();
     assert!(
         meta.take_lease("retention:p", "a", now, now + 60_000)
@@ -1238,6 +1240,25 @@ async fn a_named_lease_is_held_by_one_owner_until_it_lapses_or_is_released(meta:
             .await
             .unwrap()
     );
+    // Given back: only by its holder, and free at once.
+    meta.release_lease("retention:p", "b").await.unwrap();
+    assert!(
+        !meta
+            .take_lease("retention:p", "b", now, now + 60_000)
+            .await
+            .unwrap(),
+        "a release by another owner leaves the lease held"
+    );
+    meta.release_lease("retention:p", "c").await.unwrap();
+    assert!(
+        meta.take_lease("retention:p", "b", now, now + 60_000)
+            .await
+            .unwrap()
+    );
+    // Releasing a lease no one holds, or one never taken, is no error.
+    meta.release_lease("retention:p", "b").await.unwrap();
+    meta.release_lease("retention:p", "b").await.unwrap();
+    meta.release_lease("upload:never", "x").await.unwrap();
 }
 
 fn reservation(

@@ -406,8 +406,7 @@ pub async fn terminate(
         }
         if found.completed {
             // Its file is committed: only the record of the upload goes.
-            app.meta.delete_upload_session(&id).await?;
-            return Ok(());
+            return session::forget_completed(&app, &found).await;
         }
         session::SessionLock::holding(&app, &id, async {
             let found = session::find(&app, &caller, &id).await?;

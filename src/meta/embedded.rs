@@ -1131,6 +1131,23 @@ impl MetaStore for EmbeddedMetaStore {
         .await
     }
 
+    async fn release_lease(&self, name: &str, owner: &str) -> MetaResult<()> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.write(move |txn| {
+            let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
+            let held: Option<(String, i64)> =
+                match leases.get(name.as_str()).map_err(unavailable)? {
+                    Some(v) => Some(decode(v.value())?),
+                    None => None,
+                };
+            if held.is_some_and(|(holder, _)| holder == owner) {
+                leases.remove(name.as_str()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn insert_trust_policy(
         &self,
         policy: &crate::domain::trust::TrustPolicy,

@@ -95,6 +95,7 @@ metered_methods! {
     set_product_settings(product: &str, settings: Option<&crate::domain::retention::ProductSettings>, event: Event) -> MetaResult<Option<crate::domain::retention::ProductSettings>>;
     note_download(product: &str, version: &str, now_ms: i64, stale_before_ms: i64) -> MetaResult<()>;
     take_lease(name: &str, owner: &str, now_ms: i64, until_ms: i64) -> MetaResult<bool>;
+    release_lease(name: &str, owner: &str) -> MetaResult<()>;
     product_usage(product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>>;
     reserve_quota(reservation: &QuotaReservation, quota: &crate::domain::retention::QuotaPolicy, now_ms: i64) -> MetaResult<Result<(), crate::domain::retention::QuotaExceeded>>;
     renew_quota_reservation(id: &str, lease_until: i64) -> MetaResult<bool>;

@@ -728,6 +728,9 @@ pub trait MetaStore: Send + Sync {
         now_ms: i64,
         until_ms: i64,
     ) -> MetaResult<bool>;
+    /// Gives the named lease back if `owner` holds it (lapsed or not), leaving no record of
+    /// it: leases named after one upload are not taken again once it has ended.
+    async fn release_lease(&self, name: &str, owner: &str) -> MetaResult<()>;
     /// What the product holds now ([`ProductUsage`]); `None` when it does not exist.
     async fn product_usage(&self, product: &str, now_ms: i64) -> MetaResult<Option<ProductUsage>>;
     /// Holds `reservation.bytes` in all against the product's `quota`, atomically with the

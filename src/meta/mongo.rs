@@ -1268,6 +1268,14 @@ impl MetaStore for MongoMetaStore {
         }
     }
 
+    async fn release_lease(&self, name: &str, owner: &str) -> MetaResult<()> {
+        self.leases
+            .delete_one(doc! { "_id": name, "owner": owner })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn insert_trust_policy(
         &self,
         policy: &crate::domain::trust::TrustPolicy,

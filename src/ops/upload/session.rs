@@ -218,6 +218,12 @@ async fn release_records(app: &AppState, session: &UploadSession) {
     }
 }
 
+/// Removes the record of a completed session (its file is committed and stays).
+pub async fn forget_completed(app: &AppState, session: &UploadSession) -> ApiResult<()> {
+    app.meta.delete_upload_session(&session.id).await?;
+    Ok(())
+}
+
 /// Removes everything an unfinished session stored, then its record.
 pub async fn end(app: &AppState, session: &UploadSession) -> ApiResult<()> {
     // Blob first, records last: a record without its blob is harmless, the reverse is not.
@@ -389,13 +395,8 @@ impl SessionLock {
 
     async fn release(mut self) {
         self.released = true;
-        // Lapsed at once: the next request need not wait for the lease.
-        if let Err(err) = self
-            .app
-            .meta
-            .take_lease(&self.name, &self.owner, now_ms(), 0)
-            .await
-        {
+        // Free at once: the next request need not wait for the lease.
+        if let Err(err) = self.app.meta.release_lease(&self.name, &self.owner).await {
             tracing::debug!(error = %err, "could not give back an upload lock; it lapses with its lease");
         }
     }
@@ -449,8 +450,8 @@ impl Drop for SessionLock {
         // Dropped mid-request (the client went away): given back in the background.
         let (app, name, owner) = (self.app.clone(), self.name.clone(), self.owner.clone());
         crate::cleanup::spawn(async move {
-            // Lapsed at once: the next request need not wait for the lease.
-            if let Err(err) = app.meta.take_lease(&name, &owner, now_ms(), 0).await {
+            // Free at once: the next request need not wait for the lease.
+            if let Err(err) = app.meta.release_lease(&name, &owner).await {
                 tracing::debug!(error = %err, "could not give back an upload lock; it lapses with its lease");
             }
         });
