@@ -307,6 +307,17 @@ fn reservation_key(product: &str, id: &str) -> String {
 /// thread hand-offs of the pool, which halved `GET /product/fetch` throughput.
 const INLINE_SCAN_LIMIT: usize = 128;
 
+/// The owner and end of the named lease, if one is recorded.
+fn lease_holder(
+    leases: &redb::Table<&str, &[u8]>,
+    name: &str,
+) -> MetaResult<Option<(String, i64)>> {
+    match leases.get(name).map_err(unavailable)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
 #[async_trait]
 impl MetaStore for EmbeddedMetaStore {
     fn health_key(&self) -> &'static str {
@@ -1115,11 +1126,7 @@ impl MetaStore for EmbeddedMetaStore {
         let (name, owner) = (name.to_string(), owner.to_string());
         self.write(move |txn| {
             let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
-            let held: Option<(String, i64)> =
-                match leases.get(name.as_str()).map_err(unavailable)? {
-                    Some(v) => Some(decode(v.value())?),
-                    None => None,
-                };
+            let held = lease_holder(&leases, &name)?;
             if held.is_some_and(|(holder, until)| holder != owner && until >= now_ms) {
                 return Ok(false);
             }
@@ -1135,11 +1142,7 @@ impl MetaStore for EmbeddedMetaStore {
         let (name, owner) = (name.to_string(), owner.to_string());
         self.write(move |txn| {
             let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
-            let held: Option<(String, i64)> =
-                match leases.get(name.as_str()).map_err(unavailable)? {
-                    Some(v) => Some(decode(v.value())?),
-                    None => None,
-                };
+            let held = lease_holder(&leases, &name)?;
             if held.is_some_and(|(holder, _)| holder == owner) {
                 leases.remove(name.as_str()).map_err(unavailable)?;
             }
